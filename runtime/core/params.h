@@ -1,0 +1,91 @@
+// The parameter registry and the ParamAccess seam.
+//
+// Every parameter is registered once, in forward order, and lives at a fixed offset of one
+// flat buffer; a layer's parameters are one contiguous range, so a ZeRO shard or a gathered
+// layer is plain offset arithmetic. Layers never see which ZeRO stage runs them: they ask a
+// ParamAccess for their parameters and report when their gradients are ready.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/core/tensor.h"
+
+namespace tessera {
+
+enum class ParamInit { Zeros, Ones, Normal };
+// How Megatron-style tensor parallelism splits a parameter (none until TP lands).
+enum class TpSplit { None, Rows, Cols };
+
+struct ParamSpec {
+  std::string name;  // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+  Shape shape;
+  int layer = 0;  // owning layer: the unit of acquire / release / grads_ready
+  ParamInit init = ParamInit::Zeros;
+  float init_std = 0.0f;  // for ParamInit::Normal
+  TpSplit split = TpSplit::None;
+  int64_t offset = 0;  // elements from the start of the flat buffer (set by the registry)
+  int64_t numel() const { return shape_numel(shape); }
+};
+
+struct LayerRange {
+  int64_t begin = 0;  // first element of the layer in the flat buffer
+  int64_t end = 0;    // one past its last element
+  int64_t numel() const { return end - begin; }
+};
+
+class ParamRegistry {
+ public:
+  // Appends a parameter to `layer`, which must be the last layer registered or a new one.
+  const ParamSpec& add(ParamSpec spec);
+  const std::vector<ParamSpec>& params() const { return params_; }
+  const ParamSpec& find(const std::string& name) const;
+  int64_t numel() const { return numel_; }
+  int num_layers() const { return static_cast<int>(layers_.size()); }
+  const LayerRange& layer(int i) const { return layers_.at(i); }
+
+ private:
+  std::vector<ParamSpec> params_;
+  std::vector<LayerRange> layers_;
+  int64_t numel_ = 0;
+};
+
+// Fills `flat` (registry.numel() elements) with each parameter's initial values,
+// deterministically from `seed`: the same seed gives the same model on any rank count.
+template <typename T>
+void init_params(const ParamRegistry& registry, T* flat, uint64_t seed);
+
+// How a layer reaches its parameters and gradient slots. Pointers are to the layer's range,
+// laid out as in the flat buffer (element 0 = the layer's first parameter).
+class ParamAccess {
+ public:
+  virtual ~ParamAccess() = default;
+  // Parameters of `layer` are valid from return until release(layer).
+  virtual void* acquire(int layer) = 0;
+  virtual void release(int layer) = 0;
+  // Where backward accumulates the layer's gradients.
+  virtual void* grads(int layer) = 0;
+  // The layer's backward has finished writing its gradients for this micro-batch.
+  virtual void grads_ready(int layer) = 0;
+};
+
+// Stage 0 on one rank: whole flat buffers, nothing to gather or reduce.
+class LocalParamAccess final : public ParamAccess {
+ public:
+  LocalParamAccess(const ParamRegistry& registry, void* params, void* grads, size_t elem_size)
+      : registry_(registry), params_(static_cast<char*>(params)), grads_(static_cast<char*>(grads)),
+        elem_size_(elem_size) {}
+  void* acquire(int layer) override { return params_ + registry_.layer(layer).begin * elem_size_; }
+  void release(int) override {}
+  void* grads(int layer) override { return grads_ + registry_.layer(layer).begin * elem_size_; }
+  void grads_ready(int) override {}
+
+ private:
+  const ParamRegistry& registry_;
+  char* params_;
+  char* grads_;
+  size_t elem_size_;
+};
+
+}  // namespace tessera
