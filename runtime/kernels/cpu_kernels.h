@@ -71,7 +71,7 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, 
 
 // Rows of scratch the fused head processes at once: logits for that many rows (x V) are
 // the only vocabulary-sized buffer.
-inline constexpr int64_t kHeadChunkRows = 128;
+inline constexpr int64_t kHeadChunkRows = 256;
 
 // The tied output head fused with softmax cross-entropy: logits = x[N,C] @ wte[V,C]^T,
 // loss_n = logsumexp(logits_n) - logits_n[targets_n]. Returns the sum of loss_n over rows

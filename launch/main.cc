@@ -1,0 +1,64 @@
+// The `tessera` command: train, prepare, env. Every error is caught here, printed as one
+// line, and turned into a non-zero exit.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "launch/commands.h"
+#include "runtime/core/error.h"
+#include "runtime/core/logging.h"
+#include "runtime/core/settings.h"
+#include "tessera/config.h"
+
+namespace tessera::launch {
+
+int run_env() {
+  std::cout << "tessera " << TESSERA_VERSION << " (cuda " << (TESSERA_WITH_CUDA ? "on" : "off")
+            << ", mpi " << (TESSERA_WITH_MPI ? "on" : "off") << ")\n";
+  for (const Setting& s : all_settings()) {
+    std::cout << s.variable << "=" << setting_value(s.variable) << "  (default " << s.default_value
+              << "): " << s.help << "\n";
+  }
+  return 0;
+}
+
+}  // namespace tessera::launch
+
+int main(int argc, char** argv) {
+  using namespace tessera::launch;
+  CLI::App app{"tessera: train GPT-style models on one or many ranks"};
+  app.require_subcommand(1);
+
+  TrainOptions train;
+  auto* train_cmd = app.add_subcommand("train", "train a model from a JSON config");
+  train_cmd->add_option("--config,-c", train.config_path, "DeepSpeed-style JSON config")->required();
+  train_cmd->add_option("--set", train.overrides, "override a config key: a.b=value (repeatable)");
+
+  PrepareOptions prepare;
+  auto* prepare_cmd = app.add_subcommand("prepare", "tokenise a text file into train/val token files");
+  prepare_cmd->add_option("--input,-i", prepare.input, "text file")->required();
+  prepare_cmd->add_option("--out-dir,-o", prepare.out_dir, "output folder")->capture_default_str();
+  prepare_cmd->add_option("--name", prepare.name, "output prefix (default: the input's stem)");
+  prepare_cmd->add_option("--val-fraction", prepare.val_fraction, "share of the text kept for validation")
+      ->capture_default_str();
+
+  auto* env_cmd = app.add_subcommand("env", "list the environment settings and build options");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    tessera::init_logging();
+    if (*train_cmd) return run_train(train);
+    if (*prepare_cmd) return run_prepare(prepare);
+    if (*env_cmd) return run_env();
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::cerr << "error: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,39 @@
+#include "memory/flat_buffers.h"
+
+#include <algorithm>
+
+#include "runtime/core/error.h"
+
+namespace tessera::memory {
+
+int64_t padded_numel(int64_t numel, int world, int64_t align) {
+  TS_CHECK(world >= 1 && align >= 1, "shard maths needs world >= 1 and align >= 1");
+  const int64_t unit = align * world;
+  return (numel + unit - 1) / unit * unit;
+}
+
+ShardRange shard_range(int64_t numel, int rank, int world, int64_t align) {
+  TS_CHECK(rank >= 0 && rank < world, "rank {} outside a world of {}", rank, world);
+  const int64_t per_rank = padded_numel(numel, world, align) / world;
+  return {per_rank * rank, per_rank * (rank + 1)};
+}
+
+ShardRange intersect(ShardRange a, ShardRange b) {
+  const int64_t begin = std::max(a.begin, b.begin);
+  const int64_t end = std::min(a.end, b.end);
+  return begin < end ? ShardRange{begin, end} : ShardRange{begin, begin};
+}
+
+template <typename T>
+FlatState<T>::FlatState(int64_t numel, ShardRange optimizer_range)
+    : numel_(numel),
+      optimizer_range_(optimizer_range),
+      params_(numel * sizeof(T), MemCategory::Params),
+      grads_(numel * sizeof(T), MemCategory::Grads),
+      exp_avg_(optimizer_range.numel() * sizeof(T), MemCategory::Optimizer),
+      exp_avg_sq_(optimizer_range.numel() * sizeof(T), MemCategory::Optimizer) {}
+
+template class FlatState<float>;
+template class FlatState<double>;
+
+}  // namespace tessera::memory

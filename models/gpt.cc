@@ -1,0 +1,317 @@
+#include "models/gpt.h"
+
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "runtime/core/error.h"
+#include "runtime/kernels/cpu_kernels.h"
+
+namespace tessera::models {
+
+namespace k = tessera::kernels::cpu;
+
+ParamRegistry build_gpt_registry(const GPTConfig& config) {
+  config.validate();
+  const int64_t C = config.n_embd, V = config.vocab_size, L = config.n_layer;
+  const float std_base = 0.02f;
+  const float std_resid = static_cast<float>(0.02 / std::sqrt(2.0 * L));
+  ParamRegistry reg;
+  auto normal = [](float s) { return std::pair{ParamInit::Normal, s}; };
+  auto add = [&](std::string name, Shape shape, int layer, std::pair<ParamInit, float> init) {
+    reg.add(ParamSpec{std::move(name), std::move(shape), layer, init.first, init.second});
+  };
+  const std::pair ones{ParamInit::Ones, 0.0f}, zeros{ParamInit::Zeros, 0.0f};
+  add("wte.weight", {V, C}, 0, normal(std_base));
+  add("wpe.weight", {config.block_size, C}, 0, normal(std_base));
+  for (int l = 0; l < L; ++l) {
+    const std::string h = fmt::format("h.{}.", l);
+    const int layer = l + 1;
+    add(h + "ln_1.weight", {C}, layer, ones);
+    add(h + "ln_1.bias", {C}, layer, zeros);
+    add(h + "attn.c_attn.weight", {3 * C, C}, layer, normal(std_base));
+    add(h + "attn.c_attn.bias", {3 * C}, layer, zeros);
+    add(h + "attn.c_proj.weight", {C, C}, layer, normal(std_resid));
+    add(h + "attn.c_proj.bias", {C}, layer, zeros);
+    add(h + "ln_2.weight", {C}, layer, ones);
+    add(h + "ln_2.bias", {C}, layer, zeros);
+    add(h + "mlp.c_fc.weight", {4 * C, C}, layer, normal(std_base));
+    add(h + "mlp.c_fc.bias", {4 * C}, layer, zeros);
+    add(h + "mlp.c_proj.weight", {C, 4 * C}, layer, normal(std_resid));
+    add(h + "mlp.c_proj.bias", {C}, layer, zeros);
+  }
+  add("ln_f.weight", {C}, static_cast<int>(L) + 1, ones);
+  add("ln_f.bias", {C}, static_cast<int>(L) + 1, zeros);
+  return reg;
+}
+
+// Pointers to one block's parameters (or gradients: same layout), in registry order.
+template <typename T>
+struct GPT<T>::BlockParams {
+  T *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+};
+
+// One block's saved activations.
+template <typename T>
+struct GPT<T>::BlockActs {
+  T *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *lse, *residual2, *ln2, *ln2_mean, *ln2_rstd, *fch,
+      *fch_gelu, *residual3;
+};
+
+template <typename T>
+GPT<T>::GPT(const GPTConfig& config) : config_(config), registry_(build_gpt_registry(config)) {}
+
+template <typename T>
+typename GPT<T>::BlockParams GPT<T>::block_params(T* base) const {
+  const int64_t C = config_.n_embd;
+  BlockParams p;
+  T* cur = base;
+  auto take = [&](int64_t n) {
+    T* out = cur;
+    cur += n;
+    return out;
+  };
+  p.ln1w = take(C);
+  p.ln1b = take(C);
+  p.qkvw = take(3 * C * C);
+  p.qkvb = take(3 * C);
+  p.attprojw = take(C * C);
+  p.attprojb = take(C);
+  p.ln2w = take(C);
+  p.ln2b = take(C);
+  p.fcw = take(4 * C * C);
+  p.fcb = take(4 * C);
+  p.fcprojw = take(4 * C * C);
+  p.fcprojb = take(C);
+  return p;
+}
+
+template <typename T>
+void GPT<T>::allocate_activations(int B, int T_) {
+  TS_CHECK(B >= 1 && T_ >= 1, "batch shape {}x{} must be positive", B, T_);
+  TS_CHECK(T_ <= config_.block_size,
+           "sequence length {} exceeds the model's block_size {}: lower data.seq_len or raise "
+           "model.block_size",
+           T_, config_.block_size);
+  const int64_t BT = int64_t{B} * T_, C = config_.n_embd, V = config_.vocab_size;
+  const int64_t NH = config_.n_head, L = config_.n_layer;
+  int64_t off = 0;
+  auto place = [&](int64_t n) {
+    const int64_t at = off;
+    off += (n + 15) / 16 * 16;  // keep every buffer 64-byte aligned for float
+    return at;
+  };
+  encoded_ = place(BT * C);
+  block_stride_ = 0;
+  {
+    // One block: ln1, mean, rstd, qkv, atty, lse, residual2, ln2, mean, rstd, fch, gelu, res3.
+    const int64_t sizes[] = {BT * C, BT, BT, 3 * BT * C, BT * C, B * NH * T_, BT * C,
+                             BT * C, BT, BT, 4 * BT * C, 4 * BT * C, BT * C};
+    for (int64_t s : sizes) block_stride_ += (s + 15) / 16 * 16;
+  }
+  blocks_ = place(L * block_stride_);
+  lnf_ = place(BT * C);
+  lnf_mean_ = place(BT);
+  lnf_rstd_ = place(BT);
+  losses_ = place(BT);
+  head_scratch_ = place(std::min<int64_t>(BT, k::kHeadChunkRows) * V);
+  dresidual_ = place(BT * C);
+  dln_ = place(BT * C);
+  dqkv_ = place(3 * BT * C);
+  datty_ = place(BT * C);
+  dfch_ = place(4 * BT * C);
+  dfch_gelu_ = place(4 * BT * C);
+  arena_elems_ = off;
+  arena_ = Storage(static_cast<size_t>(off) * sizeof(T), MemCategory::Activations);
+  arena_B_ = B;
+  arena_T_ = T_;
+}
+
+template <typename T>
+typename GPT<T>::BlockActs GPT<T>::block_acts(int layer) const {
+  const int64_t C = config_.n_embd, NH = config_.n_head;
+  const int64_t cap = int64_t{arena_B_} * arena_T_;
+  T* cur = static_cast<T*>(arena_.data()) + blocks_ + int64_t{layer} * block_stride_;
+  // Each buffer is laid out for the arena's capacity; a smaller batch uses its prefix.
+  auto take = [&](int64_t capacity) {
+    T* out = cur;
+    cur += (capacity + 15) / 16 * 16;
+    return out;
+  };
+  BlockActs a;
+  a.ln1 = take(cap * C);
+  a.ln1_mean = take(cap);
+  a.ln1_rstd = take(cap);
+  a.qkv = take(3 * cap * C);
+  a.atty = take(cap * C);
+  a.lse = take(int64_t{arena_B_} * NH * arena_T_);
+  a.residual2 = take(cap * C);
+  a.ln2 = take(cap * C);
+  a.ln2_mean = take(cap);
+  a.ln2_rstd = take(cap);
+  a.fch = take(4 * cap * C);
+  a.fch_gelu = take(4 * cap * C);
+  a.residual3 = take(cap * C);
+  return a;
+}
+
+template <typename T>
+void GPT<T>::check_shape(int B, int T_) const {
+  TS_CHECK(arena_.data() != nullptr, "GPT: allocate_activations() must run before forward");
+  TS_CHECK(B >= 1 && T_ >= 1 && int64_t{B} * T_ <= int64_t{arena_B_} * arena_T_ && T_ <= arena_T_ &&
+               B <= arena_B_,
+           "batch {}x{} exceeds the activation arena sized for {}x{}", B, T_, arena_B_, arena_T_);
+}
+
+template <typename T>
+void GPT<T>::block_forward(const BlockParams& p, const BlockActs& a, const T* input, int B, int T_) {
+  const int64_t BT = int64_t{B} * T_, C = config_.n_embd;
+  k::layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, input, p.ln1w, p.ln1b, BT, C);
+  k::matmul_forward(a.qkv, a.ln1, p.qkvw, p.qkvb, BT, C, 3 * C);
+  k::attention_forward(a.atty, a.lse, a.qkv, B, T_, static_cast<int>(C), config_.n_head);
+  // The projection is written straight into the residual stream and the input added in
+  // place: backward never needs the projection's output on its own.
+  k::matmul_forward(a.residual2, a.atty, p.attprojw, p.attprojb, BT, C, C);
+  k::residual_forward(a.residual2, a.residual2, input, BT * C);
+  k::layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, BT, C);
+  k::matmul_forward(a.fch, a.ln2, p.fcw, p.fcb, BT, C, 4 * C);
+  k::gelu_forward(a.fch_gelu, a.fch, 4 * BT * C);
+  k::matmul_forward(a.residual3, a.fch_gelu, p.fcprojw, p.fcprojb, BT, 4 * C, C);
+  k::residual_forward(a.residual3, a.residual3, a.residual2, BT * C);
+}
+
+template <typename T>
+void GPT<T>::forward_body(ParamAccess& params, const int32_t* inputs, int B, int T_) {
+  last_T_ = T_;
+  const int64_t BT = int64_t{B} * T_, C = config_.n_embd, V = config_.vocab_size;
+  T* arena = static_cast<T*>(arena_.data());
+  T* encoded = arena + encoded_;
+  {
+    T* emb = static_cast<T*>(params.acquire(0));
+    k::embedding_forward(encoded, inputs, emb, emb + V * C, B, T_, static_cast<int>(C));
+    params.release(0);
+  }
+  const T* x = encoded;
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const BlockParams p = block_params(static_cast<T*>(params.acquire(l + 1)));
+    const BlockActs a = block_acts(l);
+    block_forward(p, a, x, B, T_);
+    params.release(l + 1);
+    x = a.residual3;
+  }
+  const T* lnf = static_cast<T*>(params.acquire(config_.n_layer + 1));
+  k::layernorm_forward(arena + lnf_, arena + lnf_mean_, arena + lnf_rstd_, x, lnf, lnf + C, BT, C);
+  params.release(config_.n_layer + 1);
+}
+
+template <typename T>
+double GPT<T>::forward(ParamAccess& params, const int32_t* inputs, const int32_t* targets, int B,
+                       int T_) {
+  check_shape(B, T_);
+  forward_body(params, inputs, B, T_);
+  if (targets == nullptr) return 0.0;
+  const int64_t BT = int64_t{B} * T_, C = config_.n_embd, V = config_.vocab_size;
+  T* arena = static_cast<T*>(arena_.data());
+  const T* wte = static_cast<T*>(params.acquire(0));
+  const double loss_sum =
+      k::lm_head_cross_entropy<T>(nullptr, nullptr, arena + losses_, arena + lnf_, wte, targets,
+                                  BT, C, V, T(0), arena + head_scratch_);
+  params.release(0);
+  return loss_sum / static_cast<double>(BT);
+}
+
+template <typename T>
+void GPT<T>::logits_at(ParamAccess& params, int b, int t, T* out) {
+  const int64_t C = config_.n_embd, V = config_.vocab_size;
+  const T* row = static_cast<T*>(arena_.data()) + lnf_ + (int64_t{b} * last_T_ + t) * C;
+  const T* wte = static_cast<T*>(params.acquire(0));
+  k::matmul_forward<T>(out, row, wte, nullptr, 1, C, V);
+  params.release(0);
+}
+
+template <typename T>
+void GPT<T>::block_backward(const BlockParams& p, BlockParams& g, const BlockActs& a,
+                            const T* input, int B, int T_) {
+  const int64_t BT = int64_t{B} * T_, C = config_.n_embd;
+  T* arena = static_cast<T*>(arena_.data());
+  T* dres = arena + dresidual_;  // holds dL/d(block output) on entry, dL/d(input) on exit
+  T* dln = arena + dln_;
+  T* dqkv = arena + dqkv_;
+  T* datty = arena + datty_;
+  T* dfch = arena + dfch_;
+  T* dfch_gelu = arena + dfch_gelu_;
+  // MLP branch: residual3 = residual2 + mlp(ln2(residual2)); the residual stream's gradient
+  // passes through unchanged and the branch adds its part.
+  std::memset(dfch_gelu, 0, sizeof(T) * 4 * BT * C);
+  k::matmul_backward(dfch_gelu, g.fcprojw, g.fcprojb, dres, a.fch_gelu, p.fcprojw, BT, 4 * C, C);
+  std::memset(dfch, 0, sizeof(T) * 4 * BT * C);
+  k::gelu_backward(dfch, a.fch, dfch_gelu, 4 * BT * C);
+  std::memset(dln, 0, sizeof(T) * BT * C);
+  k::matmul_backward(dln, g.fcw, g.fcb, dfch, a.ln2, p.fcw, BT, C, 4 * C);
+  k::layernorm_backward(dres, g.ln2w, g.ln2b, dln, a.residual2, p.ln2w, a.ln2_mean, a.ln2_rstd,
+                        BT, C);
+  // Attention branch: residual2 = input + proj(attn(ln1(input))).
+  std::memset(datty, 0, sizeof(T) * BT * C);
+  k::matmul_backward(datty, g.attprojw, g.attprojb, dres, a.atty, p.attprojw, BT, C, C);
+  std::memset(dqkv, 0, sizeof(T) * 3 * BT * C);
+  k::attention_backward(dqkv, datty, a.qkv, a.atty, a.lse, B, T_, static_cast<int>(C),
+                        config_.n_head);
+  std::memset(dln, 0, sizeof(T) * BT * C);
+  k::matmul_backward(dln, g.qkvw, g.qkvb, dqkv, a.ln1, p.qkvw, BT, C, 3 * C);
+  k::layernorm_backward(dres, g.ln1w, g.ln1b, dln, input, p.ln1w, a.ln1_mean, a.ln1_rstd, BT, C);
+}
+
+template <typename T>
+double GPT<T>::forward_backward(ParamAccess& params, const int32_t* inputs, const int32_t* targets,
+                                int B, int T_, double grad_scale) {
+  check_shape(B, T_);
+  TS_CHECK(targets != nullptr, "forward_backward needs targets");
+  forward_body(params, inputs, B, T_);
+  const int64_t BT = int64_t{B} * T_, C = config_.n_embd, V = config_.vocab_size;
+  const int L = config_.n_layer;
+  T* arena = static_cast<T*>(arena_.data());
+  T* dres = arena + dresidual_;
+  T* dln = arena + dln_;
+
+  // Head and loss, fused: dlnf lands in dln, the head's wte gradient goes to layer 0's grads.
+  std::memset(dln, 0, sizeof(T) * BT * C);
+  T* wte = static_cast<T*>(params.acquire(0));
+  T* dwte = static_cast<T*>(params.grads(0));
+  const double loss_sum = k::lm_head_cross_entropy<T>(
+      dln, dwte, arena + losses_, arena + lnf_, wte, targets, BT, C, V,
+      static_cast<T>(grad_scale / static_cast<double>(BT)), arena + head_scratch_);
+  params.release(0);
+
+  const T* last = L > 0 ? block_acts(L - 1).residual3 : arena + encoded_;
+  {
+    const T* lnf = static_cast<T*>(params.acquire(L + 1));
+    T* dlnf = static_cast<T*>(params.grads(L + 1));
+    std::memset(dres, 0, sizeof(T) * BT * C);
+    k::layernorm_backward(dres, dlnf, dlnf + C, dln, last, lnf, arena + lnf_mean_,
+                          arena + lnf_rstd_, BT, C);
+    params.release(L + 1);
+    params.grads_ready(L + 1);
+  }
+  for (int l = L - 1; l >= 0; --l) {
+    const BlockParams p = block_params(static_cast<T*>(params.acquire(l + 1)));
+    BlockParams g = block_params(static_cast<T*>(params.grads(l + 1)));
+    const T* input = l > 0 ? block_acts(l - 1).residual3 : arena + encoded_;
+    block_backward(p, g, block_acts(l), input, B, T_);
+    params.release(l + 1);
+    params.grads_ready(l + 1);
+  }
+  {
+    params.acquire(0);
+    T* demb = static_cast<T*>(params.grads(0));
+    k::embedding_backward(demb, demb + V * C, dres, inputs, B, T_, static_cast<int>(C));
+    params.release(0);
+    params.grads_ready(0);
+  }
+  return loss_sum / static_cast<double>(BT);
+}
+
+template class GPT<float>;
+template class GPT<double>;
+
+}  // namespace tessera::models

@@ -1,0 +1,366 @@
+#include "runtime/engine/config.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "runtime/core/error.h"
+
+namespace tessera::engine {
+namespace {
+
+using nlohmann::json;
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// Reads one JSON object, remembering which keys were consumed, so that whatever is left
+// over can be reported as unknown with the closest known key.
+class Block {
+ public:
+  Block(const json& j, std::string path, std::string source)
+      : j_(j), path_(std::move(path)), source_(std::move(source)) {
+    TS_CHECK(j_.is_object(), "{}: '{}' must be a JSON object, got {}", source_, path_or_root(),
+             j_.type_name());
+  }
+
+  bool has(const std::string& key) {
+    known_.insert(key);
+    return j_.contains(key);
+  }
+
+  template <typename T>
+  void get(const std::string& key, T& out) {
+    if (!has(key)) return;
+    const json& v = j_.at(key);
+    try {
+      if constexpr (std::is_same_v<T, bool>) {
+        TS_CHECK(v.is_boolean(), "not a boolean");
+      } else if constexpr (std::is_integral_v<T>) {
+        TS_CHECK(v.is_number_integer(), "not an integer");
+      } else if constexpr (std::is_floating_point_v<T>) {
+        TS_CHECK(v.is_number(), "not a number");
+      } else if constexpr (std::is_same_v<T, std::string>) {
+        TS_CHECK(v.is_string(), "not a string");
+      }
+      out = v.get<T>();
+    } catch (const std::exception&) {
+      TS_THROW(InvalidArgument, "{}: '{}' must be {}, got {} ({})", source_, full(key),
+               type_word<T>(), v.dump(), v.type_name());
+    }
+  }
+
+  Block child(const std::string& key) {
+    known_.insert(key);
+    return Block(j_.at(key), full(key), source_);
+  }
+  const json& raw(const std::string& key) {
+    known_.insert(key);
+    return j_.at(key);
+  }
+  std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  const std::string& source() const { return source_; }
+
+  // Every key of this object must have been asked for.
+  void reject_unknown() const {
+    for (auto it = j_.begin(); it != j_.end(); ++it) {
+      if (known_.count(it.key())) continue;
+      std::string best;
+      size_t best_d = 4;  // suggest only close matches
+      for (const std::string& k : known_) {
+        const size_t d = edit_distance(it.key(), k);
+        if (d < best_d) best_d = d, best = k;
+      }
+      if (!best.empty()) {
+        TS_THROW(InvalidArgument, "{}: unknown key '{}'; did you mean '{}'?", source_,
+                 full(it.key()), full(best));
+      }
+      TS_THROW(InvalidArgument, "{}: unknown key '{}' (see docs/CONFIG.md for the keys)", source_,
+               full(it.key()));
+    }
+  }
+
+ private:
+  template <typename T>
+  static const char* type_word() {
+    if constexpr (std::is_same_v<T, bool>) return "true or false";
+    else if constexpr (std::is_integral_v<T>) return "an integer";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else return "a string";
+  }
+  std::string path_or_root() const { return path_.empty() ? "<root>" : path_; }
+
+  const json& j_;
+  std::string path_;
+  std::string source_;
+  std::set<std::string> known_;
+};
+
+void refuse_if_enabled(Block& root, const std::string& key, const std::string& when) {
+  if (!root.has(key)) return;
+  const json& v = root.raw(key);
+  TS_CHECK(v.is_object(), "{}: '{}' must be a JSON object", root.source(), key);
+  bool enabled = true;
+  if (key == "zero_optimization") {
+    const int stage = v.value("stage", 0);
+    enabled = stage != 0;
+    TS_CHECK(!enabled, "{}: zero_optimization.stage {} is not supported yet ({}); use stage 0",
+             root.source(), stage, when);
+    return;
+  }
+  if (v.contains("enabled")) {
+    TS_CHECK(v["enabled"].is_boolean(), "{}: '{}.enabled' must be true or false", root.source(), key);
+    enabled = v["enabled"].get<bool>();
+  }
+  TS_CHECK(!enabled, "{}: '{}' is not supported yet ({}); remove the block or set enabled: false",
+           root.source(), key, when);
+}
+
+std::vector<std::string> string_or_list(Block& b, const std::string& key) {
+  std::vector<std::string> out;
+  if (!b.has(key)) return out;
+  const json& v = b.raw(key);
+  if (v.is_string()) return {v.get<std::string>()};
+  TS_CHECK(v.is_array(), "{}: '{}' must be a path or a list of paths", b.source(), b.full(key));
+  for (const json& e : v) {
+    TS_CHECK(e.is_string(), "{}: '{}' must be a list of strings", b.source(), b.full(key));
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+void TrainConfig::resolve_batch(int dp_world) {
+  const int64_t world = dp_world;
+  const bool have_total = train_batch_size > 0, have_micro = micro_batch_size > 0,
+             have_accum = gradient_accumulation_steps > 0;
+  if (have_total && have_micro && have_accum) {
+    TS_CHECK(train_batch_size == int64_t{micro_batch_size} * gradient_accumulation_steps * world,
+             "train_batch_size {} != train_micro_batch_size_per_gpu {} x "
+             "gradient_accumulation_steps {} x data-parallel size {} = {}: fix one of them",
+             train_batch_size, micro_batch_size, gradient_accumulation_steps, world,
+             int64_t{micro_batch_size} * gradient_accumulation_steps * world);
+  } else if (have_total && have_micro) {
+    TS_CHECK(train_batch_size % (int64_t{micro_batch_size} * world) == 0,
+             "train_batch_size {} is not divisible by train_micro_batch_size_per_gpu {} x "
+             "data-parallel size {}",
+             train_batch_size, micro_batch_size, world);
+    gradient_accumulation_steps = static_cast<int>(train_batch_size / (micro_batch_size * world));
+  } else if (have_total && have_accum) {
+    TS_CHECK(train_batch_size % (int64_t{gradient_accumulation_steps} * world) == 0,
+             "train_batch_size {} is not divisible by gradient_accumulation_steps {} x "
+             "data-parallel size {}",
+             train_batch_size, gradient_accumulation_steps, world);
+    micro_batch_size = static_cast<int>(train_batch_size / (gradient_accumulation_steps * world));
+  } else if (have_micro) {
+    if (!have_accum) gradient_accumulation_steps = 1;
+  } else if (have_total) {
+    gradient_accumulation_steps = 1;
+    TS_CHECK(train_batch_size % world == 0,
+             "train_batch_size {} is not divisible by the data-parallel size {}", train_batch_size,
+             world);
+    micro_batch_size = static_cast<int>(train_batch_size / world);
+  } else {
+    TS_THROW(InvalidArgument,
+             "no batch size: set train_micro_batch_size_per_gpu (and optionally "
+             "gradient_accumulation_steps or train_batch_size)");
+  }
+  TS_CHECK(micro_batch_size >= 1 && gradient_accumulation_steps >= 1,
+           "batch sizes must be positive (micro batch {}, accumulation {})", micro_batch_size,
+           gradient_accumulation_steps);
+  train_batch_size = int64_t{micro_batch_size} * gradient_accumulation_steps * world;
+}
+
+std::string apply_overrides(const std::string& json_text, const std::vector<std::string>& overrides) {
+  if (overrides.empty()) return json_text;
+  json root = json::parse(json_text);
+  for (const std::string& o : overrides) {
+    const size_t eq = o.find('=');
+    TS_CHECK(eq != std::string::npos && eq > 0, "--set '{}' must look like key.path=value", o);
+    const std::string path = o.substr(0, eq), text = o.substr(eq + 1);
+    json value;
+    try {
+      value = json::parse(text);
+    } catch (const json::parse_error&) {
+      value = text;  // bare words are strings: --set data.train=foo.bin
+    }
+    json* node = &root;
+    size_t start = 0;
+    while (true) {
+      const size_t dot = path.find('.', start);
+      const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      TS_CHECK(!key.empty(), "--set '{}': empty key in the path", o);
+      if (dot == std::string::npos) {
+        (*node)[key] = value;
+        break;
+      }
+      if (!node->contains(key)) (*node)[key] = json::object();
+      node = &(*node)[key];
+      TS_CHECK(node->is_object(), "--set '{}': '{}' is not an object", o, path.substr(0, dot));
+      start = dot + 1;
+    }
+  }
+  return root.dump();
+}
+
+TrainConfig parse_train_config(const std::string& json_text, const std::string& source) {
+  json root_json;
+  try {
+    root_json = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    // nlohmann's message carries the byte position; keep it, drop its "[json.exception...]".
+    std::string what = e.what();
+    const size_t cut = what.find("] ");
+    TS_THROW(InvalidArgument, "{}: malformed JSON: {}", source,
+             cut == std::string::npos ? what : what.substr(cut + 2));
+  }
+  TrainConfig c;
+  Block root(root_json, "", source);
+  root.get("train_batch_size", c.train_batch_size);
+  root.get("train_micro_batch_size_per_gpu", c.micro_batch_size);
+  root.get("gradient_accumulation_steps", c.gradient_accumulation_steps);
+  root.get("gradient_clipping", c.gradient_clipping);
+  root.get("steps_per_print", c.steps_per_print);
+  TS_CHECK(c.gradient_clipping >= 0, "{}: gradient_clipping must be >= 0 (0 turns it off)", source);
+  TS_CHECK(c.steps_per_print >= 1, "{}: steps_per_print must be >= 1", source);
+
+  if (root.has("optimizer")) {
+    Block opt = root.child("optimizer");
+    opt.get("type", c.optimizer.type);
+    TS_CHECK(c.optimizer.type == "AdamW" || c.optimizer.type == "Adam",
+             "{}: optimizer.type '{}' is not supported: use AdamW or Adam", source, c.optimizer.type);
+    if (opt.has("params")) {
+      Block p = opt.child("params");
+      p.get("lr", c.optimizer.lr);
+      p.get("eps", c.optimizer.eps);
+      p.get("weight_decay", c.optimizer.weight_decay);
+      if (p.has("betas")) {
+        const json& b = p.raw("betas");
+        TS_CHECK(b.is_array() && b.size() == 2 && b[0].is_number() && b[1].is_number(),
+                 "{}: optimizer.params.betas must be a list of two numbers, got {}", source, b.dump());
+        c.optimizer.beta1 = b[0].get<float>();
+        c.optimizer.beta2 = b[1].get<float>();
+      }
+      p.reject_unknown();
+    }
+    opt.reject_unknown();
+    TS_CHECK(c.optimizer.lr > 0, "{}: optimizer.params.lr must be > 0", source);
+    TS_CHECK(c.optimizer.beta1 >= 0 && c.optimizer.beta1 < 1 && c.optimizer.beta2 >= 0 &&
+                 c.optimizer.beta2 < 1,
+             "{}: optimizer betas must be in [0, 1)", source);
+  }
+  if (root.has("scheduler")) {
+    Block sch = root.child("scheduler");
+    sch.get("type", c.scheduler.type);
+    TS_CHECK(c.scheduler.type == "WarmupLR" || c.scheduler.type == "WarmupDecayLR" ||
+                 c.scheduler.type == "WarmupCosineLR",
+             "{}: scheduler.type '{}' is not supported: use WarmupLR, WarmupDecayLR or "
+             "WarmupCosineLR",
+             source, c.scheduler.type);
+    if (sch.has("params")) {
+      Block p = sch.child("params");
+      p.get("warmup_num_steps", c.scheduler.warmup_num_steps);
+      p.get("warmup_type", c.scheduler.warmup_type);
+      p.get("total_num_steps", c.scheduler.total_num_steps);
+      if (c.scheduler.type == "WarmupCosineLR") {
+        p.get("warmup_min_ratio", c.scheduler.warmup_min_ratio);
+        p.get("cos_min_ratio", c.scheduler.cos_min_ratio);
+      } else {
+        p.get("warmup_min_lr", c.scheduler.warmup_min_lr);
+        p.get("warmup_max_lr", c.scheduler.warmup_max_lr);
+      }
+      p.reject_unknown();
+    }
+    sch.reject_unknown();
+    TS_CHECK(c.scheduler.warmup_type == "log" || c.scheduler.warmup_type == "linear",
+             "{}: scheduler.params.warmup_type '{}' must be log or linear", source,
+             c.scheduler.warmup_type);
+    TS_CHECK(c.scheduler.warmup_num_steps >= 0, "{}: warmup_num_steps must be >= 0", source);
+  }
+  refuse_if_enabled(root, "fp16", "mixed precision arrives with the fp16/bf16 issue");
+  refuse_if_enabled(root, "bf16", "mixed precision arrives with the fp16/bf16 issue");
+  refuse_if_enabled(root, "zero_optimization", "ZeRO stages 1-3 arrive with the ZeRO issue");
+
+  TS_CHECK(root.has("model"), "{}: missing the 'model' block (e.g. \"model\": {{\"preset\": \"tiny\"}})",
+           source);
+  {
+    Block m = root.child("model");
+    m.get("preset", c.model_preset);
+    if (!c.model_preset.empty()) c.model = models::gpt_preset(c.model_preset);
+    m.get("n_layer", c.model.n_layer);
+    m.get("n_head", c.model.n_head);
+    m.get("n_embd", c.model.n_embd);
+    m.get("vocab_size", c.model.vocab_size);
+    m.get("block_size", c.model.block_size);
+    m.reject_unknown();
+    c.model.validate();
+  }
+  TS_CHECK(root.has("data"), "{}: missing the 'data' block (\"data\": {{\"train\": \"...bin\"}})",
+           source);
+  {
+    Block d = root.child("data");
+    c.train_files = string_or_list(d, "train");
+    c.val_files = string_or_list(d, "val");
+    d.get("seq_len", c.seq_len);
+    d.get("shuffle", c.shuffle);
+    d.reject_unknown();
+    TS_CHECK(!c.train_files.empty(), "{}: data.train names no token file", source);
+    if (c.seq_len == 0) c.seq_len = c.model.block_size;
+    TS_CHECK(c.seq_len >= 1 && c.seq_len <= c.model.block_size,
+             "{}: data.seq_len {} must be in [1, model.block_size = {}]", source, c.seq_len,
+             c.model.block_size);
+  }
+  if (root.has("training")) {
+    Block t = root.child("training");
+    t.get("steps", c.steps);
+    t.get("seed", c.seed);
+    t.get("threads", c.threads);
+    t.get("eval_interval", c.eval_interval);
+    t.get("eval_iters", c.eval_iters);
+    t.get("sample_tokens", c.sample_tokens);
+    t.get("sample_prompt", c.sample_prompt);
+    t.reject_unknown();
+    TS_CHECK(c.steps >= 0, "{}: training.steps must be >= 0", source);
+    TS_CHECK(c.threads >= 0, "{}: training.threads must be >= 0 (0 = all cores)", source);
+    TS_CHECK(c.eval_iters >= 1, "{}: training.eval_iters must be >= 1", source);
+  }
+  if (root.has("output")) {
+    Block o = root.child("output");
+    o.get("dir", c.output_dir);
+    o.reject_unknown();
+  }
+  root.reject_unknown();
+  return c;
+}
+
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  TS_CHECK(in.good(), "cannot read config file '{}': check the path", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text = ss.str();
+  if (!overrides.empty()) {
+    try {
+      text = apply_overrides(text, overrides);
+    } catch (const nlohmann::json::parse_error&) {
+      // Report the file's own syntax error below, not the override's.
+    }
+  }
+  return parse_train_config(text, path);
+}
+
+}  // namespace tessera::engine

@@ -1,0 +1,74 @@
+// The training configuration: DeepSpeed's JSON keys where they apply, tessera's own blocks
+// (model, data, training, output) for the rest. Every key is checked: an unknown one is an
+// error with a did-you-mean, a wrong type names the key and the type expected, and a block a
+// later version implements (fp16, bf16, zero_optimization) is refused, never ignored.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/gpt_config.h"
+
+namespace tessera::engine {
+
+struct OptimizerConfig {
+  std::string type = "AdamW";  // AdamW | Adam (Adam: weight decay folded into the gradient)
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.01f;
+};
+
+struct SchedulerConfig {
+  std::string type;  // "" (constant lr), WarmupLR, WarmupDecayLR, WarmupCosineLR
+  double warmup_min_lr = 0.0;
+  double warmup_max_lr = -1.0;  // < 0: the optimizer's lr
+  int64_t warmup_num_steps = 1000;
+  std::string warmup_type = "log";  // log | linear
+  int64_t total_num_steps = -1;     // < 0: training.steps
+  double warmup_min_ratio = 0.0;
+  double cos_min_ratio = 0.0001;
+};
+
+struct TrainConfig {
+  // DeepSpeed batch arithmetic: train_batch = micro_batch * accumulation * data-parallel size.
+  int64_t train_batch_size = 0;  // 0: implied
+  int micro_batch_size = 0;      // train_micro_batch_size_per_gpu
+  int gradient_accumulation_steps = 0;
+  double gradient_clipping = 0.0;  // 0: off
+  int steps_per_print = 10;
+  OptimizerConfig optimizer;
+  SchedulerConfig scheduler;
+
+  models::GPTConfig model;
+  std::string model_preset;  // "" when given explicitly
+
+  std::vector<std::string> train_files;
+  std::vector<std::string> val_files;
+  int seq_len = 0;  // 0: the model's block_size
+  bool shuffle = false;
+
+  int64_t steps = 100;
+  uint64_t seed = 1337;
+  int threads = 0;  // 0: all cores
+  int64_t eval_interval = 0;  // 0: only at the end (when val files exist)
+  int eval_iters = 10;
+  int sample_tokens = 0;  // > 0: print a sample of this many tokens after training
+  std::string sample_prompt = "\n";
+  std::string output_dir = "runs/default";
+
+  // Fills the batch triple from the data-parallel size (dp_world); throws with the
+  // arithmetic when the three given values disagree.
+  void resolve_batch(int dp_world);
+};
+
+// Parses JSON text. `source` names it in error messages.
+TrainConfig parse_train_config(const std::string& json_text, const std::string& source);
+TrainConfig load_train_config(const std::string& path,
+                              const std::vector<std::string>& overrides = {});
+// Applies "a.b=value" overrides (value parsed as JSON, or taken as a string) to JSON text.
+std::string apply_overrides(const std::string& json_text, const std::vector<std::string>& overrides);
+
+}  // namespace tessera::engine

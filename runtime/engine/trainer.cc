@@ -1,0 +1,158 @@
+#include "runtime/engine/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "models/sampler.h"
+#include "runtime/core/logging.h"
+#include "runtime/engine/lr_schedule.h"
+#include "runtime/kernels/cpu_kernels.h"
+
+namespace tessera::engine {
+
+namespace k = tessera::kernels::cpu;
+
+Trainer::Trainer(TrainConfig config)
+    : config_(std::move(config)),
+      model_(config_.model),
+      state_(model_.registry().numel(), {0, model_.registry().numel()}) {
+  if (config_.threads > 0) omp_set_num_threads(config_.threads);
+  config_.resolve_batch(/*dp_world=*/1);
+  init_params(model_.registry(), state_.params(), config_.seed);
+  access_ = std::make_unique<LocalParamAccess>(model_.registry(), state_.params(), state_.grads(),
+                                               sizeof(float));
+  train_loader_ = std::make_unique<DataLoader>(config_.train_files, config_.micro_batch_size,
+                                               config_.seq_len, config_.model.vocab_size, 0, 1,
+                                               config_.shuffle, config_.seed);
+  model_.allocate_activations(config_.micro_batch_size, config_.seq_len);
+  const size_t n = static_cast<size_t>(config_.micro_batch_size) * config_.seq_len;
+  inputs_.resize(n);
+  targets_.resize(n);
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::optimizer_step(double lr, double clip_scale) {
+  const OptimizerConfig& o = config_.optimizer;
+  for (const ParamSpec& p : model_.registry().params()) {
+    // GPT-2 practice: decay matrices, not biases, LayerNorm gains or... the 1-D tensors.
+    const bool decay = p.shape.size() >= 2;
+    k::AdamWParams a;
+    a.lr = static_cast<float>(lr);
+    a.beta1 = o.beta1;
+    a.beta2 = o.beta2;
+    a.eps = o.eps;
+    a.step = steps_done_ + 1;
+    a.grad_scale = static_cast<float>(clip_scale);
+    a.weight_decay = decay && o.type == "AdamW" ? o.weight_decay : 0.0f;
+    float* grads = state_.grads() + p.offset;
+    if (o.type == "Adam" && decay && o.weight_decay > 0) {
+      // Adam's L2 penalty: weight decay enters the gradient before the moments.
+      const float* w = state_.params() + p.offset;
+      const float wd = o.weight_decay / static_cast<float>(clip_scale);
+#pragma omp parallel for simd
+      for (int64_t i = 0; i < p.numel(); ++i) grads[i] += wd * w[i];
+    }
+    k::adamw_update(state_.params() + p.offset, grads, state_.exp_avg() + p.offset,
+                    state_.exp_avg_sq() + p.offset, p.numel(), a);
+  }
+}
+
+StepStats Trainer::step() {
+  const auto start = std::chrono::steady_clock::now();
+  const int accum = config_.gradient_accumulation_steps;
+  const int B = config_.micro_batch_size, T = config_.seq_len;
+  state_.zero_grads();
+  double loss = 0.0;
+  for (int micro = 0; micro < accum; ++micro) {
+    train_loader_->next(inputs_.data(), targets_.data());
+    loss += model_.forward_backward(*access_, inputs_.data(), targets_.data(), B, T, 1.0 / accum);
+  }
+  loss /= accum;
+  const double norm = std::sqrt(k::sum_squares(state_.grads(), state_.numel()));
+  TS_CHECK(std::isfinite(norm) && std::isfinite(loss),
+           "step {}: loss {} / gradient norm {} is not finite: lower optimizer.params.lr or set "
+           "gradient_clipping",
+           steps_done_ + 1, loss, norm);
+  double clip_scale = 1.0;
+  if (config_.gradient_clipping > 0.0 && norm > config_.gradient_clipping) {
+    clip_scale = config_.gradient_clipping / (norm + 1e-6);
+  }
+  const double lr = learning_rate(config_.scheduler, config_.optimizer.lr, steps_done_, config_.steps);
+  optimizer_step(lr, clip_scale);
+  ++steps_done_;
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  StepStats s;
+  s.step = steps_done_;
+  s.loss = loss;
+  s.lr = lr;
+  s.grad_norm = norm;
+  s.ms = ms;
+  s.tokens_per_s = static_cast<double>(accum) * B * T / (ms / 1000.0);
+  return s;
+}
+
+double Trainer::evaluate() {
+  if (config_.val_files.empty()) return NAN;
+  const int B = config_.micro_batch_size, T = config_.seq_len;
+  DataLoader val(config_.val_files, B, T, config_.model.vocab_size);
+  const int iters = static_cast<int>(std::min<int64_t>(config_.eval_iters, val.windows_per_epoch()));
+  double sum = 0.0;
+  for (int i = 0; i < iters; ++i) {
+    val.next(inputs_.data(), targets_.data());
+    sum += model_.forward(*access_, inputs_.data(), targets_.data(), B, T);
+  }
+  return sum / iters;
+}
+
+void Trainer::run() {
+  namespace fs = std::filesystem;
+  fs::create_directories(config_.output_dir);
+  std::ofstream metrics(fs::path(config_.output_dir) / "metrics.jsonl");
+  TS_CHECK(metrics.good(), "cannot write {}/metrics.jsonl: check output.dir", config_.output_dir);
+  const auto& m = config_.model;
+  log_rank0("model: {} layers, {} heads, {} dims, vocab {}, block {}: {:.2f}M parameters",
+            m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size, m.num_params() / 1e6);
+  log_rank0("batch: {} x {} tokens x {} accumulation steps = {} tokens/step, {} threads",
+            config_.micro_batch_size, config_.seq_len, config_.gradient_accumulation_steps,
+            config_.train_batch_size * config_.seq_len, omp_get_max_threads());
+  log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
+  const double flops_per_token = m.flops_per_token(config_.seq_len);
+  for (int64_t i = 0; i < config_.steps; ++i) {
+    const StepStats s = step();
+    double val_loss = NAN;
+    const bool last = s.step == config_.steps;
+    if (!config_.val_files.empty() &&
+        ((config_.eval_interval > 0 && s.step % config_.eval_interval == 0) || last)) {
+      val_loss = evaluate();
+    }
+    const MemorySnapshot mem = MemoryTracker::current().snapshot();
+    nlohmann::json line = {{"step", s.step},           {"loss", s.loss},
+                           {"lr", s.lr},               {"grad_norm", s.grad_norm},
+                           {"ms", s.ms},               {"tokens_per_s", s.tokens_per_s},
+                           {"gflops", s.tokens_per_s * flops_per_token / 1e9}};
+    if (!std::isnan(val_loss)) line["val_loss"] = val_loss;
+    for (int c = 0; c < kNumMemCategories; ++c) {
+      line["mem_" + std::string(mem_category_name(static_cast<MemCategory>(c)))] = mem.current[c];
+    }
+    metrics << line.dump() << '\n';
+    metrics.flush();
+    if (s.step % config_.steps_per_print == 0 || s.step == 1 || last || !std::isnan(val_loss)) {
+      std::string val = std::isnan(val_loss) ? "" : fmt::format(" | val {:.4f}", val_loss);
+      log_rank0("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.4f} | {:.1f} ms | {:.0f} tok/s "
+                "| {:.1f} GFLOP/s",
+                s.step, config_.steps, s.loss, val, s.lr, s.grad_norm, s.ms, s.tokens_per_s,
+                s.tokens_per_s * flops_per_token / 1e9);
+    }
+  }
+  log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
+}
+
+}  // namespace tessera::engine

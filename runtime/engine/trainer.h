@@ -1,0 +1,57 @@
+// The training engine: micro-batches with gradient accumulation, global-norm clipping,
+// AdamW over the flat state, the learning-rate schedule, evaluation, metrics and the
+// final weights.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "memory/flat_buffers.h"
+#include "models/gpt.h"
+#include "runtime/engine/config.h"
+#include "runtime/engine/token_data.h"
+
+namespace tessera::engine {
+
+struct StepStats {
+  int64_t step = 0;  // 1-based
+  double loss = 0.0;
+  double lr = 0.0;
+  double grad_norm = 0.0;  // before clipping
+  double ms = 0.0;
+  double tokens_per_s = 0.0;
+};
+
+class Trainer {
+ public:
+  explicit Trainer(TrainConfig config);
+  ~Trainer();
+
+  // One optimizer step over gradient_accumulation_steps micro-batches.
+  StepStats step();
+  // Mean loss over eval_iters batches of the validation files (from their start).
+  double evaluate();
+  // Runs config.steps steps with logging, evaluation, metrics and the final save.
+  void run();
+
+  const TrainConfig& config() const { return config_; }
+  models::GPT<float>& model() { return model_; }
+  memory::FlatState<float>& state() { return state_; }
+  ParamAccess& params() { return *access_; }
+  int64_t steps_done() const { return steps_done_; }
+
+ private:
+  void optimizer_step(double lr, double clip_scale);
+
+  TrainConfig config_;
+  models::GPT<float> model_;
+  memory::FlatState<float> state_;
+  std::unique_ptr<ParamAccess> access_;
+  std::unique_ptr<DataLoader> train_loader_;
+  std::vector<int32_t> inputs_, targets_;
+  int64_t steps_done_ = 0;
+};
+
+}  // namespace tessera::engine
