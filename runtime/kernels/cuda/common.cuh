@@ -1,0 +1,98 @@
+// Device-side building blocks shared by the op files: warp and block reductions, element
+// loads that compute in float whatever the storage type (so fp16/bf16 kernels are the same
+// templates instantiated again), and launch-size helpers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "runtime/kernels/cuda/context.h"
+#include "runtime/kernels/cuda/cuda_check.cuh"
+
+namespace tessera::kernels::cuda::detail {
+
+inline constexpr int kWarpSize = 32;
+inline constexpr unsigned kFullMask = 0xffffffffu;
+
+// Threads per block of the element-wise kernels.
+inline constexpr int kElementwiseThreads = 256;
+
+// Blocks for a grid-stride loop over n elements: enough to fill any current GPU many times
+// over, capped so the grid size never overflows; the loop covers the rest.
+inline int grid_for(int64_t n, int threads = kElementwiseThreads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<int>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 16));
+}
+
+template <typename T>
+__device__ __forceinline__ float load_f(const T* p) {
+  return static_cast<float>(*p);
+}
+template <typename T>
+__device__ __forceinline__ void store_f(T* p, float v) {
+  *p = static_cast<T>(v);
+}
+
+template <typename V>
+__device__ __forceinline__ V warp_sum(V v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(kFullMask, v, offset);
+  }
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  }
+  return v;
+}
+
+// Block-wide reduction for blocks whose size is a multiple of 32 (at most 1024). Every thread
+// gets the result. `shared` must hold 32 values; the leading __syncthreads makes back-to-back
+// calls with the same buffer safe (everyone has read the previous result before it is
+// overwritten).
+template <typename V, typename Op>
+__device__ V block_reduce(V v, V* shared, V identity, Op op) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int num_warps = blockDim.x / kWarpSize;
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+  }
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    V w = lane < num_warps ? shared[lane] : identity;
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      w = op(w, __shfl_xor_sync(kFullMask, w, offset));
+    }
+    if (lane == 0) shared[0] = w;
+  }
+  __syncthreads();
+  return shared[0];
+}
+
+struct SumOp {
+  template <typename V>
+  __device__ V operator()(V a, V b) const {
+    return a + b;
+  }
+};
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Sums f(x[i]) over n values on `stream` and returns it to the host (waits for the stream).
+// Two fixed-shape passes, so the result is bit-identical from run to run.
+template <typename T, bool kSquare>
+double reduce_to_host(const T* x, int64_t n, cudaStream_t stream);
+
+}  // namespace tessera::kernels::cuda::detail

@@ -1,0 +1,78 @@
+// Built instead of kernels/cuda/ when TESSERA_WITH_CUDA is OFF: the CUDA API exists, so
+// callers carry no #ifdef, but reports no device and throws NotCompiled if used anyway.
+#include "runtime/core/error.h"
+#include "runtime/kernels/cuda_kernels.h"
+
+namespace tessera::kernels::cuda {
+namespace {
+[[noreturn]] void not_compiled(const char* function) {
+  TS_THROW(NotCompiled,
+           "cuda::{}: tessera was built without CUDA; rebuild with "
+           "-DTESSERA_WITH_CUDA=ON",
+           function);
+}
+}  // namespace
+
+int device_count() { return 0; }
+void set_device(int) { not_compiled("set_device"); }
+int current_device() { not_compiled("current_device"); }
+Stream create_stream() { not_compiled("create_stream"); }
+void destroy_stream(Stream) { not_compiled("destroy_stream"); }
+void synchronize(Stream) { not_compiled("synchronize"); }
+void copy_to_device(void*, const void*, size_t, Stream) { not_compiled("copy_to_device"); }
+void copy_to_host(void*, const void*, size_t, Stream) { not_compiled("copy_to_host"); }
+
+void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+          int64_t, float, float*, int64_t, Stream) {
+  not_compiled("gemm");
+}
+void matmul_forward(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t,
+                    Stream) {
+  not_compiled("matmul_forward");
+}
+void matmul_backward(float*, float*, float*, const float*, const float*, const float*, int64_t,
+                     int64_t, int64_t, Stream) {
+  not_compiled("matmul_backward");
+}
+void layernorm_forward(float*, float*, float*, const float*, const float*, const float*, int64_t,
+                       int64_t, Stream) {
+  not_compiled("layernorm_forward");
+}
+void layernorm_backward(float*, float*, float*, const float*, const float*, const float*,
+                        const float*, const float*, int64_t, int64_t, Stream) {
+  not_compiled("layernorm_backward");
+}
+void gelu_forward(float*, const float*, int64_t, Stream) { not_compiled("gelu_forward"); }
+void gelu_backward(float*, const float*, const float*, int64_t, Stream) {
+  not_compiled("gelu_backward");
+}
+void residual_forward(float*, const float*, const float*, int64_t, Stream) {
+  not_compiled("residual_forward");
+}
+void residual_backward(float*, float*, const float*, int64_t, Stream) {
+  not_compiled("residual_backward");
+}
+void attention_forward(float*, float*, const float*, int, int, int, int, Stream) {
+  not_compiled("attention_forward");
+}
+void attention_backward(float*, const float*, const float*, const float*, const float*, int, int,
+                        int, int, Stream) {
+  not_compiled("attention_backward");
+}
+void embedding_forward(float*, const int32_t*, const float*, const float*, int, int, int, Stream) {
+  not_compiled("embedding_forward");
+}
+void embedding_backward(float*, float*, const float*, const int32_t*, int, int, int, Stream) {
+  not_compiled("embedding_backward");
+}
+double lm_head_cross_entropy(float*, float*, float*, const float*, const float*, const int32_t*,
+                             int64_t, int64_t, int64_t, float, float*, Stream) {
+  not_compiled("lm_head_cross_entropy");
+}
+double sum_squares(const float*, int64_t, Stream) { not_compiled("sum_squares"); }
+void scale(float*, float, int64_t, Stream) { not_compiled("scale"); }
+void adamw_update(float*, const float*, float*, float*, int64_t, const AdamWParams&, Stream) {
+  not_compiled("adamw_update");
+}
+
+}  // namespace tessera::kernels::cuda

@@ -1,0 +1,378 @@
+// Every CUDA kernel against its CPU counterpart (cpu_kernels.h) on random inputs, forward and
+// backward, at a small odd shape and a larger one. Backward gradients start non-zero on both
+// sides, so the accumulate (+=) contract is checked too.
+//
+// Tolerance: |gpu - cpu| <= atol + rtol * |cpu|. Element-wise ops use rtol = atol = 1e-5,
+// GELU 1e-4 (the CPU's tanh is exp-based with ~1e-7 absolute error, which the derivative's
+// 1 - tanh^2 amplifies by up to ~50 at |x| ~ 9); ops that sum (GEMMs, layernorm
+// row statistics, softmax, attention) use rtol = atol = 1e-3 on values of order 1, since
+// cuBLAS and our kernels sum in a different order than the CPU.
+//
+// Without a device (no GPU, no driver, or a CPU-only build) every test skips, except the one
+// that checks the CPU-only build's stub throws NotCompiled.
+#include "runtime/kernels/cuda_kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/core/error.h"
+#include "runtime/core/rng.h"
+#include "runtime/core/storage.h"
+#include "runtime/kernels/cpu_kernels.h"
+#include "tessera/config.h"
+
+namespace {
+
+namespace cu = tessera::kernels::cuda;
+namespace cpu = tessera::kernels::cpu;
+
+constexpr double kSumTol = 1e-3;
+constexpr double kElementTol = 1e-5;
+constexpr double kGeluTol = 1e-4;
+
+std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f, float shift = 0.0f) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    v[i] = shift + scale * static_cast<float>(tessera::normal_at(seed, 0, i));
+  }
+  return v;
+}
+
+std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
+  tessera::Rng rng(seed);
+  std::vector<int32_t> v(n);
+  for (auto& t : v) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+  return v;
+}
+
+// Device memory through Storage, so the tests also exercise the registered CUDA allocator.
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(const std::vector<T>& host)
+      : size_(host.size()),
+        storage_(std::max<size_t>(1, host.size()) * sizeof(T), tessera::MemCategory::Other,
+                 tessera::Device::cuda(0)) {
+    cu::copy_to_device(storage_.data(), host.data(), size_ * sizeof(T));
+  }
+  T* get() { return static_cast<T*>(storage_.data()); }
+  // Through the legacy default stream, which waits for the blocking streams the ops ran on.
+  std::vector<T> to_host() const {
+    std::vector<T> host(size_);
+    cu::copy_to_host(host.data(), storage_.data(), size_ * sizeof(T));
+    return host;
+  }
+
+ private:
+  size_t size_;
+  tessera::Storage storage_;
+};
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  size_t bad = 0;
+  size_t first_bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(static_cast<double>(got[i]) - want[i]);
+    if (!(err <= tol + tol * std::abs(static_cast<double>(want[i])))) {  // NaN fails too
+      if (bad++ == 0) first_bad = i;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " values differ; first at "
+                     << first_bad << ": gpu " << got[first_bad] << ", cpu " << want[first_bad];
+}
+
+class CudaKernelsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cu::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    cu::set_device(0);
+  }
+};
+
+TEST_F(CudaKernelsTest, GemmMatchesCpuForAllTransposes) {
+  struct Shape {
+    int64_t M, N, K;
+  };
+  for (const Shape s : {Shape{5, 7, 3}, Shape{33, 17, 65}}) {
+    for (const bool ta : {false, true}) {
+      for (const bool tb : {false, true}) {
+        // Leading dimensions one wider than needed, to check they are honoured.
+        const int64_t lda = (ta ? s.M : s.K) + 1;
+        const int64_t ldb = (tb ? s.K : s.N) + 1;
+        const int64_t ldc = s.N + 1;
+        const auto A = random_floats((ta ? s.K : s.M) * lda, 1);
+        const auto B = random_floats((tb ? s.N : s.K) * ldb, 2);
+        auto C = random_floats(s.M * ldc, 3);
+        DeviceArray<float> dA(A), dB(B), dC(C);
+        cu::gemm(ta, tb, s.M, s.N, s.K, 0.7f, dA.get(), lda, dB.get(), ldb, 0.3f, dC.get(), ldc,
+                 nullptr);
+        cpu::gemm<float>(ta, tb, s.M, s.N, s.K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C.data(),
+                         ldc);
+        expect_close(dC.to_host(), C, kSumTol,
+                     "gemm M=" + std::to_string(s.M) + " ta=" + std::to_string(ta) +
+                         " tb=" + std::to_string(tb));
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernelsTest, MatmulForwardBackwardMatchesCpu) {
+  struct Shape {
+    int64_t N, C, OC;
+  };
+  for (const Shape s : {Shape{37, 19, 23}, Shape{64, 48, 96}}) {
+    for (const bool with_bias : {true, false}) {
+      const auto inp = random_floats(s.N * s.C, 10);
+      const auto weight = random_floats(s.OC * s.C, 11, 0.2f);
+      const auto bias = random_floats(s.OC, 12);
+      const auto dout = random_floats(s.N * s.OC, 13);
+      auto out = std::vector<float>(s.N * s.OC);
+      auto dinp = random_floats(s.N * s.C, 14);
+      auto dweight = random_floats(s.OC * s.C, 15);
+      auto dbias = random_floats(s.OC, 16);
+      DeviceArray<float> d_inp(inp), d_weight(weight), d_bias(bias), d_dout(dout), d_out(out),
+          d_dinp(dinp), d_dweight(dweight), d_dbias(dbias);
+
+      cu::matmul_forward(d_out.get(), d_inp.get(), d_weight.get(),
+                         with_bias ? d_bias.get() : nullptr, s.N, s.C, s.OC, nullptr);
+      cpu::matmul_forward<float>(out.data(), inp.data(), weight.data(),
+                                 with_bias ? bias.data() : nullptr, s.N, s.C, s.OC);
+      cu::matmul_backward(d_dinp.get(), d_dweight.get(), with_bias ? d_dbias.get() : nullptr,
+                          d_dout.get(), d_inp.get(), d_weight.get(), s.N, s.C, s.OC, nullptr);
+      cpu::matmul_backward<float>(dinp.data(), dweight.data(), with_bias ? dbias.data() : nullptr,
+                                  dout.data(), inp.data(), weight.data(), s.N, s.C, s.OC);
+      const std::string tag = " N=" + std::to_string(s.N) + " bias=" + std::to_string(with_bias);
+      expect_close(d_out.to_host(), out, kSumTol, "out" + tag);
+      expect_close(d_dinp.to_host(), dinp, kSumTol, "dinp" + tag);
+      expect_close(d_dweight.to_host(), dweight, kSumTol, "dweight" + tag);
+      expect_close(d_dbias.to_host(), dbias, kSumTol, "dbias" + tag);
+    }
+  }
+}
+
+TEST_F(CudaKernelsTest, LayerNormForwardBackwardMatchesCpu) {
+  struct Shape {
+    int64_t N, C;
+  };
+  for (const Shape s : {Shape{7, 33}, Shape{70, 768}}) {
+    // A large mean checks the two-pass variance.
+    const auto inp = random_floats(s.N * s.C, 20, 2.0f, 5.0f);
+    const auto weight = random_floats(s.C, 21, 0.5f, 1.0f);
+    const auto bias = random_floats(s.C, 22);
+    const auto dout = random_floats(s.N * s.C, 23);
+    std::vector<float> out(s.N * s.C), mean(s.N), rstd(s.N);
+    auto dinp = random_floats(s.N * s.C, 24);
+    auto dweight = random_floats(s.C, 25);
+    auto dbias = random_floats(s.C, 26);
+    DeviceArray<float> d_inp(inp), d_weight(weight), d_bias(bias), d_dout(dout), d_out(out),
+        d_mean(mean), d_rstd(rstd), d_dinp(dinp), d_dweight(dweight), d_dbias(dbias);
+
+    cu::layernorm_forward(d_out.get(), d_mean.get(), d_rstd.get(), d_inp.get(), d_weight.get(),
+                          d_bias.get(), s.N, s.C, nullptr);
+    cpu::layernorm_forward<float>(out.data(), mean.data(), rstd.data(), inp.data(), weight.data(),
+                                  bias.data(), s.N, s.C);
+    // Both backwards from the CPU's statistics, so only backward is compared.
+    DeviceArray<float> d_cpu_mean(mean), d_cpu_rstd(rstd);
+    cu::layernorm_backward(d_dinp.get(), d_dweight.get(), d_dbias.get(), d_dout.get(), d_inp.get(),
+                           d_weight.get(), d_cpu_mean.get(), d_cpu_rstd.get(), s.N, s.C, nullptr);
+    cpu::layernorm_backward<float>(dinp.data(), dweight.data(), dbias.data(), dout.data(),
+                                   inp.data(), weight.data(), mean.data(), rstd.data(), s.N, s.C);
+    const std::string tag = " C=" + std::to_string(s.C);
+    expect_close(d_out.to_host(), out, kSumTol, "out" + tag);
+    expect_close(d_mean.to_host(), mean, kSumTol, "mean" + tag);
+    expect_close(d_rstd.to_host(), rstd, kSumTol, "rstd" + tag);
+    expect_close(d_dinp.to_host(), dinp, kSumTol, "dinp" + tag);
+    expect_close(d_dweight.to_host(), dweight, kSumTol, "dweight" + tag);
+    expect_close(d_dbias.to_host(), dbias, kSumTol, "dbias" + tag);
+  }
+}
+
+TEST_F(CudaKernelsTest, GeluAndResidualMatchCpu) {
+  for (const int64_t n : {int64_t{1}, int64_t{4099}}) {
+    const auto x = random_floats(n, 30, 2.0f);
+    const auto y = random_floats(n, 31);
+    const auto dout = random_floats(n, 32);
+    std::vector<float> gelu_out(n), sum_out(n);
+    auto dx = random_floats(n, 33);
+    auto da = random_floats(n, 34);
+    auto db = random_floats(n, 35);
+    DeviceArray<float> d_x(x), d_y(y), d_dout(dout), d_gelu(gelu_out), d_sum(sum_out), d_dx(dx),
+        d_da(da), d_db(db);
+
+    cu::gelu_forward(d_gelu.get(), d_x.get(), n, nullptr);
+    cu::gelu_backward(d_dx.get(), d_x.get(), d_dout.get(), n, nullptr);
+    cu::residual_forward(d_sum.get(), d_x.get(), d_y.get(), n, nullptr);
+    cu::residual_backward(d_da.get(), d_db.get(), d_dout.get(), n, nullptr);
+    cpu::gelu_forward<float>(gelu_out.data(), x.data(), n);
+    cpu::gelu_backward<float>(dx.data(), x.data(), dout.data(), n);
+    cpu::residual_forward<float>(sum_out.data(), x.data(), y.data(), n);
+    cpu::residual_backward<float>(da.data(), db.data(), dout.data(), n);
+    const std::string tag = " n=" + std::to_string(n);
+    expect_close(d_gelu.to_host(), gelu_out, kGeluTol, "gelu" + tag);
+    expect_close(d_dx.to_host(), dx, kGeluTol, "gelu dinp" + tag);
+    expect_close(d_sum.to_host(), sum_out, kElementTol, "residual" + tag);
+    expect_close(d_da.to_host(), da, kElementTol, "residual da" + tag);
+    expect_close(d_db.to_host(), db, kElementTol, "residual db" + tag);
+  }
+}
+
+TEST_F(CudaKernelsTest, AttentionForwardBackwardMatchesCpu) {
+  struct Shape {
+    int B, T, C, NH;
+  };
+  // Head sizes 24 (odd tiling), 64 (GPT-2) and 128 (the largest; needs >48 KiB shared memory);
+  // sequence lengths that end mid-tile.
+  for (const Shape s : {Shape{2, 37, 48, 2}, Shape{1, 70, 128, 2}, Shape{1, 33, 256, 2}}) {
+    const size_t bt = static_cast<size_t>(s.B) * s.T;
+    const auto qkv = random_floats(bt * 3 * s.C, 40);
+    const auto dout = random_floats(bt * s.C, 41);
+    std::vector<float> out(bt * s.C), lse(static_cast<size_t>(s.B) * s.NH * s.T);
+    auto dqkv = random_floats(bt * 3 * s.C, 42);
+    DeviceArray<float> d_qkv(qkv), d_dout(dout), d_out(out), d_lse(lse), d_dqkv(dqkv);
+
+    cu::attention_forward(d_out.get(), d_lse.get(), d_qkv.get(), s.B, s.T, s.C, s.NH, nullptr);
+    cpu::attention_forward<float>(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    const std::string tag = " T=" + std::to_string(s.T) + " hs=" + std::to_string(s.C / s.NH);
+    expect_close(d_out.to_host(), out, kSumTol, "out" + tag);
+    expect_close(d_lse.to_host(), lse, kSumTol, "lse" + tag);
+
+    DeviceArray<float> d_cpu_out(out), d_cpu_lse(lse);
+    cu::attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_cpu_out.get(),
+                           d_cpu_lse.get(), s.B, s.T, s.C, s.NH, nullptr);
+    cpu::attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                                   s.B, s.T, s.C, s.NH);
+    expect_close(d_dqkv.to_host(), dqkv, kSumTol, "dqkv" + tag);
+  }
+}
+
+TEST_F(CudaKernelsTest, AttentionRejectsHeadSizeAbove128) {
+  EXPECT_THROW(cu::attention_forward(nullptr, nullptr, nullptr, 1, 4, 512, 2, nullptr),
+               tessera::InvalidArgument);
+}
+
+TEST_F(CudaKernelsTest, EmbeddingForwardBackwardMatchesCpu) {
+  const int B = 3, T = 13, C = 17, V = 5;  // a tiny vocabulary: tokens repeat, atomics collide
+  const auto tokens = random_tokens(static_cast<size_t>(B) * T, V, 50);
+  const auto wte = random_floats(static_cast<size_t>(V) * C, 51);
+  const auto wpe = random_floats(static_cast<size_t>(T) * C, 52);
+  const auto dout = random_floats(static_cast<size_t>(B) * T * C, 53);
+  std::vector<float> out(static_cast<size_t>(B) * T * C);
+  auto dwte = random_floats(wte.size(), 54);
+  auto dwpe = random_floats(wpe.size(), 55);
+  DeviceArray<int32_t> d_tokens(tokens);
+  DeviceArray<float> d_wte(wte), d_wpe(wpe), d_dout(dout), d_out(out), d_dwte(dwte), d_dwpe(dwpe);
+
+  cu::embedding_forward(d_out.get(), d_tokens.get(), d_wte.get(), d_wpe.get(), B, T, C, nullptr);
+  cu::embedding_backward(d_dwte.get(), d_dwpe.get(), d_dout.get(), d_tokens.get(), B, T, C,
+                         nullptr);
+  cpu::embedding_forward<float>(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+  cpu::embedding_backward<float>(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
+  expect_close(d_out.to_host(), out, kElementTol, "out");
+  expect_close(d_dwte.to_host(), dwte, kSumTol, "dwte");
+  expect_close(d_dwpe.to_host(), dwpe, kSumTol, "dwpe");
+}
+
+TEST_F(CudaKernelsTest, LmHeadCrossEntropyMatchesCpu) {
+  const int64_t C = 24, V = 101;
+  // One row, and enough rows for two CUDA chunks (the second one partial).
+  for (const int64_t N : {int64_t{1}, cu::kHeadChunkRows + 37}) {
+    for (const bool backward : {false, true}) {
+      const auto x = random_floats(N * C, 60);
+      const auto wte = random_floats(V * C, 61, 0.3f);
+      const auto targets = random_tokens(N, static_cast<int>(V), 62);
+      auto dx = random_floats(N * C, 63);
+      auto dwte = random_floats(V * C, 64);
+      std::vector<float> losses(N);
+      std::vector<float> cpu_scratch(cpu::kHeadChunkRows * V);
+      const float grad_scale = 1.0f / static_cast<float>(N);
+      DeviceArray<float> d_x(x), d_wte(wte), d_dx(dx), d_dwte(dwte), d_losses(losses),
+          d_scratch{std::vector<float>(cu::kHeadChunkRows * V)};
+      DeviceArray<int32_t> d_targets(targets);
+
+      const double gpu_sum = cu::lm_head_cross_entropy(
+          backward ? d_dx.get() : nullptr, backward ? d_dwte.get() : nullptr, d_losses.get(),
+          d_x.get(), d_wte.get(), d_targets.get(), N, C, V, grad_scale, d_scratch.get(), nullptr);
+      const double cpu_sum = cpu::lm_head_cross_entropy<float>(
+          backward ? dx.data() : nullptr, backward ? dwte.data() : nullptr, losses.data(), x.data(),
+          wte.data(), targets.data(), N, C, V, grad_scale, cpu_scratch.data());
+      const std::string tag = " N=" + std::to_string(N) + " backward=" + std::to_string(backward);
+      EXPECT_NEAR(gpu_sum, cpu_sum, kSumTol * (1.0 + std::abs(cpu_sum))) << tag;
+      expect_close(d_losses.to_host(), losses, kSumTol, "losses" + tag);
+      expect_close(d_dx.to_host(), dx, kSumTol, "dx" + tag);
+      expect_close(d_dwte.to_host(), dwte, kSumTol, "dwte" + tag);
+    }
+  }
+}
+
+TEST_F(CudaKernelsTest, SumSquaresAndScaleMatchCpu) {
+  for (const int64_t n : {int64_t{3}, int64_t{1000003}}) {
+    auto x = random_floats(n, 70);
+    DeviceArray<float> d_x(x);
+    const double gpu = cu::sum_squares(d_x.get(), n, nullptr);
+    const double want = cpu::sum_squares<float>(x.data(), n);
+    EXPECT_NEAR(gpu, want, 1e-9 * want) << "n=" << n;  // both sum in double
+    cu::scale(d_x.get(), 0.37f, n, nullptr);
+    cpu::scale<float>(x.data(), 0.37f, n);
+    expect_close(d_x.to_host(), x, kElementTol, "scale n=" + std::to_string(n));
+  }
+  EXPECT_EQ(cu::sum_squares(nullptr, 0, nullptr), 0.0);
+}
+
+TEST_F(CudaKernelsTest, AdamWMatchesCpuOverSteps) {
+  const int64_t n = 1001;
+  auto params = random_floats(n, 80);
+  auto m = std::vector<float>(n, 0.0f);
+  auto v = std::vector<float>(n, 0.0f);
+  DeviceArray<float> d_params(params), d_m(m), d_v(v);
+  cpu::AdamWParams p;
+  p.lr = 1e-2f;
+  p.weight_decay = 0.1f;
+  p.grad_scale = 0.5f;
+  for (int64_t step = 1; step <= 3; ++step) {
+    p.step = step;
+    const auto grads = random_floats(n, 81 + step);
+    DeviceArray<float> d_grads(grads);
+    cu::adamw_update(d_params.get(), d_grads.get(), d_m.get(), d_v.get(), n, p, nullptr);
+    cpu::adamw_update<float>(params.data(), grads.data(), m.data(), v.data(), n, p);
+  }
+  expect_close(d_params.to_host(), params, kElementTol * 10, "params");
+  expect_close(d_m.to_host(), m, kElementTol, "m");
+  expect_close(d_v.to_host(), v, kElementTol, "v");
+}
+
+TEST_F(CudaKernelsTest, OpsRunOnACreatedStream) {
+  const int64_t n = 777;
+  const auto a = random_floats(n, 90);
+  const auto b = random_floats(n, 91);
+  std::vector<float> want(n);
+  cpu::residual_forward<float>(want.data(), a.data(), b.data(), n);
+  DeviceArray<float> d_a(a), d_b(b), d_out{std::vector<float>(n)};
+  cu::Stream stream = cu::create_stream();
+  cu::residual_forward(d_out.get(), d_a.get(), d_b.get(), n, stream);
+  cu::synchronize(stream);
+  std::vector<float> got(n);
+  cu::copy_to_host(got.data(), d_out.get(), n * sizeof(float), stream);
+  cu::destroy_stream(stream);
+  expect_close(got, want, kElementTol, "residual on a stream");
+}
+
+// The CPU-only build's stub: no device, and a clear error instead of a link failure.
+TEST(CudaStub, ThrowsNotCompiledWithoutCuda) {
+  if (TESSERA_WITH_CUDA) GTEST_SKIP() << "built with CUDA";
+  EXPECT_EQ(cu::device_count(), 0);
+  try {
+    cu::create_stream();
+    FAIL() << "expected NotCompiled";
+  } catch (const tessera::NotCompiled& e) {
+    EXPECT_NE(std::string(e.what()).find("-DTESSERA_WITH_CUDA=ON"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
