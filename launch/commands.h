@@ -18,9 +18,31 @@ int run_prepare(const PrepareOptions& opts);
 struct TrainOptions {
   std::string config_path;
   std::vector<std::string> overrides;
+  int sim_ranks = 0;  // > 0: that many data-parallel ranks as threads of this process
 };
 int run_train(const TrainOptions& opts);
 
 int run_env();
+
+struct HostSlots {
+  std::string host;
+  int slots = 1;
+};
+// DeepSpeed-style hostfile: "host slots=N" lines, '#' comments; a host listed twice is an error.
+std::vector<HostSlots> parse_hostfile(const std::string& path);
+std::vector<HostSlots> filter_hosts(std::vector<HostSlots> hosts, const std::string& include,
+                                    const std::string& exclude);
+
+struct LaunchOptions {
+  int ranks = 1;
+  std::string hostfile;
+  std::string include, exclude;
+  std::string mpirun = "mpirun";
+  bool dry_run = false;  // print the mpirun command instead of running it
+  std::vector<std::string> command;
+};
+// The mpirun argument vector `tessera launch` runs.
+std::vector<std::string> mpirun_command(const LaunchOptions& opts);
+int run_launch(const LaunchOptions& opts);
 
 }  // namespace tessera::launch

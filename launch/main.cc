@@ -1,4 +1,4 @@
-// The `tessera` command: train, prepare, env. Every error is caught here, printed as one
+// The `tessera` command: train, prepare, launch, env. Every error is caught here, printed as one
 // line, and turned into a non-zero exit.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -34,6 +34,19 @@ int main(int argc, char** argv) {
   auto* train_cmd = app.add_subcommand("train", "train a model from a JSON config");
   train_cmd->add_option("--config,-c", train.config_path, "DeepSpeed-style JSON config")->required();
   train_cmd->add_option("--set", train.overrides, "override a config key: a.b=value (repeatable)");
+  train_cmd->add_option("--sim-ranks", train.sim_ranks,
+                        "run N data-parallel ranks as threads of this process");
+
+  LaunchOptions launch;
+  auto* launch_cmd = app.add_subcommand("launch", "start ranks through mpirun: tessera launch -n N -- CMD...");
+  launch_cmd->add_option("-n,--num-ranks", launch.ranks, "number of ranks")->required();
+  launch_cmd->add_option("--hostfile", launch.hostfile, "DeepSpeed-style hostfile (host slots=N)");
+  launch_cmd->add_option("--include", launch.include, "hosts to use, e.g. host1@host2:0,1");
+  launch_cmd->add_option("--exclude", launch.exclude, "hosts (or slots) to leave out");
+  launch_cmd->add_option("--mpirun", launch.mpirun, "the mpirun to call")->capture_default_str();
+  launch_cmd->add_flag("--dry-run", launch.dry_run, "print the mpirun command only");
+  launch_cmd->add_option("command", launch.command, "the command each rank runs (after --)")
+      ->required();
 
   PrepareOptions prepare;
   auto* prepare_cmd = app.add_subcommand("prepare", "tokenise a text file into train/val token files");
@@ -55,6 +68,7 @@ int main(int argc, char** argv) {
     if (*train_cmd) return run_train(train);
     if (*prepare_cmd) return run_prepare(prepare);
     if (*env_cmd) return run_env();
+    if (*launch_cmd) return run_launch(launch);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::cerr << "error: " << e.what() << std::endl;

@@ -1,30 +1,76 @@
-// `tessera train`: load the config, train, save, and print a sample when asked.
+// `tessera train`: one rank, thread ranks (--sim-ranks), or MPI ranks (under mpirun /
+// `tessera launch`); train, then print a sample when the config asks for one.
+#include <omp.h>
+
 #include <iostream>
 
 #include "launch/byte_tokenizer.h"
 #include "launch/commands.h"
+#include "launch/rank_env.h"
 #include "models/sampler.h"
+#include "parallel/comm/mpi_group.h"
+#include "parallel/comm/thread_group.h"
 #include "runtime/core/logging.h"
 #include "runtime/engine/trainer.h"
 
 namespace tessera::launch {
+namespace {
 
-int run_train(const TrainOptions& opts) {
-  engine::TrainConfig config = engine::load_train_config(opts.config_path, opts.overrides);
-  engine::Trainer trainer(std::move(config));
+void train_one_rank(const engine::TrainConfig& config, parallel::ProcessGroup* dp) {
+  engine::Trainer trainer(config, dp);
   trainer.run();
   const engine::TrainConfig& c = trainer.config();
-  if (c.sample_tokens > 0) {
+  if (c.sample_tokens > 0 && trainer.dp_rank() == 0) {
     models::SampleOptions so;
     so.max_new_tokens = c.sample_tokens;
-    so.temperature = 1.0f;
-    so.top_k = 0;
     so.seed = c.seed;
-    const std::vector<int32_t> prompt = encode_bytes(c.sample_prompt);
-    const std::vector<int32_t> out = models::sample_tokens(c.model, trainer.params(), prompt, so);
+    const std::vector<int32_t> out =
+        models::sample_tokens(c.model, trainer.params(), encode_bytes(c.sample_prompt), so);
     log_rank0("sample ({} tokens, temperature {}):", out.size(), so.temperature);
     std::cout << c.sample_prompt << decode_bytes(out) << std::endl;
   }
+}
+
+}  // namespace
+
+int run_train(const TrainOptions& opts) {
+  const engine::TrainConfig config = engine::load_train_config(opts.config_path, opts.overrides);
+  const RankEnv env = detect_rank_env();
+  if (opts.sim_ranks > 0) {
+    TS_CHECK(env.world == 1, "--sim-ranks runs thread ranks in one process, but this process "
+             "is rank {} of {} ({}): use one or the other", env.rank, env.world, env.source);
+    log_rank0("thread ranks: {} data-parallel ranks in this process", opts.sim_ranks);
+    const int threads = config.threads > 0 ? config.threads : 1;
+    parallel::spawn_ranks(opts.sim_ranks, [&](parallel::ProcessGroup& group) {
+      set_thread_rank(group.rank());
+      MemoryTracker tracker;  // each rank's memory is its own
+      ScopedTracker scoped(tracker);
+      omp_set_num_threads(threads);
+      train_one_rank(config, &group);
+    });
+    return 0;
+  }
+  if (env.world == 1) {
+    train_one_rank(config, nullptr);
+    return 0;
+  }
+  init_logging(env.rank, env.world);
+  log_rank0("ranks: {} processes, rank and world from {}", env.world, env.source);
+  parallel::mpi_init(nullptr, nullptr);
+  parallel::ProcessGroupPtr world = parallel::make_mpi_world();
+  TS_CHECK(world->size() == env.world && world->rank() == env.rank,
+           "MPI says rank {} of {}, but {} says rank {} of {}: start the job with mpirun or "
+           "`tessera launch`",
+           world->rank(), world->size(), env.source, env.rank, env.world);
+  try {
+    train_one_rank(config, world.get());
+  } catch (const std::exception& e) {
+    // One rank failing must not leave the others blocked in a collective: end the job.
+    spdlog::error("rank {}: {}", env.rank, e.what());
+    parallel::mpi_abort(e.what(), 1);
+  }
+  world.reset();
+  parallel::mpi_finalize();
   return 0;
 }
 

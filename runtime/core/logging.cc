@@ -12,9 +12,11 @@ namespace tessera {
 namespace {
 TS_SETTING("TESSERA_LOG_LEVEL", "info", "log level: trace, debug, info, warn, error, off");
 std::atomic<int> g_rank{0};
+thread_local int t_rank = -1;
 }  // namespace
 
-int log_rank() { return g_rank.load(); }
+int log_rank() { return t_rank >= 0 ? t_rank : g_rank.load(); }
+void set_thread_rank(int rank) { t_rank = rank; }
 
 void init_logging(int rank, int world) {
   g_rank = rank;

@@ -9,7 +9,10 @@ namespace tessera {
 // Installs the rank prefix and the level from TESSERA_LOG_LEVEL. Safe to call again (e.g.
 // once the launcher knows the rank).
 void init_logging(int rank = 0, int world = 1);
+// This process's rank, or the calling thread's when it is a thread rank (set_thread_rank).
 int log_rank();
+// Thread ranks share one process: each rank thread says which rank it is.
+void set_thread_rank(int rank);
 
 template <typename... Args>
 void log_rank0(spdlog::format_string_t<Args...> fmt, Args&&... args) {

@@ -114,13 +114,6 @@ void refuse_if_enabled(Block& root, const std::string& key, const std::string& w
   const json& v = root.raw(key);
   TS_CHECK(v.is_object(), "{}: '{}' must be a JSON object", root.source(), key);
   bool enabled = true;
-  if (key == "zero_optimization") {
-    const int stage = v.value("stage", 0);
-    enabled = stage != 0;
-    TS_CHECK(!enabled, "{}: zero_optimization.stage {} is not supported yet ({}); use stage 0",
-             root.source(), stage, when);
-    return;
-  }
   if (v.contains("enabled")) {
     TS_CHECK(v["enabled"].is_boolean(), "{}: '{}.enabled' must be true or false", root.source(), key);
     enabled = v["enabled"].get<bool>();
@@ -293,7 +286,27 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   }
   refuse_if_enabled(root, "fp16", "mixed precision arrives with the fp16/bf16 issue");
   refuse_if_enabled(root, "bf16", "mixed precision arrives with the fp16/bf16 issue");
-  refuse_if_enabled(root, "zero_optimization", "ZeRO stages 1-3 arrive with the ZeRO issue");
+  if (root.has("zero_optimization")) {
+    Block z = root.child("zero_optimization");
+    z.get("stage", c.zero.stage);
+    z.get("reduce_bucket_size", c.zero.reduce_bucket_size);
+    z.get("overlap_comm", c.zero.overlap_comm);
+    z.get("contiguous_gradients", c.zero.contiguous_gradients);
+    z.get("allgather_bucket_size", c.zero.allgather_bucket_size);
+    bool flag = true;
+    z.get("reduce_scatter", flag);
+    z.get("allgather_partitions", flag);
+    z.reject_unknown();
+    TS_CHECK(c.zero.stage >= 0 && c.zero.stage <= 3,
+             "{}: zero_optimization.stage {} does not exist: use 0, 1, 2 or 3", source,
+             c.zero.stage);
+    TS_CHECK(c.zero.stage == 0,
+             "{}: zero_optimization.stage {} is not supported yet (ZeRO stages 1-3 arrive with "
+             "the ZeRO issue); use stage 0",
+             source, c.zero.stage);
+    TS_CHECK(c.zero.reduce_bucket_size >= 1, "{}: zero_optimization.reduce_bucket_size must be >= 1",
+             source);
+  }
 
   TS_CHECK(root.has("model"), "{}: missing the 'model' block (e.g. \"model\": {{\"preset\": \"tiny\"}})",
            source);

@@ -32,6 +32,18 @@ struct SchedulerConfig {
   double cos_min_ratio = 0.0001;
 };
 
+// DeepSpeed's zero_optimization block (stage 0 runs now; 1-3 arrive with the ZeRO issue).
+struct ZeroConfig {
+  int stage = 0;
+  // Elements per gradient all-reduce bucket. DeepSpeed's default is 5e8 (one bucket for
+  // most models, so no overlap); tessera's 2.5e7 (100 MB of f32) lets buckets of late
+  // layers travel while early layers still run backward.
+  int64_t reduce_bucket_size = 25'000'000;
+  bool overlap_comm = true;
+  bool contiguous_gradients = true;
+  int64_t allgather_bucket_size = 500'000'000;
+};
+
 struct TrainConfig {
   // DeepSpeed batch arithmetic: train_batch = micro_batch * accumulation * data-parallel size.
   int64_t train_batch_size = 0;  // 0: implied
@@ -41,6 +53,7 @@ struct TrainConfig {
   int steps_per_print = 10;
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
+  ZeroConfig zero;
 
   models::GPTConfig model;
   std::string model_preset;  // "" when given explicitly

@@ -18,18 +18,29 @@ namespace tessera::engine {
 
 namespace k = tessera::kernels::cpu;
 
-Trainer::Trainer(TrainConfig config)
+Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     : config_(std::move(config)),
+      dp_(dp_group != nullptr && dp_group->size() > 1 ? dp_group : nullptr),
       model_(config_.model),
       state_(model_.registry().numel(), {0, model_.registry().numel()}) {
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
-  config_.resolve_batch(/*dp_world=*/1);
+  config_.resolve_batch(dp_size());
   init_params(model_.registry(), state_.params(), config_.seed);
-  access_ = std::make_unique<LocalParamAccess>(model_.registry(), state_.params(), state_.grads(),
-                                               sizeof(float));
+  if (dp_ != nullptr) {
+    // Same seed gives the same init everywhere; the broadcast makes it so by construction.
+    dp_->broadcast(state_.params(), static_cast<size_t>(state_.numel()), DType::F32)->wait();
+    auto replicated = std::make_unique<memory::ReplicatedParamAccess>(
+        model_.registry(), state_.params(), state_.grads(), *dp_,
+        config_.zero.overlap_comm ? config_.zero.reduce_bucket_size : model_.registry().numel());
+    replicated_ = replicated.get();
+    access_ = std::move(replicated);
+  } else {
+    access_ = std::make_unique<LocalParamAccess>(model_.registry(), state_.params(),
+                                                 state_.grads(), sizeof(float));
+  }
   train_loader_ = std::make_unique<DataLoader>(config_.train_files, config_.micro_batch_size,
-                                               config_.seq_len, config_.model.vocab_size, 0, 1,
-                                               config_.shuffle, config_.seed);
+                                               config_.seq_len, config_.model.vocab_size,
+                                               dp_rank(), dp_size(), config_.shuffle, config_.seed);
   model_.allocate_activations(config_.micro_batch_size, config_.seq_len);
   const size_t n = static_cast<size_t>(config_.micro_batch_size) * config_.seq_len;
   inputs_.resize(n);
@@ -37,6 +48,16 @@ Trainer::Trainer(TrainConfig config)
 }
 
 Trainer::~Trainer() = default;
+
+double Trainer::dp_mean(double x) {
+  if (dp_ == nullptr) return x;
+  // Reported, not trained on: an f32 mean (~1e-7 relative) is plenty.
+  float f = static_cast<float>(x);
+  parallel::AllreduceOptions opts;
+  opts.op = parallel::ReduceOp::Avg;
+  dp_->all_reduce(&f, 1, DType::F32, opts)->wait();
+  return f;
+}
 
 void Trainer::optimizer_step(double lr, double clip_scale) {
   const OptimizerConfig& o = config_.optimizer;
@@ -71,10 +92,12 @@ StepStats Trainer::step() {
   state_.zero_grads();
   double loss = 0.0;
   for (int micro = 0; micro < accum; ++micro) {
+    if (replicated_ != nullptr) replicated_->set_sync(micro == accum - 1);
     train_loader_->next(inputs_.data(), targets_.data());
     loss += model_.forward_backward(*access_, inputs_.data(), targets_.data(), B, T, 1.0 / accum);
   }
-  loss /= accum;
+  if (replicated_ != nullptr) replicated_->finish();
+  loss = dp_mean(loss / accum);
   const double norm = std::sqrt(k::sum_squares(state_.grads(), state_.numel()));
   TS_CHECK(std::isfinite(norm) && std::isfinite(loss),
            "step {}: loss {} / gradient norm {} is not finite: lower optimizer.params.lr or set "
@@ -95,7 +118,7 @@ StepStats Trainer::step() {
   s.lr = lr;
   s.grad_norm = norm;
   s.ms = ms;
-  s.tokens_per_s = static_cast<double>(accum) * B * T / (ms / 1000.0);
+  s.tokens_per_s = static_cast<double>(accum) * B * T * dp_size() / (ms / 1000.0);
   return s;
 }
 
@@ -114,15 +137,24 @@ double Trainer::evaluate() {
 
 void Trainer::run() {
   namespace fs = std::filesystem;
-  fs::create_directories(config_.output_dir);
-  std::ofstream metrics(fs::path(config_.output_dir) / "metrics.jsonl");
-  TS_CHECK(metrics.good(), "cannot write {}/metrics.jsonl: check output.dir", config_.output_dir);
+  const bool writer = dp_rank() == 0;
+  std::ofstream metrics;
+  if (writer) {
+    fs::create_directories(config_.output_dir);
+    metrics.open(fs::path(config_.output_dir) / "metrics.jsonl");
+    TS_CHECK(metrics.good(), "cannot write {}/metrics.jsonl: check output.dir", config_.output_dir);
+  }
   const auto& m = config_.model;
   log_rank0("model: {} layers, {} heads, {} dims, vocab {}, block {}: {:.2f}M parameters",
             m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size, m.num_params() / 1e6);
-  log_rank0("batch: {} x {} tokens x {} accumulation steps = {} tokens/step, {} threads",
+  log_rank0("batch: {} x {} tokens x {} accumulation steps x {} data-parallel ranks = {} "
+            "tokens/step, {} threads per rank",
             config_.micro_batch_size, config_.seq_len, config_.gradient_accumulation_steps,
-            config_.train_batch_size * config_.seq_len, omp_get_max_threads());
+            dp_size(), config_.train_batch_size * config_.seq_len, omp_get_max_threads());
+  if (replicated_ != nullptr) {
+    log_rank0("data parallel: {} ranks ({} backend), gradients in {} all-reduce bucket(s)",
+              dp_size(), dp_->backend_name(), replicated_->num_buckets());
+  }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const double flops_per_token = m.flops_per_token(config_.seq_len);
   for (int64_t i = 0; i < config_.steps; ++i) {
@@ -142,8 +174,10 @@ void Trainer::run() {
     for (int c = 0; c < kNumMemCategories; ++c) {
       line["mem_" + std::string(mem_category_name(static_cast<MemCategory>(c)))] = mem.current[c];
     }
-    metrics << line.dump() << '\n';
-    metrics.flush();
+    if (writer) {
+      metrics << line.dump() << '\n';
+      metrics.flush();
+    }
     if (s.step % config_.steps_per_print == 0 || s.step == 1 || last || !std::isnan(val_loss)) {
       std::string val = std::isnan(val_loss) ? "" : fmt::format(" | val {:.4f}", val_loss);
       log_rank0("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.4f} | {:.1f} ms | {:.0f} tok/s "

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "memory/flat_buffers.h"
+#include "memory/zero/replicated_access.h"
+#include "parallel/comm/process_group.h"
 #include "models/gpt.h"
 #include "runtime/engine/config.h"
 #include "runtime/engine/token_data.h"
@@ -26,7 +28,9 @@ struct StepStats {
 
 class Trainer {
  public:
-  explicit Trainer(TrainConfig config);
+  // dp_group: the data-parallel group this rank trains in (null: one rank). Every rank
+  // builds its own Trainer with the same config; rank 0 writes metrics and weights.
+  explicit Trainer(TrainConfig config, parallel::ProcessGroup* dp_group = nullptr);
   ~Trainer();
 
   // One optimizer step over gradient_accumulation_steps micro-batches.
@@ -41,14 +45,21 @@ class Trainer {
   memory::FlatState<float>& state() { return state_; }
   ParamAccess& params() { return *access_; }
   int64_t steps_done() const { return steps_done_; }
+  int dp_rank() const { return dp_ != nullptr ? dp_->rank() : 0; }
+  int dp_size() const { return dp_ != nullptr ? dp_->size() : 1; }
 
  private:
   void optimizer_step(double lr, double clip_scale);
 
+  // The mean of x over data-parallel ranks (x itself on one rank).
+  double dp_mean(double x);
+
   TrainConfig config_;
+  parallel::ProcessGroup* dp_ = nullptr;
   models::GPT<float> model_;
   memory::FlatState<float> state_;
   std::unique_ptr<ParamAccess> access_;
+  memory::ReplicatedParamAccess* replicated_ = nullptr;  // access_ when data-parallel
   std::unique_ptr<DataLoader> train_loader_;
   std::vector<int32_t> inputs_, targets_;
   int64_t steps_done_ = 0;

@@ -1,0 +1,50 @@
+#include "memory/zero/replicated_access.h"
+
+#include "runtime/core/error.h"
+
+namespace tessera::memory {
+
+ReplicatedParamAccess::ReplicatedParamAccess(const ParamRegistry& registry, float* params,
+                                             float* grads, parallel::ProcessGroup& dp_group,
+                                             int64_t bucket_elems)
+    : registry_(registry), params_(params), grads_(grads), group_(dp_group) {
+  TS_CHECK(bucket_elems >= 1, "reduce_bucket_size must be >= 1, got {}", bucket_elems);
+  const int layers = registry.num_layers();
+  bucket_of_layer_.assign(layers, -1);
+  for (int l = layers - 1; l >= 0;) {
+    Bucket b;
+    b.end = registry.layer(l).end;
+    while (l >= 0 && (b.layers == 0 || b.end - registry.layer(l).begin <= bucket_elems)) {
+      bucket_of_layer_[l] = static_cast<int>(buckets_.size());
+      b.begin = registry.layer(l).begin;
+      ++b.layers;
+      --l;
+    }
+    b.pending = b.layers;
+    buckets_.push_back(b);
+  }
+}
+
+void ReplicatedParamAccess::grads_ready(int layer) {
+  if (!sync_) return;
+  Bucket& b = buckets_.at(bucket_of_layer_.at(layer));
+  TS_CHECK(b.pending > 0, "grads_ready({}) called twice in one backward pass", layer);
+  if (--b.pending > 0) return;
+  parallel::AllreduceOptions opts;
+  opts.op = parallel::ReduceOp::Avg;
+  in_flight_.push_back(group_.all_reduce(grads_ + b.begin, static_cast<size_t>(b.end - b.begin),
+                                         DType::F32, opts));
+}
+
+void ReplicatedParamAccess::finish() {
+  for (auto& w : in_flight_) w->wait();
+  in_flight_.clear();
+  for (Bucket& b : buckets_) {
+    TS_CHECK(b.pending == 0 || !sync_,
+             "a synchronising backward pass left {} layer(s) of a gradient bucket unreported",
+             b.pending);
+    b.pending = b.layers;
+  }
+}
+
+}  // namespace tessera::memory
