@@ -2,6 +2,7 @@
 // caught once in main().
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,16 @@ struct TrainOptions {
 int run_train(const TrainOptions& opts);
 
 int run_env();
+
+struct GenerateOptions {
+  std::string weights;
+  std::string prompt;
+  int max_new_tokens = 200;
+  float temperature = 1.0f;
+  int top_k = 0;
+  uint64_t seed = 1337;
+};
+int run_generate(const GenerateOptions& opts);
 
 struct HostSlots {
   std::string host;

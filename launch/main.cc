@@ -1,4 +1,4 @@
-// The `tessera` command: train, prepare, launch, env. Every error is caught here, printed as one
+// The `tessera` command: train, prepare, generate, launch, env. Every error is caught here, printed as one
 // line, and turned into a non-zero exit.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -56,6 +56,18 @@ int main(int argc, char** argv) {
   prepare_cmd->add_option("--val-fraction", prepare.val_fraction, "share of the text kept for validation")
       ->capture_default_str();
 
+  GenerateOptions gen;
+  auto* gen_cmd = app.add_subcommand("generate", "sample text from trained weights");
+  gen_cmd->add_option("--weights,-w", gen.weights, "model.safetensors (config.json beside it)")
+      ->required();
+  gen_cmd->add_option("--prompt,-p", gen.prompt, "text to continue");
+  gen_cmd->add_option("--max-new-tokens,-n", gen.max_new_tokens, "tokens to generate")
+      ->capture_default_str();
+  gen_cmd->add_option("--temperature,-t", gen.temperature, "0 = greedy")->capture_default_str();
+  gen_cmd->add_option("--top-k,-k", gen.top_k, "sample among the k likeliest (0 = all)")
+      ->capture_default_str();
+  gen_cmd->add_option("--seed,-s", gen.seed, "sampling seed")->capture_default_str();
+
   auto* env_cmd = app.add_subcommand("env", "list the environment settings and build options");
 
   try {
@@ -69,6 +81,7 @@ int main(int argc, char** argv) {
     if (*prepare_cmd) return run_prepare(prepare);
     if (*env_cmd) return run_env();
     if (*launch_cmd) return run_launch(launch);
+    if (*gen_cmd) return run_generate(gen);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::cerr << "error: " << e.what() << std::endl;

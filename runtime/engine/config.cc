@@ -319,6 +319,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     m.get("n_embd", c.model.n_embd);
     m.get("vocab_size", c.model.vocab_size);
     m.get("block_size", c.model.block_size);
+    m.get("init_from", c.init_from);
     m.reject_unknown();
     c.model.validate();
   }

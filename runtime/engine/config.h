@@ -57,6 +57,7 @@ struct TrainConfig {
 
   models::GPTConfig model;
   std::string model_preset;  // "" when given explicitly
+  std::string init_from;     // safetensors file with HF GPT-2 names to start from ("": init)
 
   std::vector<std::string> train_files;
   std::vector<std::string> val_files;

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "models/sampler.h"
+#include "models/weights_io.h"
 #include "runtime/core/logging.h"
 #include "runtime/engine/lr_schedule.h"
 #include "runtime/kernels/cpu_kernels.h"
@@ -25,7 +25,12 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
       state_(model_.registry().numel(), {0, model_.registry().numel()}) {
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
   config_.resolve_batch(dp_size());
-  init_params(model_.registry(), state_.params(), config_.seed);
+  if (config_.init_from.empty()) {
+    init_params(model_.registry(), state_.params(), config_.seed);
+  } else if (dp_rank() == 0) {
+    models::load_gpt_safetensors(config_.init_from, config_.model, model_.registry(),
+                                 state_.params());
+  }
   if (dp_ != nullptr) {
     // Same seed gives the same init everywhere; the broadcast makes it so by construction.
     dp_->broadcast(state_.params(), static_cast<size_t>(state_.numel()), DType::F32)->wait();
@@ -187,6 +192,11 @@ void Trainer::run() {
     }
   }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
+  if (writer) {
+    const std::string weights = (fs::path(config_.output_dir) / "model.safetensors").string();
+    models::save_gpt_safetensors(weights, config_.model, model_.registry(), state_.params());
+    log_rank0("saved {} (and config.json beside it)", weights);
+  }
 }
 
 }  // namespace tessera::engine
