@@ -73,7 +73,11 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // Usage mistakes get the same one-line shape as every other error.
+    std::cerr << "error: " << e.what() << " (see `tessera --help` or `tessera <command> --help`)"
+              << std::endl;
+    return 2;
   }
   try {
     tessera::init_logging();

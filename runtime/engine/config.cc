@@ -1,6 +1,7 @@
 #include "runtime/engine/config.h"
 
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -51,6 +52,17 @@ class Block {
         TS_CHECK(v.is_boolean(), "not a boolean");
       } else if constexpr (std::is_integral_v<T>) {
         TS_CHECK(v.is_number_integer(), "not an integer");
+        // nlohmann converts out-of-range integers silently (wrapping); refuse them.
+        if (v.is_number_unsigned()) {
+          TS_CHECK(v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max()),
+                   "out of range");
+        } else {
+          const int64_t x = v.get<int64_t>();
+          TS_CHECK(x >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+                       (x < 0 || static_cast<uint64_t>(x) <=
+                                     static_cast<uint64_t>(std::numeric_limits<T>::max())),
+                   "out of range");
+        }
       } else if constexpr (std::is_floating_point_v<T>) {
         TS_CHECK(v.is_number(), "not a number");
       } else if constexpr (std::is_same_v<T, std::string>) {
@@ -58,8 +70,8 @@ class Block {
       }
       out = v.get<T>();
     } catch (const std::exception&) {
-      TS_THROW(InvalidArgument, "{}: '{}' must be {}, got {} ({})", source_, full(key),
-               type_word<T>(), v.dump(), v.type_name());
+      TS_THROW(InvalidArgument, "{}: '{}' must be {}{}, got {} ({})", source_, full(key),
+               type_word<T>(), range_word<T>(), v.dump(), v.type_name());
     }
   }
 
@@ -100,6 +112,14 @@ class Block {
     else if constexpr (std::is_integral_v<T>) return "an integer";
     else if constexpr (std::is_floating_point_v<T>) return "a number";
     else return "a string";
+  }
+  template <typename T>
+  static std::string range_word() {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      return fmt::format(" in [{}, {}]", std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
+    } else {
+      return "";
+    }
   }
   std::string path_or_root() const { return path_.empty() ? "<root>" : path_; }
 
@@ -214,7 +234,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   json root_json;
   try {
     root_json = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     // nlohmann's message carries the byte position; keep it, drop its "[json.exception...]".
     std::string what = e.what();
     const size_t cut = what.find("] ");

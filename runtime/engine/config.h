@@ -24,7 +24,7 @@ struct OptimizerConfig {
 struct SchedulerConfig {
   std::string type;  // "" (constant lr), WarmupLR, WarmupDecayLR, WarmupCosineLR
   double warmup_min_lr = 0.0;
-  double warmup_max_lr = -1.0;  // < 0: the optimizer's lr
+  double warmup_max_lr = 0.001;  // DeepSpeed's default; WarmupLR ignores the optimizer's lr
   int64_t warmup_num_steps = 1000;
   std::string warmup_type = "log";  // log | linear
   int64_t total_num_steps = -1;     // < 0: training.steps

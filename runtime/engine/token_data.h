@@ -40,8 +40,9 @@ void write_token_file(const std::string& path, const std::vector<uint16_t>& toke
 
 // Yields micro-batches of B x T inputs and their next-token targets.
 //
-// Sequential order (shuffle off): global micro-batch i covers tokens [i*B*T, (i+1)*B*T + 1)
-// of the concatenated files' stream, wrapping to the start when the next one would not fit.
+// Sequential order (shuffle off): within a file, micro-batch i covers tokens
+// [i*B*T, (i+1)*B*T + 1); the files' windows follow one another in path order (a window never
+// spans two files), and the order wraps to the first window after the last full one.
 // Data-parallel rank r of `world` takes global micro-batches r, r + world, r + 2 world, ...,
 // so `world` ranks together read exactly what one rank reads over `world` micro-batches.
 // Shuffled order draws a permutation of micro-batch windows per epoch from the seed.

@@ -112,7 +112,8 @@ StepStats Trainer::step() {
   if (config_.gradient_clipping > 0.0 && norm > config_.gradient_clipping) {
     clip_scale = config_.gradient_clipping / (norm + 1e-6);
   }
-  const double lr = learning_rate(config_.scheduler, config_.optimizer.lr, steps_done_, config_.steps);
+  const double lr =
+      lr_for_update(config_.scheduler, config_.optimizer.lr, steps_done_, config_.steps);
   optimizer_step(lr, clip_scale);
   ++steps_done_;
   const double ms =
