@@ -2,12 +2,35 @@
 """The same GPT-2 training step in PyTorch, for a side-by-side ratio with bench_train.
 
 Same architecture (pre-LN, fused QKV, GELU-tanh, tied head), AdamW, clipping at 1.0,
-random tokens. Prints the same table as bench/bench_train.cc. Uses Debian's python3-torch:
+random tokens. Each thread count runs in its own process with OMP_NUM_THREADS and
+OPENBLAS_NUM_THREADS set, so "1 thread" really is one core. Prints the same table as bench/bench_train.cc. Uses Debian's python3-torch:
   /usr/bin/python3 bench/pytorch_gpt2.py --model gpt2-124M --batch 4 --seq 256 --threads 1,2
 """
 import argparse
 import math
+import os
+import subprocess
+import sys
 import time
+
+# torch.set_num_threads does not reach the BLAS Debian's torch links (OpenBLAS, pthreads),
+# which would use every core: each thread count runs in a child process with the BLAS and
+# OpenMP thread counts set before torch loads.
+if __name__ == "__main__" and "--child" not in sys.argv:
+    args = sys.argv[1:]
+    threads = "1,2"
+    if "--threads" in args:
+        threads = args[args.index("--threads") + 1]
+    for i, t in enumerate(threads.split(",")):
+        env = dict(os.environ, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, MKL_NUM_THREADS=t)
+        child = [a for a in args]
+        if "--threads" in child:
+            child[child.index("--threads") + 1] = t
+        else:
+            child += ["--threads", t]
+        child += ["--child"] + (["--no-header"] if i > 0 else [])
+        subprocess.run([sys.executable, __file__] + child, env=env, check=True)
+    sys.exit(0)
 
 import torch
 import torch.nn as nn
@@ -75,14 +98,17 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--no-header", action="store_true")
     a = ap.parse_args()
     L, H, C, V, block = PRESETS[a.model]
     n_params = V * C + L * (12 * C * C + 13 * C) + 2 * C  # without wpe
     fpt = 6 * n_params + 12 * L * C * a.seq
-    print(f"pytorch {torch.__version__} model {a.model}: B={a.batch} T={a.seq}, "
-          f"{fpt / 1e9:.3f} GFLOP/token")
-    print("| threads | ms/step | tokens/s | GFLOP/s |")
-    print("|---|---|---|---|")
+    if not a.no_header:
+        print(f"pytorch {torch.__version__} model {a.model}: B={a.batch} T={a.seq}, "
+              f"{fpt / 1e9:.3f} GFLOP/token")
+        print("| threads | ms/step | tokens/s | GFLOP/s |")
+        print("|---|---|---|---|", flush=True)
     for threads in (int(t) for t in a.threads.split(",")):
         torch.set_num_threads(threads)
         torch.manual_seed(0)

@@ -1,7 +1,9 @@
 #include "models/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -309,6 +311,86 @@ double GPT<T>::forward_backward(ParamAccess& params, const int32_t* inputs, cons
     params.grads_ready(0);
   }
   return loss_sum / static_cast<double>(BT);
+}
+
+template <typename T>
+typename GPT<T>::KvCache GPT<T>::make_kv_cache() const {
+  const size_t C = config_.n_embd;
+  KvCache cache;
+  const size_t per_layer = static_cast<size_t>(config_.block_size) * C;
+  cache.k.assign(per_layer * config_.n_layer, T(0));
+  cache.v.assign(per_layer * config_.n_layer, T(0));
+  cache.x.resize(C);
+  cache.buf.resize(C);
+  cache.qkv.resize(3 * C);
+  cache.att.resize(std::max<size_t>(config_.block_size, C));
+  cache.fc.resize(8 * C);
+  return cache;
+}
+
+template <typename T>
+void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* logits) {
+  const int64_t C = config_.n_embd, V = config_.vocab_size, NH = config_.n_head, hs = C / NH;
+  const int pos = cache.length;
+  TS_CHECK(pos < config_.block_size, "the KV cache is full ({} positions = block_size)", pos);
+  TS_CHECK(token >= 0 && token < V, "token {} is outside the vocabulary of {}", token, V);
+  T* x = cache.x.data();
+  {
+    const T* emb = static_cast<T*>(params.acquire(0));
+    for (int64_t c = 0; c < C; ++c) x[c] = emb[token * C + c] + emb[V * C + pos * C + c];
+    params.release(0);
+  }
+  T mean, rstd;
+  const T scale = T(1) / std::sqrt(T(hs));
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const BlockParams p = block_params(static_cast<T*>(params.acquire(l + 1)));
+    T* kc = cache.k.data() + static_cast<size_t>(l) * config_.block_size * C;
+    T* vc = cache.v.data() + static_cast<size_t>(l) * config_.block_size * C;
+    T* h = cache.buf.data();
+    k::layernorm_forward(h, &mean, &rstd, x, p.ln1w, p.ln1b, 1, C);
+    k::matmul_forward(cache.qkv.data(), h, p.qkvw, p.qkvb, 1, C, 3 * C);
+    std::copy(cache.qkv.begin() + C, cache.qkv.begin() + 2 * C, kc + pos * C);
+    std::copy(cache.qkv.begin() + 2 * C, cache.qkv.begin() + 3 * C, vc + pos * C);
+    // One query against the cached keys, head by head: the same softmax as the full
+    // forward, without the block tiling.
+    T* y = h;  // ln1 output is no longer needed
+    for (int64_t hd = 0; hd < NH; ++hd) {
+      const T* q = cache.qkv.data() + hd * hs;
+      T* w = cache.att.data();
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int j = 0; j <= pos; ++j) {
+        T dot = 0;
+        for (int64_t d = 0; d < hs; ++d) dot += q[d] * kc[j * C + hd * hs + d];
+        w[j] = dot * scale;
+        mx = std::max(mx, w[j]);
+      }
+      T sum = 0;
+      for (int j = 0; j <= pos; ++j) sum += (w[j] = std::exp(w[j] - mx));
+      for (int64_t d = 0; d < hs; ++d) y[hd * hs + d] = 0;
+      for (int j = 0; j <= pos; ++j) {
+        const T pj = w[j] / sum;
+        for (int64_t d = 0; d < hs; ++d) y[hd * hs + d] += pj * vc[j * C + hd * hs + d];
+      }
+    }
+    T* proj = cache.fc.data();
+    k::matmul_forward(proj, y, p.attprojw, p.attprojb, 1, C, C);
+    for (int64_t c = 0; c < C; ++c) x[c] += proj[c];
+    k::layernorm_forward(h, &mean, &rstd, x, p.ln2w, p.ln2b, 1, C);
+    T* fc = cache.fc.data();
+    T* fc_gelu = cache.fc.data() + 4 * C;
+    k::matmul_forward(fc, h, p.fcw, p.fcb, 1, C, 4 * C);
+    k::gelu_forward(fc_gelu, fc, 4 * C);
+    k::matmul_forward(h, fc_gelu, p.fcprojw, p.fcprojb, 1, 4 * C, C);
+    for (int64_t c = 0; c < C; ++c) x[c] += h[c];
+    params.release(l + 1);
+  }
+  const T* lnf = static_cast<T*>(params.acquire(config_.n_layer + 1));
+  k::layernorm_forward(cache.buf.data(), &mean, &rstd, x, lnf, lnf + C, 1, C);
+  params.release(config_.n_layer + 1);
+  const T* wte = static_cast<T*>(params.acquire(0));
+  k::matmul_forward<T>(logits, cache.buf.data(), wte, nullptr, 1, C, V);
+  params.release(0);
+  cache.length = pos + 1;
 }
 
 template class GPT<float>;

@@ -50,6 +50,18 @@ class GPT {
   // After forward(..., targets = nullptr): logits [V] of position t of batch row b.
   void logits_at(ParamAccess& params, int b, int t, T* out);
 
+  // Keys and values of every position decoded so far, per layer: generation runs one token
+  // at a time against it instead of re-running the whole context.
+  struct KvCache {
+    int length = 0;      // positions filled
+    std::vector<T> k, v;  // [n_layer, block_size, C]
+    std::vector<T> x, buf, qkv, att, fc;  // one position's activations (scratch)
+  };
+  KvCache make_kv_cache() const;
+  // Appends `token` at position cache.length and writes the logits [V] predicting the next
+  // token. Throws when the cache is full (block_size positions).
+  void decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* logits);
+
  private:
   struct BlockParams;
   struct BlockActs;

@@ -45,19 +45,30 @@ std::vector<int32_t> sample_tokens(const GPTConfig& config, ParamAccess& params,
              t, config.vocab_size);
   }
   GPT<float> model(config);
-  model.allocate_activations(1, config.block_size);
-  std::vector<int32_t> context = prompt;
   std::vector<int32_t> out;
   std::vector<float> logits(config.vocab_size);
   Rng rng(opts.seed);
+  // The context keeps the last block_size tokens; when it slides, the cache is rebuilt
+  // from the window (positions are absolute in GPT-2, so cached keys cannot shift).
+  std::vector<int32_t> context = prompt;
+  if (static_cast<int>(context.size()) > config.block_size) {
+    context.erase(context.begin(), context.end() - config.block_size);
+  }
+  auto cache = model.make_kv_cache();
+  for (int32_t t : context) model.decode_step(params, cache, t, logits.data());
   for (int i = 0; i < opts.max_new_tokens; ++i) {
-    const int T = std::min<int>(static_cast<int>(context.size()), config.block_size);
-    const int32_t* window = context.data() + context.size() - T;
-    model.forward(params, window, nullptr, 1, T);
-    model.logits_at(params, 0, T - 1, logits.data());
     const int32_t next = sample_from_logits(logits.data(), config.vocab_size, opts, rng.uniform());
-    context.push_back(next);
     out.push_back(next);
+    if (i + 1 == opts.max_new_tokens) break;
+    context.push_back(next);
+    if (cache.length == config.block_size) {
+      context.erase(context.begin(), context.end() - (config.block_size / 2));
+      cache = model.make_kv_cache();
+      for (size_t j = 0; j + 1 < context.size(); ++j) {
+        model.decode_step(params, cache, context[j], logits.data());
+      }
+    }
+    model.decode_step(params, cache, next, logits.data());
   }
   return out;
 }

@@ -16,7 +16,8 @@ struct SampleOptions {
 };
 
 // Continues `prompt` (token ids, at least one) by max_new_tokens tokens; returns only the
-// new ones. The context is cropped to the model's block_size.
+// new ones. Decodes one token at a time against a KV cache; when the context reaches
+// block_size it keeps the most recent half and rebuilds the cache from it.
 std::vector<int32_t> sample_tokens(const GPTConfig& config, ParamAccess& params,
                                    const std::vector<int32_t>& prompt, const SampleOptions& opts);
 

@@ -148,6 +148,25 @@ TEST(GptConfigTest, PresetsAndValidation) {
   EXPECT_THROW(bad.validate(), InvalidArgument);  // 32 % 3 != 0
 }
 
+TEST(GptKvCache, DecodeStepsEqualTheFullForward) {
+  const GPTConfig cfg{2, 4, 32, 50, 16};
+  ModelUnderTest<float> m(cfg, 1, cfg.block_size, 21);
+  Rng rng(4);
+  for (float& p : m.params) p += 0.05f * static_cast<float>(rng.uniform() - 0.5);
+  const auto tokens = random_tokens(cfg.block_size, cfg.vocab_size, 12);
+  m.model.forward(m.access, tokens.data(), nullptr, 1, cfg.block_size);
+  auto cache = m.model.make_kv_cache();
+  std::vector<float> full(cfg.vocab_size), step(cfg.vocab_size);
+  for (int t = 0; t < cfg.block_size; ++t) {
+    m.model.decode_step(m.access, cache, tokens[t], step.data());
+    m.model.logits_at(m.access, 0, t, full.data());
+    for (int v = 0; v < cfg.vocab_size; ++v) {
+      ASSERT_NEAR(step[v], full[v], 1e-4f * (1.0f + std::abs(full[v]))) << "t " << t << " v " << v;
+    }
+  }
+  EXPECT_THROW(m.model.decode_step(m.access, cache, 0, step.data()), InvalidArgument);  // full
+}
+
 TEST(Sampler, DeterministicForASeedAndGreedyIsArgmax) {
   const GPTConfig cfg = gpt_preset("nano");
   ModelUnderTest<float> m(cfg, 1, cfg.block_size, 3);

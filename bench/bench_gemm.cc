@@ -1,0 +1,64 @@
+// Benchmark (not a test): sgemm GFLOP/s of the GEMM candidates on GPT-2 124M's training
+// shapes (B*T = 1024 rows): oneDNN's dnnl_sgemm (what tessera uses) beside a CBLAS library
+// (OpenBLAS or BLIS, whichever this binary was linked with), as the environment sets them.
+//   build/bench/bench_gemm_openblas [threads]
+#include <cblas.h>
+#include <dnnl.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+namespace {
+
+struct Case {
+  const char* what;
+  bool ta, tb;
+  int M, N, K;
+};
+
+template <typename F>
+double best_seconds(F&& f, int repeats) {
+  f();
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int threads = argc > 1 ? std::atoi(argv[1]) : omp_get_max_threads();
+  omp_set_num_threads(threads);
+  const Case cases[] = {
+      {"qkv fwd", false, true, 1024, 2304, 768},  {"fc fwd", false, true, 1024, 3072, 768},
+      {"fc dinp", false, false, 1024, 768, 3072}, {"fc dweight", true, false, 3072, 768, 1024},
+      {"head fwd", false, true, 256, 50304, 768}, {"head dwte", true, false, 50304, 768, 256},
+      {"square", false, false, 2048, 2048, 2048},
+  };
+  std::printf("%d threads (%s)\n| shape | M x N x K | oneDNN sgemm | CBLAS |\n|---|---|---|---|\n",
+              threads, TESSERA_CBLAS_NAME);
+  for (const Case& c : cases) {
+    std::vector<float> A(size_t(c.M) * c.K, 0.5f), B(size_t(c.K) * c.N, 0.25f),
+        C(size_t(c.M) * c.N, 0.0f);
+    const int lda = c.ta ? c.M : c.K, ldb = c.tb ? c.K : c.N;
+    const double flops = 2.0 * c.M * c.N * c.K;
+    const double dnnl = best_seconds([&] {
+      dnnl_sgemm(c.ta ? 'T' : 'N', c.tb ? 'T' : 'N', c.M, c.N, c.K, 1.0f, A.data(), lda, B.data(),
+                 ldb, 0.0f, C.data(), c.N);
+    }, 5);
+    const double blas = best_seconds([&] {
+      cblas_sgemm(CblasRowMajor, c.ta ? CblasTrans : CblasNoTrans, c.tb ? CblasTrans : CblasNoTrans,
+                  c.M, c.N, c.K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), c.N);
+    }, 5);
+    std::printf("| %s | %d x %d x %d | %.1f | %.1f |\n", c.what, c.M, c.N, c.K, flops / dnnl / 1e9,
+                flops / blas / 1e9);
+  }
+  return 0;
+}
