@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "runtime/core/error.h"
+#include "runtime/engine/token_data.h"
 
 namespace tessera::engine {
 namespace {
@@ -308,24 +309,51 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   refuse_if_enabled(root, "bf16", "mixed precision arrives with the fp16/bf16 issue");
   if (root.has("zero_optimization")) {
     Block z = root.child("zero_optimization");
+    // DeepSpeed configs write element counts as 5e8: accept integral JSON floats too.
+    auto get_count = [&z](const std::string& key, int64_t& out) {
+      if (!z.has(key)) return;
+      const nlohmann::json& v = z.raw(key);
+      const bool integral_float =
+          v.is_number_float() && std::isfinite(v.get<double>()) &&
+          v.get<double>() == std::floor(v.get<double>()) && std::abs(v.get<double>()) < 9e18;
+      if (integral_float) {
+        out = static_cast<int64_t>(v.get<double>());
+      } else {
+        z.get(key, out);
+      }
+      TS_CHECK(out >= 0, "{}: '{}' must be >= 0, got {}", z.source(), z.full(key), out);
+    };
     z.get("stage", c.zero.stage);
-    z.get("reduce_bucket_size", c.zero.reduce_bucket_size);
+    get_count("reduce_bucket_size", c.zero.reduce_bucket_size);
     z.get("overlap_comm", c.zero.overlap_comm);
     z.get("contiguous_gradients", c.zero.contiguous_gradients);
-    z.get("allgather_bucket_size", c.zero.allgather_bucket_size);
-    bool flag = true;
-    z.get("reduce_scatter", flag);
-    z.get("allgather_partitions", flag);
+    get_count("allgather_bucket_size", c.zero.allgather_bucket_size);
+    z.get("reduce_scatter", c.zero.reduce_scatter);
+    bool allgather_partitions = true;
+    z.get("allgather_partitions", allgather_partitions);
+    get_count("stage3_prefetch_bucket_size", c.zero.stage3_prefetch_bucket_size);
+    get_count("stage3_param_persistence_threshold", c.zero.stage3_param_persistence_threshold);
+    get_count("stage3_max_live_parameters", c.zero.stage3_max_live_parameters);
+    get_count("stage3_max_reuse_distance", c.zero.stage3_max_reuse_distance);
+    get_count("sub_group_size", c.zero.sub_group_size);
+    for (const char* key : {"offload_optimizer", "offload_param"}) {
+      if (!z.has(key)) continue;
+      const nlohmann::json& v = z.raw(key);
+      // DeepSpeed's "device": "none" means off.
+      const bool off = v.is_null() || (v.is_object() && v.value("device", "none") == "none");
+      TS_CHECK(off,
+               "{}: zero_optimization.{} is not supported yet (CPU/NVMe offload arrives with a "
+               "later issue); remove it or set \"device\": \"none\"",
+               source, key);
+    }
     z.reject_unknown();
     TS_CHECK(c.zero.stage >= 0 && c.zero.stage <= 3,
              "{}: zero_optimization.stage {} does not exist: use 0, 1, 2 or 3", source,
              c.zero.stage);
-    TS_CHECK(c.zero.stage == 0,
-             "{}: zero_optimization.stage {} is not supported yet (ZeRO stages 1-3 arrive with "
-             "the ZeRO issue); use stage 0",
-             source, c.zero.stage);
     TS_CHECK(c.zero.reduce_bucket_size >= 1, "{}: zero_optimization.reduce_bucket_size must be >= 1",
              source);
+    TS_CHECK(c.zero.stage3_max_live_parameters >= 1,
+             "{}: zero_optimization.stage3_max_live_parameters must be >= 1", source);
   }
 
   TS_CHECK(root.has("model"), "{}: missing the 'model' block (e.g. \"model\": {{\"preset\": \"tiny\"}})",
@@ -351,7 +379,9 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     c.val_files = string_or_list(d, "val");
     d.get("seq_len", c.seq_len);
     d.get("shuffle", c.shuffle);
+    d.get("format", c.data_format);
     d.reject_unknown();
+    parse_token_format(c.data_format);  // rejects an unknown name now, not at the first batch
     TS_CHECK(!c.train_files.empty(), "{}: data.train names no token file", source);
     if (c.seq_len == 0) c.seq_len = c.model.block_size;
     TS_CHECK(c.seq_len >= 1 && c.seq_len <= c.model.block_size,

@@ -32,16 +32,26 @@ struct SchedulerConfig {
   double cos_min_ratio = 0.0001;
 };
 
-// DeepSpeed's zero_optimization block (stage 0 runs now; 1-3 arrive with the ZeRO issue).
+// DeepSpeed's zero_optimization block, with DeepSpeed's defaults except where noted.
+// Element counts may be written as JSON floats (5e8), as DeepSpeed configs often do.
 struct ZeroConfig {
-  int stage = 0;
-  // Elements per gradient all-reduce bucket. DeepSpeed's default is 5e8 (one bucket for
-  // most models, so no overlap); tessera's 2.5e7 (100 MB of f32) lets buckets of late
-  // layers travel while early layers still run backward.
+  int stage = 0;  // 0: replicated; 1: + optimizer shards; 2: + gradient shards; 3: + params
+  // Elements per gradient bucket. DeepSpeed's default is 5e8 (one bucket for most models,
+  // so no overlap); tessera's 2.5e7 (100 MB of f32) lets buckets of late layers travel
+  // while early layers still run backward.
   int64_t reduce_bucket_size = 25'000'000;
   bool overlap_comm = true;
+  // Gradients are always contiguous here (one flat buffer or bucket): parsed, no effect.
   bool contiguous_gradients = true;
+  // Stages 1-2 all-gather the updated shards in one collective: parsed, no effect.
   int64_t allgather_bucket_size = 500'000'000;
+  // Stages 1-3 always reduce-scatter (each rank needs only its shard): parsed, no effect.
+  bool reduce_scatter = true;
+  int64_t stage3_prefetch_bucket_size = 50'000'000;
+  int64_t stage3_param_persistence_threshold = 100'000;  // per layer, tessera's gather unit
+  int64_t stage3_max_live_parameters = 1'000'000'000;
+  int64_t stage3_max_reuse_distance = 1'000'000'000;  // parsed; prefetch window decides reuse
+  int64_t sub_group_size = 1'000'000'000;             // parsed; the optimizer runs per tensor
 };
 
 struct TrainConfig {
@@ -63,6 +73,7 @@ struct TrainConfig {
   std::vector<std::string> val_files;
   int seq_len = 0;  // 0: the model's block_size
   bool shuffle = false;
+  std::string data_format = "llmc";  // llmc | nanogpt
 
   int64_t steps = 100;
   uint64_t seed = 1337;

@@ -16,47 +16,71 @@
 
 namespace tessera::engine {
 
-TokenFile::TokenFile(const std::string& path, int vocab_size) : path_(path) {
+TokenFormat parse_token_format(const std::string& name) {
+  if (name == "llmc") return TokenFormat::LlmC;
+  if (name == "nanogpt") return TokenFormat::NanoGpt;
+  TS_THROW(InvalidArgument, "data.format '{}' is unknown: use llmc (256-int32 header, magic {}) "
+           "or nanogpt (raw uint16)", name, kTokenFileMagic);
+}
+
+TokenFile::TokenFile(const std::string& path, int vocab_size, TokenFormat format) : path_(path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   TS_CHECK(fd >= 0, "cannot open token file '{}': {} (create it with `tessera prepare`)", path,
            std::strerror(errno));
   struct stat st {};
   ::fstat(fd, &st);
   map_bytes_ = static_cast<size_t>(st.st_size);
-  constexpr size_t kHeaderBytes = kTokenHeaderInts * sizeof(int32_t);
-  if (map_bytes_ < kHeaderBytes) {
+  const size_t header_bytes =
+      format == TokenFormat::LlmC ? kTokenHeaderInts * sizeof(int32_t) : 0;
+  if (map_bytes_ == 0 && format == TokenFormat::NanoGpt) {
+    ::close(fd);
+    TS_THROW(InvalidArgument, "token file '{}' is empty: no tokens to train on", path);
+  }
+  if (map_bytes_ < header_bytes || map_bytes_ == 0) {
     ::close(fd);
     TS_THROW(InvalidArgument,
              "token file '{}' is {} bytes, shorter than its {}-byte header: the file is truncated "
-             "or not a token file; regenerate it with `tessera prepare`",
-             path, map_bytes_, kHeaderBytes);
+             "or not a token file; regenerate it with `tessera prepare` (or, for a raw uint16 "
+             ".bin, set data.format to \"nanogpt\")",
+             path, map_bytes_, header_bytes);
   }
   map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   TS_CHECK(map_ != MAP_FAILED, "cannot map token file '{}': {}", path, std::strerror(errno));
-  const auto* header = static_cast<const int32_t*>(map_);
   auto fail = [&](const std::string& msg) {
     ::munmap(map_, map_bytes_);
     map_ = nullptr;
     throw InvalidArgument(msg);
   };
-  if (header[0] != kTokenFileMagic) {
-    fail(fmt::format("token file '{}' has magic {} (expected {}): not an llm.c token file; "
-                     "create it with `tessera prepare`",
-                     path, header[0], kTokenFileMagic));
+  if (format == TokenFormat::NanoGpt) {
+    if (map_bytes_ % sizeof(uint16_t) != 0) {
+      fail(fmt::format("token file '{}' is {} bytes, not a whole number of uint16 tokens: the "
+                       "file is truncated or not a nanoGPT .bin",
+                       path, map_bytes_));
+    }
+    count_ = static_cast<int64_t>(map_bytes_ / sizeof(uint16_t));
+  } else {
+    const auto* header = static_cast<const int32_t*>(map_);
+    if (header[0] != kTokenFileMagic) {
+      fail(fmt::format("token file '{}' has magic {} (expected {}): not an llm.c token file; "
+                       "create it with `tessera prepare`, or set data.format to \"nanogpt\" "
+                       "for a raw uint16 .bin",
+                       path, header[0], kTokenFileMagic));
+    }
+    if (header[1] != kTokenFileVersion) {
+      fail(fmt::format("token file '{}' has version {} (expected {} = uint16 tokens)", path,
+                       header[1], kTokenFileVersion));
+    }
+    count_ = header[2];
+    const size_t expected = header_bytes + static_cast<size_t>(count_) * sizeof(uint16_t);
+    if (count_ < 0 || map_bytes_ != expected) {
+      fail(fmt::format("token file '{}' is {} bytes but its header promises {} tokens ({} "
+                       "bytes): the file is truncated or corrupt; regenerate it with `tessera "
+                       "prepare`",
+                       path, map_bytes_, count_, expected));
+    }
   }
-  if (header[1] != kTokenFileVersion) {
-    fail(fmt::format("token file '{}' has version {} (expected {} = uint16 tokens)", path,
-                     header[1], kTokenFileVersion));
-  }
-  count_ = header[2];
-  const size_t expected = kHeaderBytes + static_cast<size_t>(count_) * sizeof(uint16_t);
-  if (count_ < 0 || map_bytes_ != expected) {
-    fail(fmt::format("token file '{}' is {} bytes but its header promises {} tokens ({} bytes): "
-                     "the file is truncated or corrupt; regenerate it with `tessera prepare`",
-                     path, map_bytes_, count_, expected));
-  }
-  tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map_) + kHeaderBytes);
+  tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map_) + header_bytes);
   madvise(map_, map_bytes_, MADV_WILLNEED);
   uint16_t max_token = 0;
 #pragma omp parallel for simd reduction(max : max_token)
@@ -113,13 +137,13 @@ std::vector<std::string> expand_paths(const std::vector<std::string>& patterns) 
 }
 
 DataLoader::DataLoader(const std::vector<std::string>& paths, int B, int T, int vocab_size,
-                       int rank, int world, bool shuffle, uint64_t seed)
+                       int rank, int world, bool shuffle, uint64_t seed, TokenFormat format)
     : B_(B), T_(T), rank_(rank), world_(world), shuffle_(shuffle), seed_(seed) {
   TS_CHECK(B >= 1 && T >= 1, "batch shape {}x{} must be positive", B, T);
   TS_CHECK(world >= 1 && rank >= 0 && rank < world, "data rank {} outside world {}", rank, world);
   const int64_t window = int64_t{B} * T;
   for (const std::string& p : expand_paths(paths)) {
-    auto f = std::make_unique<TokenFile>(p, vocab_size);
+    auto f = std::make_unique<TokenFile>(p, vocab_size, format);
     TS_CHECK(f->size() >= window + 1,
              "token file '{}' holds {} tokens, fewer than one batch needs (B x T + 1 = {} x {} + 1 "
              "= {}): lower train_micro_batch_size_per_gpu or data.seq_len, or use more data",

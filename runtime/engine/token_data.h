@@ -1,7 +1,8 @@
 // Token files and the batch loader.
 //
-// Format (llm.c): a header of 256 int32 (magic 20240520, version 1, token count, rest 0)
-// followed by the tokens as uint16. Files are memory-mapped and validated once at open.
+// Formats: llm.c's (a header of 256 int32: magic 20240520, version 1, token count, rest 0;
+// then the tokens as uint16) and nanoGPT's raw uint16 .bin (no header: the file size gives
+// the count). Files are memory-mapped and validated once at open.
 #pragma once
 
 #include <cstdint>
@@ -15,10 +16,14 @@ inline constexpr int32_t kTokenFileMagic = 20240520;
 inline constexpr int32_t kTokenFileVersion = 1;
 inline constexpr int kTokenHeaderInts = 256;
 
+enum class TokenFormat { LlmC, NanoGpt };
+// "llmc" or "nanogpt"; throws InvalidArgument naming both.
+TokenFormat parse_token_format(const std::string& name);
+
 class TokenFile {
  public:
-  // Maps and checks the file: header, size, and every token < vocab_size.
-  TokenFile(const std::string& path, int vocab_size);
+  // Maps and checks the file: header (llm.c), size, and every token < vocab_size.
+  TokenFile(const std::string& path, int vocab_size, TokenFormat format = TokenFormat::LlmC);
   ~TokenFile();
   TokenFile(const TokenFile&) = delete;
   TokenFile& operator=(const TokenFile&) = delete;
@@ -49,7 +54,8 @@ void write_token_file(const std::string& path, const std::vector<uint16_t>& toke
 class DataLoader {
  public:
   DataLoader(const std::vector<std::string>& paths, int B, int T, int vocab_size, int rank = 0,
-             int world = 1, bool shuffle = false, uint64_t seed = 0);
+             int world = 1, bool shuffle = false, uint64_t seed = 0,
+             TokenFormat format = TokenFormat::LlmC);
   ~DataLoader();
 
   // Fills inputs and targets, each B*T int32.

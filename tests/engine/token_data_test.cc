@@ -415,3 +415,57 @@ TEST(ExpandPaths, NoMatchIsAnError) {
 
 }  // namespace
 }  // namespace tessera::engine
+
+namespace tessera::engine {
+namespace {
+
+// nanoGPT's .bin: raw little-endian uint16 tokens, no header.
+void write_raw_tokens(const std::string& path, const std::vector<uint16_t>& tokens) {
+  test_util::write_bytes(path, std::string(reinterpret_cast<const char*>(tokens.data()),
+                                           tokens.size() * sizeof(uint16_t)));
+}
+
+TEST(TokenFileNanoGpt, RawUint16FileReadsWithoutAHeader) {
+  test_util::ScratchDir dir;
+  const std::vector<uint16_t> tokens = {5, 0, 255, 17, 3};
+  write_raw_tokens(dir.file("train.bin"), tokens);
+  TokenFile f(dir.file("train.bin"), 256, TokenFormat::NanoGpt);
+  ASSERT_EQ(f.size(), 5);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(f.tokens()[i], tokens[i]);
+  // The same bytes as an llm.c file: the missing magic is named, with the nanogpt hint.
+  try {
+    TokenFile wrong(dir.file("train.bin"), 256);
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("nanogpt"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TokenFileNanoGpt, OddByteCountAndBadTokenAreRefused) {
+  test_util::ScratchDir dir;
+  test_util::write_bytes(dir.file("odd.bin"), std::string("\x01\x00\x02", 3));
+  EXPECT_THROW(TokenFile(dir.file("odd.bin"), 256, TokenFormat::NanoGpt), InvalidArgument);
+  write_raw_tokens(dir.file("big.bin"), {1, 2, 300});
+  EXPECT_THROW(TokenFile(dir.file("big.bin"), 256, TokenFormat::NanoGpt), InvalidArgument);
+  EXPECT_THROW(parse_token_format("hdf5"), InvalidArgument);
+}
+
+TEST(TokenFileNanoGpt, LoaderBatchesAreTheSameAsFromTheLlmcFile) {
+  test_util::ScratchDir dir;
+  std::vector<uint16_t> tokens(200);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>((i * 13) % 256);
+  write_raw_tokens(dir.file("raw.bin"), tokens);
+  write_token_file(dir.file("llmc.bin"), tokens);
+  DataLoader raw({dir.file("raw.bin")}, 2, 8, 256, 0, 1, false, 0, TokenFormat::NanoGpt);
+  DataLoader llmc({dir.file("llmc.bin")}, 2, 8, 256);
+  std::vector<int32_t> a(16), at(16), b(16), bt(16);
+  for (int step = 0; step < 20; ++step) {
+    raw.next(a.data(), at.data());
+    llmc.next(b.data(), bt.data());
+    ASSERT_EQ(a, b);
+    ASSERT_EQ(at, bt);
+  }
+}
+
+}  // namespace
+}  // namespace tessera::engine
