@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "runtime/core/error.h"
+#include "runtime/core/half.h"
 
 namespace tessera::models {
 
@@ -347,62 +348,6 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
   }
 }
 
-uint16_t float_to_f16_bits(float value) {
-  const uint32_t x = std::bit_cast<uint32_t>(value);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t exp = (x >> 23) & 0xFFu;
-  uint32_t mant = x & 0x7FFFFFu;
-  if (exp == 0xFF) {
-    // Inf stays inf; NaN keeps its top payload bits and is forced quiet so it stays a NaN
-    // even when those bits are all zero.
-    return static_cast<uint16_t>(sign | 0x7C00u | (mant != 0 ? 0x200u | (mant >> 13) : 0u));
-  }
-  const int32_t e = static_cast<int32_t>(exp) - 127 + 15;  // rebias to half
-  if (e >= 0x1F) return static_cast<uint16_t>(sign | 0x7C00u);
-  // Round-to-nearest-even of `m` shifted right by `shift`: a carry out of the mantissa
-  // bumps the exponent, which is exactly right (up to infinity, or subnormal to normal).
-  auto round_shift = [](uint32_t m, int shift) {
-    const uint32_t kept = m >> shift;
-    const uint32_t rest = m & ((1u << shift) - 1);
-    const uint32_t half = 1u << (shift - 1);
-    return kept + ((rest > half || (rest == half && (kept & 1u))) ? 1u : 0u);
-  };
-  if (e <= 0) {
-    // Half subnormal: value = m * 2^-24. The float is M * 2^(exp - 150) with M the
-    // mantissa and its implicit bit, so m = M * 2^(e - 14): a right shift by 14 - e.
-    const int shift = 14 - e;
-    if (shift > 24) return static_cast<uint16_t>(sign);  // below half the smallest subnormal
-    mant |= 0x800000u;
-    return static_cast<uint16_t>(sign | round_shift(mant, shift));
-  }
-  return static_cast<uint16_t>(sign | round_shift((static_cast<uint32_t>(e) << 23) | mant, 13));
-}
-
-float f16_bits_to_float(uint16_t bits) {
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t exp = (bits >> 10) & 0x1Fu;
-  const uint32_t mant = bits & 0x3FFu;
-  if (exp == 0) {
-    const float magnitude = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -magnitude : magnitude;
-  }
-  if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (mant << 13));
-  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
-}
-
-uint16_t float_to_bf16_bits(float value) {
-  const uint32_t x = std::bit_cast<uint32_t>(value);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u)
-    return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  // Adding 0x7FFF plus the lowest kept bit rounds to nearest, ties to even; a finite value
-  // that rounds past the largest bf16 carries into the exponent and becomes infinity.
-  return static_cast<uint16_t>((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
-}
-
-float bf16_bits_to_float(uint16_t bits) {
-  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
-}
-
 void encode_floats(const float* src, int64_t count, DType dtype, std::byte* bytes) {
   switch (dtype) {
     case DType::F32:
@@ -410,13 +355,13 @@ void encode_floats(const float* src, int64_t count, DType dtype, std::byte* byte
       return;
     case DType::F16:
       for (int64_t i = 0; i < count; ++i) {
-        const uint16_t h = float_to_f16_bits(src[i]);
+        const uint16_t h = f32_to_f16(src[i]);
         std::memcpy(bytes + 2 * i, &h, 2);
       }
       return;
     case DType::BF16:
       for (int64_t i = 0; i < count; ++i) {
-        const uint16_t h = float_to_bf16_bits(src[i]);
+        const uint16_t h = f32_to_bf16(src[i]);
         std::memcpy(bytes + 2 * i, &h, 2);
       }
       return;
@@ -435,14 +380,14 @@ void decode_floats(const std::byte* bytes, int64_t count, DType dtype, float* ds
       for (int64_t i = 0; i < count; ++i) {
         uint16_t h;
         std::memcpy(&h, bytes + 2 * i, 2);
-        dst[i] = f16_bits_to_float(h);
+        dst[i] = f16_to_f32(h);
       }
       return;
     case DType::BF16:
       for (int64_t i = 0; i < count; ++i) {
         uint16_t h;
         std::memcpy(&h, bytes + 2 * i, 2);
-        dst[i] = bf16_bits_to_float(h);
+        dst[i] = bf16_to_f32(h);
       }
       return;
     default:

@@ -82,12 +82,8 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
 // "F32" / "F16" / "BF16", as the header spells them; throws for other dtypes.
 std::string safetensors_dtype_name(DType dtype);
 
-// Scalar conversions. float -> half and float -> bfloat16 round to nearest, ties to even;
-// overflow becomes infinity, NaN stays NaN (quiet), subnormals are kept.
-uint16_t float_to_f16_bits(float value);
-float f16_bits_to_float(uint16_t bits);
-uint16_t float_to_bf16_bits(float value);
-float bf16_bits_to_float(uint16_t bits);
+// Scalar conversions live in runtime/core/half.h (f32_to_f16, f16_to_f32, f32_to_bf16,
+// bf16_to_f32: round to nearest, ties to even).
 
 // Array conversions between f32 and a storage dtype (F32, F16 or BF16); `bytes` is
 // little-endian and may be unaligned.

@@ -13,7 +13,7 @@
 #define TESSERA_COMM_HAVE_F16C 0
 #endif
 
-#include "parallel/comm/half.h"
+#include "runtime/core/half.h"
 #include "runtime/core/error.h"
 
 namespace tessera::parallel {

@@ -23,6 +23,7 @@
 #include "models/gpt.h"
 #include "models/safetensors.h"
 #include "runtime/core/error.h"
+#include "runtime/core/half.h"
 
 namespace tessera::models {
 namespace {
@@ -87,61 +88,61 @@ std::string bytes(size_t n) { return std::string(n, '\x01'); }
 // ---------------------------------------------------------------- conversions
 
 TEST(HalfConversionTest, KnownF16Values) {
-  EXPECT_EQ(float_to_f16_bits(1.0f), 0x3C00);
-  EXPECT_EQ(float_to_f16_bits(-2.0f), 0xC000);
-  EXPECT_EQ(float_to_f16_bits(0.0f), 0x0000);
-  EXPECT_EQ(float_to_f16_bits(-0.0f), 0x8000);
-  EXPECT_EQ(float_to_f16_bits(65504.0f), 0x7BFF);  // largest finite half
-  EXPECT_EQ(float_to_f16_bits(65519.0f), 0x7BFF);  // below the midpoint to infinity
-  EXPECT_EQ(float_to_f16_bits(65520.0f), 0x7C00);  // the midpoint ties to even: infinity
-  EXPECT_EQ(float_to_f16_bits(1e6f), 0x7C00);
-  EXPECT_EQ(float_to_f16_bits(-std::numeric_limits<float>::infinity()), 0xFC00);
+  EXPECT_EQ(f32_to_f16(1.0f), 0x3C00);
+  EXPECT_EQ(f32_to_f16(-2.0f), 0xC000);
+  EXPECT_EQ(f32_to_f16(0.0f), 0x0000);
+  EXPECT_EQ(f32_to_f16(-0.0f), 0x8000);
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7BFF);  // largest finite half
+  EXPECT_EQ(f32_to_f16(65519.0f), 0x7BFF);  // below the midpoint to infinity
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7C00);  // the midpoint ties to even: infinity
+  EXPECT_EQ(f32_to_f16(1e6f), 0x7C00);
+  EXPECT_EQ(f32_to_f16(-std::numeric_limits<float>::infinity()), 0xFC00);
   // Ties to even: 1 + 2^-11 is halfway between 1 and 1 + 2^-10.
-  EXPECT_EQ(float_to_f16_bits(1.0f + std::ldexp(1.0f, -11)), 0x3C00);
-  EXPECT_EQ(float_to_f16_bits(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);
-  EXPECT_EQ(float_to_f16_bits(1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20)), 0x3C01);
+  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);
+  EXPECT_EQ(f32_to_f16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);
+  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20)), 0x3C01);
   // Subnormals: 2^-24 is the smallest; 2^-25 ties to even (zero); just above rounds up.
-  EXPECT_EQ(float_to_f16_bits(std::ldexp(1.0f, -24)), 0x0001);
-  EXPECT_EQ(float_to_f16_bits(std::ldexp(1.0f, -25)), 0x0000);
-  EXPECT_EQ(float_to_f16_bits(std::ldexp(1.5f, -25)), 0x0001);
-  EXPECT_EQ(float_to_f16_bits(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 ulp ties to even 2
-  EXPECT_EQ(float_to_f16_bits(std::ldexp(1023.0f, -24)), 0x03FF);
-  EXPECT_EQ(float_to_f16_bits(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
-  EXPECT_EQ(float_to_f16_bits(std::ldexp(1.0f, -30)), 0x0000);
-  EXPECT_TRUE(std::isnan(f16_bits_to_float(float_to_f16_bits(std::nanf("")))));
-  EXPECT_EQ(f16_bits_to_float(0x3555), 0.333251953125f);
-  EXPECT_EQ(f16_bits_to_float(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.5f, -25)), 0x0001);
+  EXPECT_EQ(f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 ulp ties to even 2
+  EXPECT_EQ(f32_to_f16(std::ldexp(1023.0f, -24)), 0x03FF);
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -30)), 0x0000);
+  EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(std::nanf("")))));
+  EXPECT_EQ(f16_to_f32(0x3555), 0.333251953125f);
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));
 }
 
 TEST(HalfConversionTest, EveryF16AndBf16PatternRoundTrips) {
   for (uint32_t b = 0; b <= 0xFFFF; ++b) {
     const auto bits = static_cast<uint16_t>(b);
-    const float h = f16_bits_to_float(bits);
+    const float h = f16_to_f32(bits);
     if (std::isnan(h)) {
-      EXPECT_TRUE(std::isnan(f16_bits_to_float(float_to_f16_bits(h))));
+      EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(h))));
     } else {
-      ASSERT_EQ(float_to_f16_bits(h), bits) << b;
+      ASSERT_EQ(f32_to_f16(h), bits) << b;
     }
-    const float bf = bf16_bits_to_float(bits);
+    const float bf = bf16_to_f32(bits);
     if (std::isnan(bf)) {
-      EXPECT_TRUE(std::isnan(bf16_bits_to_float(float_to_bf16_bits(bf))));
+      EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(bf))));
     } else {
-      ASSERT_EQ(float_to_bf16_bits(bf), bits) << b;
+      ASSERT_EQ(f32_to_bf16(bf), bits) << b;
     }
   }
 }
 
 TEST(HalfConversionTest, KnownBf16Values) {
-  EXPECT_EQ(float_to_bf16_bits(1.0f), 0x3F80);
-  EXPECT_EQ(float_to_bf16_bits(-1.0f), 0xBF80);
-  EXPECT_EQ(float_to_bf16_bits(1.0f + std::ldexp(1.0f, -8)), 0x3F80);  // tie to even
-  EXPECT_EQ(float_to_bf16_bits(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
-  EXPECT_EQ(float_to_bf16_bits(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20)), 0x3F81);
-  EXPECT_EQ(float_to_bf16_bits(std::numeric_limits<float>::max()), 0x7F80);  // rounds to inf
-  EXPECT_TRUE(std::isnan(bf16_bits_to_float(float_to_bf16_bits(std::nanf("")))));
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(f32_to_bf16(-1.0f), 0xBF80);
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);  // tie to even
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20)), 0x3F81);
+  EXPECT_EQ(f32_to_bf16(std::numeric_limits<float>::max()), 0x7F80);  // rounds to inf
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(std::nanf("")))));
   // A NaN whose payload lives only in the low bits must not truncate to infinity.
   EXPECT_TRUE(
-      std::isnan(bf16_bits_to_float(float_to_bf16_bits(std::bit_cast<float>(0x7F800001u)))));
+      std::isnan(bf16_to_f32(f32_to_bf16(std::bit_cast<float>(0x7F800001u)))));
 }
 
 // ---------------------------------------------------------------- safetensors format
@@ -315,8 +316,8 @@ TEST_F(WeightsIoTest, RoundTripF16AndBf16RoundToNearestEven) {
     // a unit in the last place.
     const double rel = dtype == DType::F16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
     for (size_t i = 0; i < flat.size(); ++i) {
-      const float expected = dtype == DType::F16 ? f16_bits_to_float(float_to_f16_bits(flat[i]))
-                                                 : bf16_bits_to_float(float_to_bf16_bits(flat[i]));
+      const float expected = dtype == DType::F16 ? f16_to_f32(f32_to_f16(flat[i]))
+                                                 : bf16_to_f32(f32_to_bf16(flat[i]));
       ASSERT_EQ(back[i], expected) << i;
       ASSERT_LE(std::abs(back[i] - flat[i]), rel * std::abs(flat[i]) + 1e-7) << i;
     }

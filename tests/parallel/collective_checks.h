@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "parallel/comm/half.h"
+#include "runtime/core/half.h"
 #include "parallel/comm/process_group.h"
 
 namespace tessera::parallel::testing {

@@ -1,6 +1,6 @@
 // f16 / bf16 conversions against independent references: the compiler's _Float16 and a
 // double-precision round-to-nearest-even for bf16.
-#include "parallel/comm/half.h"
+#include "runtime/core/half.h"
 
 #include <gtest/gtest.h>
 

@@ -1,12 +1,12 @@
 // Scalar f16 / bf16 <-> f32 conversions with IEEE round-to-nearest-even, NaN kept quiet and
 // sign preserved. Bit-exact with hardware conversions (F16C, _Float16); the reduction loops in
-// reduce_kernels.cc use the vector forms where the CPU has them and these everywhere else.
+// parallel/comm/reduce_kernels.cc use the vector forms where the CPU has them and these everywhere else.
 #pragma once
 
 #include <bit>
 #include <cstdint>
 
-namespace tessera::parallel {
+namespace tessera {
 
 inline float bf16_to_f32(uint16_t h) {
   return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
@@ -65,4 +65,4 @@ inline uint16_t f32_to_f16(float f) {
   return sign | static_cast<uint16_t>(q);
 }
 
-}  // namespace tessera::parallel
+}  // namespace tessera
