@@ -10,6 +10,7 @@ struct RankEnv {
   int rank = 0;
   int world = 1;
   int local_rank = 0;
+  int local_size = 1;  // ranks on this machine
   std::string source = "none (single process)";  // which variables supplied the values
 };
 

@@ -2,7 +2,9 @@
 // `tessera launch`); train, then print a sample when the config asks for one.
 #include <omp.h>
 
+#include <algorithm>
 #include <iostream>
+#include <thread>
 
 #include "launch/byte_tokenizer.h"
 #include "launch/commands.h"
@@ -33,14 +35,21 @@ void train_one_rank(const engine::TrainConfig& config, parallel::ProcessGroup* d
 
 }  // namespace
 
+// Ranks sharing a machine split its cores: OpenMP's default (every core per process) would
+// oversubscribe them, and spinning threads then fight each other.
+int default_threads_per_rank(int local_ranks) {
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores / std::max(1, local_ranks));
+}
+
 int run_train(const TrainOptions& opts) {
-  const engine::TrainConfig config = engine::load_train_config(opts.config_path, opts.overrides);
+  engine::TrainConfig config = engine::load_train_config(opts.config_path, opts.overrides);
   const RankEnv env = detect_rank_env();
   if (opts.sim_ranks > 0) {
     TS_CHECK(env.world == 1, "--sim-ranks runs thread ranks in one process, but this process "
              "is rank {} of {} ({}): use one or the other", env.rank, env.world, env.source);
     log_rank0("thread ranks: {} data-parallel ranks in this process", opts.sim_ranks);
-    const int threads = config.threads > 0 ? config.threads : 1;
+    const int threads = config.threads > 0 ? config.threads : default_threads_per_rank(opts.sim_ranks);
     parallel::spawn_ranks(opts.sim_ranks, [&](parallel::ProcessGroup& group) {
       set_thread_rank(group.rank());
       MemoryTracker tracker;  // each rank's memory is its own
@@ -55,6 +64,7 @@ int run_train(const TrainOptions& opts) {
     return 0;
   }
   init_logging(env.rank, env.world);
+  if (config.threads == 0) config.threads = default_threads_per_rank(env.local_size);
   log_rank0("ranks: {} processes, rank and world from {}", env.world, env.source);
   parallel::mpi_init(nullptr, nullptr);
   parallel::ProcessGroupPtr world = parallel::make_mpi_world();
