@@ -21,27 +21,51 @@ namespace k = tessera::kernels::cpu;
 Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     : config_(std::move(config)),
       dp_(dp_group != nullptr && dp_group->size() > 1 ? dp_group : nullptr),
-      model_(config_.model),
-      state_(model_.registry().numel(), {0, model_.registry().numel()}) {
+      model_(config_.model) {
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
   config_.resolve_batch(dp_size());
+  const ParamRegistry& registry = model_.registry();
+  const int64_t numel = registry.numel();
+  // The initial parameters, whole, identical on every rank. Stages 1-3 take their part of
+  // this buffer and drop it, so it is charged to "other", not to the model state.
+  const bool sharded = dp_ != nullptr && config_.zero.stage >= 1;
+  state_ = std::make_unique<memory::FlatState<float>>(
+      sharded ? 0 : numel, memory::ShardRange{0, sharded ? 0 : numel});
+  Storage initial_storage;
+  float* initial = state_->params();
+  if (sharded) {
+    initial_storage = Storage(numel * sizeof(float), MemCategory::Other);
+    initial = static_cast<float*>(initial_storage.data());
+  }
   if (config_.init_from.empty()) {
-    init_params(model_.registry(), state_.params(), config_.seed);
+    init_params(registry, initial, config_.seed);
   } else if (dp_rank() == 0) {
-    models::load_gpt_safetensors(config_.init_from, config_.model, model_.registry(),
-                                 state_.params());
+    models::load_gpt_safetensors(config_.init_from, config_.model, registry, initial);
   }
   if (dp_ != nullptr) {
     // Same seed gives the same init everywhere; the broadcast makes it so by construction.
-    dp_->broadcast(state_.params(), static_cast<size_t>(state_.numel()), DType::F32)->wait();
+    dp_->broadcast(initial, static_cast<size_t>(numel), DType::F32)->wait();
+  }
+  if (sharded) {
+    memory::ZeroOptions z;
+    z.stage = config_.zero.stage;
+    z.reduce_bucket_elems = config_.zero.reduce_bucket_size;
+    z.overlap_comm = config_.zero.overlap_comm;
+    z.prefetch_elems = config_.zero.stage3_prefetch_bucket_size;
+    z.persistence_threshold = config_.zero.stage3_param_persistence_threshold;
+    z.max_live_elems = config_.zero.stage3_max_live_parameters;
+    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_, z, initial);
+    sharded_ = access.get();
+    access_ = std::move(access);
+  } else if (dp_ != nullptr) {
     auto replicated = std::make_unique<memory::ReplicatedParamAccess>(
-        model_.registry(), state_.params(), state_.grads(), *dp_,
-        config_.zero.overlap_comm ? config_.zero.reduce_bucket_size : model_.registry().numel());
+        registry, state_->params(), state_->grads(), *dp_,
+        config_.zero.overlap_comm ? config_.zero.reduce_bucket_size : numel);
     replicated_ = replicated.get();
     access_ = std::move(replicated);
   } else {
-    access_ = std::make_unique<LocalParamAccess>(model_.registry(), state_.params(),
-                                                 state_.grads(), sizeof(float));
+    access_ = std::make_unique<LocalParamAccess>(registry, state_->params(), state_->grads(),
+                                                 sizeof(float));
   }
   train_loader_ = std::make_unique<DataLoader>(config_.train_files, config_.micro_batch_size,
                                                config_.seq_len, config_.model.vocab_size,
@@ -64,9 +88,39 @@ double Trainer::dp_mean(double x) {
   return f;
 }
 
+memory::OptimizerShard Trainer::optimizer_shard() {
+  if (sharded_ != nullptr) return sharded_->shard();
+  memory::OptimizerShard s;
+  s.range = {0, state_->numel()};
+  s.params = state_->params();
+  s.grads = state_->grads();
+  s.exp_avg = state_->exp_avg();
+  s.exp_avg_sq = state_->exp_avg_sq();
+  return s;
+}
+
+double Trainer::grad_norm() {
+  const memory::OptimizerShard s = optimizer_shard();
+  double sum = k::sum_squares(s.grads, s.range.numel());
+  if (sharded_ != nullptr) {
+    // Shards partition the model: the global sum of squares is the sum of the ranks' sums.
+    // Gathered in f64 and added in rank order, so every rank gets the same bits.
+    std::vector<double> sums(dp_size());
+    dp_->all_gather(&sum, sums.data(), 1, DType::F64)->wait();
+    sum = 0.0;
+    for (double x : sums) sum += x;
+  }
+  return std::sqrt(sum);
+}
+
 void Trainer::optimizer_step(double lr, double clip_scale) {
   const OptimizerConfig& o = config_.optimizer;
+  const memory::OptimizerShard s = optimizer_shard();
   for (const ParamSpec& p : model_.registry().params()) {
+    // AdamW runs per tensor (decay depends on its shape) over the tensor's owned part.
+    const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, s.range);
+    if (part.numel() == 0) continue;
+    const int64_t at = part.begin - s.range.begin;
     // GPT-2 practice: decay matrices, not biases, LayerNorm gains or... the 1-D tensors.
     const bool decay = p.shape.size() >= 2;
     k::AdamWParams a;
@@ -77,33 +131,49 @@ void Trainer::optimizer_step(double lr, double clip_scale) {
     a.step = steps_done_ + 1;
     a.grad_scale = static_cast<float>(clip_scale);
     a.weight_decay = decay && o.type == "AdamW" ? o.weight_decay : 0.0f;
-    float* grads = state_.grads() + p.offset;
+    float* grads = s.grads + at;
     if (o.type == "Adam" && decay && o.weight_decay > 0) {
       // Adam's L2 penalty: weight decay enters the gradient before the moments.
-      const float* w = state_.params() + p.offset;
+      const float* w = s.params + at;
       const float wd = o.weight_decay / static_cast<float>(clip_scale);
 #pragma omp parallel for simd
-      for (int64_t i = 0; i < p.numel(); ++i) grads[i] += wd * w[i];
+      for (int64_t i = 0; i < part.numel(); ++i) grads[i] += wd * w[i];
     }
-    k::adamw_update(state_.params() + p.offset, grads, state_.exp_avg() + p.offset,
-                    state_.exp_avg_sq() + p.offset, p.numel(), a);
+    k::adamw_update(s.params + at, grads, s.exp_avg + at, s.exp_avg_sq + at, part.numel(), a);
   }
+  if (sharded_ != nullptr) sharded_->after_update();
+}
+
+std::vector<float> Trainer::full_params() {
+  std::vector<float> out(static_cast<size_t>(model_.registry().numel()));
+  if (sharded_ != nullptr) {
+    sharded_->gather_full(out.data());
+  } else {
+    std::copy(state_->params(), state_->params() + out.size(), out.begin());
+  }
+  return out;
 }
 
 StepStats Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
   const int accum = config_.gradient_accumulation_steps;
   const int B = config_.micro_batch_size, T = config_.seq_len;
-  state_.zero_grads();
+  if (sharded_ != nullptr) {
+    sharded_->zero_grads();
+  } else {
+    state_->zero_grads();
+  }
   double loss = 0.0;
   for (int micro = 0; micro < accum; ++micro) {
     if (replicated_ != nullptr) replicated_->set_sync(micro == accum - 1);
+    if (sharded_ != nullptr) sharded_->begin_pass(/*training=*/true, micro == accum - 1);
     train_loader_->next(inputs_.data(), targets_.data());
     loss += model_.forward_backward(*access_, inputs_.data(), targets_.data(), B, T, 1.0 / accum);
   }
   if (replicated_ != nullptr) replicated_->finish();
+  if (sharded_ != nullptr) sharded_->finish();
   loss = dp_mean(loss / accum);
-  const double norm = std::sqrt(k::sum_squares(state_.grads(), state_.numel()));
+  const double norm = grad_norm();
   TS_CHECK(std::isfinite(norm) && std::isfinite(loss),
            "step {}: loss {} / gradient norm {} is not finite: lower optimizer.params.lr or set "
            "gradient_clipping",
@@ -136,6 +206,7 @@ double Trainer::evaluate() {
   double sum = 0.0;
   for (int i = 0; i < iters; ++i) {
     val.next(inputs_.data(), targets_.data());
+    if (sharded_ != nullptr) sharded_->begin_pass(/*training=*/false, false);
     sum += model_.forward(*access_, inputs_.data(), targets_.data(), B, T);
   }
   return sum / iters;
@@ -161,6 +232,16 @@ void Trainer::run() {
     log_rank0("data parallel: {} ranks ({} backend), gradients in {} all-reduce bucket(s)",
               dp_size(), dp_->backend_name(), replicated_->num_buckets());
   }
+  if (sharded_ != nullptr) {
+    log_rank0("ZeRO stage {}: {} ranks ({} backend), gradients in {} reduce-scatter bucket(s){}",
+              sharded_->stage(), dp_size(), dp_->backend_name(), sharded_->num_buckets(),
+              sharded_->stage() == 3
+                  ? fmt::format(", {} layer(s) kept whole", sharded_->num_persistent_layers())
+                  : "");
+  } else if (dp_ == nullptr && config_.zero.stage > 0) {
+    log_rank0("ZeRO stage {} on one rank: nothing to partition, running as stage 0",
+              config_.zero.stage);
+  }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const double flops_per_token = m.flops_per_token(config_.seq_len);
   for (int64_t i = 0; i < config_.steps; ++i) {
@@ -178,7 +259,9 @@ void Trainer::run() {
                            {"gflops", s.tokens_per_s * flops_per_token / 1e9}};
     if (!std::isnan(val_loss)) line["val_loss"] = val_loss;
     for (int c = 0; c < kNumMemCategories; ++c) {
-      line["mem_" + std::string(mem_category_name(static_cast<MemCategory>(c)))] = mem.current[c];
+      const std::string name(mem_category_name(static_cast<MemCategory>(c)));
+      line["mem_" + name] = mem.current[c];
+      line["mem_peak_" + name] = mem.peak[c];
     }
     if (writer) {
       metrics << line.dump() << '\n';
@@ -193,9 +276,10 @@ void Trainer::run() {
     }
   }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
+  const std::vector<float> weights_now = full_params();  // collective at stage 3
   if (writer) {
     const std::string weights = (fs::path(config_.output_dir) / "model.safetensors").string();
-    models::save_gpt_safetensors(weights, config_.model, model_.registry(), state_.params());
+    models::save_gpt_safetensors(weights, config_.model, model_.registry(), weights_now.data());
     log_rank0("saved {} (and config.json beside it)", weights);
   }
 }

@@ -10,6 +10,7 @@
 
 #include "memory/flat_buffers.h"
 #include "memory/zero/replicated_access.h"
+#include "memory/zero/sharded_access.h"
 #include "parallel/comm/process_group.h"
 #include "models/gpt.h"
 #include "runtime/engine/config.h"
@@ -42,14 +43,22 @@ class Trainer {
 
   const TrainConfig& config() const { return config_; }
   models::GPT<float>& model() { return model_; }
-  memory::FlatState<float>& state() { return state_; }
   ParamAccess& params() { return *access_; }
+  // The ZeRO stage 1-3 access when this rank trains sharded (null at stage 0 or on one rank:
+  // with nothing to partition every stage is stage 0).
+  memory::ShardedParamAccess* sharded() { return sharded_; }
+  // Collective at stage 3: every rank of the group must call it. The full parameters.
+  std::vector<float> full_params();
   int64_t steps_done() const { return steps_done_; }
   int dp_rank() const { return dp_ != nullptr ? dp_->rank() : 0; }
   int dp_size() const { return dp_ != nullptr ? dp_->size() : 1; }
 
  private:
   void optimizer_step(double lr, double clip_scale);
+  // What this rank's optimizer updates: the whole model at stage 0, the owned shard else.
+  memory::OptimizerShard optimizer_shard();
+  // The global gradient norm from this rank's part of the averaged gradients.
+  double grad_norm();
 
   // The mean of x over data-parallel ranks (x itself on one rank).
   double dp_mean(double x);
@@ -57,9 +66,10 @@ class Trainer {
   TrainConfig config_;
   parallel::ProcessGroup* dp_ = nullptr;
   models::GPT<float> model_;
-  memory::FlatState<float> state_;
+  std::unique_ptr<memory::FlatState<float>> state_;  // stage 0 only
   std::unique_ptr<ParamAccess> access_;
-  memory::ReplicatedParamAccess* replicated_ = nullptr;  // access_ when data-parallel
+  memory::ReplicatedParamAccess* replicated_ = nullptr;  // access_ at stage 0, data-parallel
+  memory::ShardedParamAccess* sharded_ = nullptr;        // access_ at stages 1-3
   std::unique_ptr<DataLoader> train_loader_;
   std::vector<int32_t> inputs_, targets_;
   int64_t steps_done_ = 0;

@@ -1,0 +1,162 @@
+// ZeRO stages 1, 2 and 3 across data-parallel ranks (Rajbhandari et al. 2020). Rank r owns
+// shard_range(numel, r, world) of the flat model: it keeps the AdamW moments of that shard
+// only (stage 1), also only the gradients of that shard (stage 2), and also only the
+// parameters of that shard (stage 3). docs/ZERO.md has the design and the memory formulas.
+//
+// Gradients travel in buckets of consecutive layers, taken in backward order, launched from
+// grads_ready() as soon as every layer of a bucket is done, so communication overlaps the
+// rest of backward. A bucket is one contiguous range of the flat model, and the piece of it
+// rank r receives is its intersection with rank r's shard: one reduce_scatter_v per bucket.
+//
+// Stage 3 gathers a layer's parameters with one all_gather_v (each rank sends its shard's
+// intersection with the layer) into a buffer that lives from gather to release, prefetches
+// the next layers of the recorded acquire order, and keeps small layers whole.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "memory/flat_buffers.h"
+#include "parallel/comm/process_group.h"
+#include "runtime/core/params.h"
+#include "runtime/core/storage.h"
+
+namespace tessera::memory {
+
+struct ZeroOptions {
+  int stage = 1;  // 1, 2 or 3
+  // Elements per gradient bucket (a layer larger than this is a bucket of its own).
+  int64_t reduce_bucket_elems = 25'000'000;
+  // Off: each bucket's reduction is waited for as soon as it is launched.
+  bool overlap_comm = true;
+  // Stage 3: elements gathered ahead of use, layers at or below this many elements kept
+  // whole on every rank, and the most non-persistent elements gathered at once.
+  int64_t prefetch_elems = 50'000'000;
+  int64_t persistence_threshold = 100'000;
+  int64_t max_live_elems = 1'000'000'000;
+};
+
+// The part of the flat model this rank's optimizer updates, with pointers that index it from
+// range.begin (range is the rank's shard clipped to the model, so it may be empty).
+struct OptimizerShard {
+  ShardRange range;
+  float* params = nullptr;
+  float* grads = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+};
+
+// Bytes held by buffers whose size does not scale as 1/N (see docs/ZERO.md).
+struct ZeroFixedBuffers {
+  int64_t grad_bucket_bytes = 0;        // stage 2-3: gradient bucket slots (category grads)
+  int64_t persistent_param_bytes = 0;   // stage 3: whole copies of small layers (params)
+  int64_t padding_param_bytes = 0;      // stages 1-2: the full buffers' padding (params)
+  int64_t padding_grad_bytes = 0;       // stage 1: the full gradient buffer's padding (grads)
+};
+
+class ShardedParamAccess final : public ParamAccess {
+ public:
+  // `initial` holds registry.numel() parameter values, identical on every rank.
+  ShardedParamAccess(const ParamRegistry& registry, parallel::ProcessGroup& dp_group,
+                     const ZeroOptions& options, const float* initial);
+  ~ShardedParamAccess() override;
+
+  void* acquire(int layer) override;
+  void release(int layer) override;
+  void* grads(int layer) override;
+  void grads_ready(int layer) override;
+
+  // Before each forward or forward-backward pass. training: the pass runs backward (only
+  // training passes record and prefetch along the stage-3 acquire order). sync: this micro-batch's gradients
+  // are reduced now; stage 1 keeps full gradients and reduces once per accumulation window
+  // (sync only on the last micro-batch), stages 2-3 keep only a shard and so reduce every
+  // micro-batch whatever sync says.
+  void begin_pass(bool training, bool sync);
+  // Waits for every launched reduction; the owned gradient shard then holds the average
+  // over ranks of the accumulated gradients.
+  void finish();
+  void zero_grads();
+  OptimizerShard shard();
+  // After the optimizer changed the owned parameter shard: stages 1-2 all-gather the shards
+  // into every rank's full parameters; stage 3 refreshes its whole (persistent) layers.
+  void after_update();
+  // Collective: the full parameters into out (registry.numel() elements) on every rank.
+  void gather_full(float* out);
+
+  int stage() const { return options_.stage; }
+  int num_buckets() const { return static_cast<int>(buckets_.size()); }
+  int num_bucket_slots() const { return static_cast<int>(slots_.size()); }
+  ZeroFixedBuffers fixed_buffers() const;
+  // Stage 3: non-persistent parameter elements gathered (or being gathered) now, and the
+  // most ever at once, against options.max_live_elems.
+  int64_t live_elems() const { return live_elems_; }
+  int64_t peak_live_elems() const { return peak_live_elems_; }
+  int num_persistent_layers() const;
+
+ private:
+  struct Bucket {
+    int64_t begin = 0, end = 0;
+    int layers = 0;
+    int pending = 0;        // layers not ready yet in this pass
+    int slot = -1;          // stages 2-3: the scratch slot holding its gradients
+    std::vector<size_t> counts;  // elements of the bucket each rank receives
+  };
+  struct InFlight {
+    int bucket = 0;
+    parallel::WorkPtr work;
+  };
+  struct LayerState {
+    bool persistent = false;
+    Storage gathered;  // stage 3: the whole layer, while gathered
+    parallel::WorkPtr gathering;
+    int in_use = 0;
+    std::vector<size_t> counts;  // elements of the layer each rank contributes
+  };
+
+  ShardRange owned_piece(int64_t begin, int64_t end) const;  // [begin,end) ∩ own shard
+  std::vector<size_t> piece_counts(int64_t begin, int64_t end) const;
+  float* param_shard_ptr() const;
+  float* grad_shard_ptr() const;
+  // Stages 2-3: bucket b's gradients in a scratch slot (slot 0 belongs to the bucket of
+  // layer 0; the others are shared, reclaimed from the oldest reduction when none is free).
+  float* bucket_grads(int b);
+  void complete_oldest();
+  void complete(const InFlight& f);
+  // Waits for every reduction and readies the buckets for the next pass.
+  void drain();
+  // Stage 3.
+  void start_gather(int layer);
+  void wait_gather(int layer);
+  void free_gathered(int layer);
+  std::vector<int> upcoming_window() const;  // layers wanted within prefetch_elems of pos_
+  void prefetch();
+  void free_all_gathered();
+
+  const ParamRegistry& registry_;
+  parallel::ProcessGroup& group_;
+  ZeroOptions options_;
+  int rank_, world_;
+  int64_t numel_, padded_;
+  ShardRange shard_;  // unclipped: may reach into the padding
+
+  Storage params_;      // stages 1-2: padded full buffer; stage 3: the shard
+  Storage grads_;       // stage 1: padded full buffer; stages 2-3: the shard
+  Storage exp_avg_, exp_avg_sq_;  // the shard
+
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_layer_;
+  std::vector<Storage> slots_;
+  std::vector<int> free_slots_;
+  std::vector<InFlight> in_flight_;  // issue order
+  bool sync_ = true;
+
+  std::vector<LayerState> layers_;
+  std::vector<int> trace_;  // stage 3: layer acquire order of a training pass
+  bool recording_ = false;
+  bool following_ = false;  // this pass still matches trace_
+  size_t pos_ = 0;          // next trace_ entry
+  int64_t live_elems_ = 0;
+  int64_t peak_live_elems_ = 0;
+};
+
+}  // namespace tessera::memory
