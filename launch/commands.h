@@ -35,6 +35,19 @@ struct GenerateOptions {
 };
 int run_generate(const GenerateOptions& opts);
 
+struct EstimateOptions {
+  std::string model;    // a preset, or
+  int64_t params = 0;   // a parameter count (formula only)
+  int stage = 0;
+  int ranks = 1;
+  std::string dtype = "f32";
+  std::string offload = "none";
+  int batch = 0;  // > 0: add the activations of one micro-batch
+  int seq = 0;
+  int64_t reduce_bucket_size = 25'000'000;
+};
+int run_estimate(const EstimateOptions& opts);
+
 struct HostSlots {
   std::string host;
   int slots = 1;

@@ -1,4 +1,4 @@
-// The `tessera` command: train, prepare, generate, launch, env. Every error is caught here, printed as one
+// The `tessera` command: train, prepare, generate, estimate, launch, env. Every error is caught here, printed as one
 // line, and turned into a non-zero exit.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -68,6 +68,20 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   gen_cmd->add_option("--seed,-s", gen.seed, "sampling seed")->capture_default_str();
 
+  EstimateOptions est;
+  auto* est_cmd = app.add_subcommand("estimate", "per-rank memory of a model at a ZeRO stage");
+  est_cmd->add_option("--model", est.model, "model preset (gpt2-124M, ...)");
+  est_cmd->add_option("--params", est.params, "parameter count (formula only)");
+  est_cmd->add_option("--stage", est.stage, "ZeRO stage 0-3")->capture_default_str();
+  est_cmd->add_option("--ranks", est.ranks, "data-parallel ranks")->capture_default_str();
+  est_cmd->add_option("--dtype", est.dtype, "f32, bf16 or f16")->capture_default_str();
+  est_cmd->add_option("--offload", est.offload, "none (cpu, nvme: not supported yet)")
+      ->capture_default_str();
+  est_cmd->add_option("--batch", est.batch, "micro-batch size: adds activations");
+  est_cmd->add_option("--seq", est.seq, "sequence length (default: block size)");
+  est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size, "elements per bucket")
+      ->capture_default_str();
+
   auto* env_cmd = app.add_subcommand("env", "list the environment settings and build options");
 
   try {
@@ -86,6 +100,7 @@ int main(int argc, char** argv) {
     if (*env_cmd) return run_env();
     if (*launch_cmd) return run_launch(launch);
     if (*gen_cmd) return run_generate(gen);
+    if (*est_cmd) return run_estimate(est);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::cerr << "error: " << e.what() << std::endl;

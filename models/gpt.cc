@@ -91,6 +91,20 @@ typename GPT<T>::BlockParams GPT<T>::block_params(T* base) const {
 
 template <typename T>
 void GPT<T>::allocate_activations(int B, int T_) {
+  const int64_t elems = layout_activations(B, T_);
+  arena_ = Storage(static_cast<size_t>(elems) * sizeof(T), MemCategory::Activations);
+  arena_B_ = B;
+  arena_T_ = T_;
+}
+
+template <typename T>
+int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_) {
+  GPT<T> planner(config);
+  return planner.layout_activations(B, T_) * static_cast<int64_t>(sizeof(T));
+}
+
+template <typename T>
+int64_t GPT<T>::layout_activations(int B, int T_) {
   TS_CHECK(B >= 1 && T_ >= 1, "batch shape {}x{} must be positive", B, T_);
   TS_CHECK(T_ <= config_.block_size,
            "sequence length {} exceeds the model's block_size {}: lower data.seq_len or raise "
@@ -125,9 +139,7 @@ void GPT<T>::allocate_activations(int B, int T_) {
   dfch_ = place(4 * BT * C);
   dfch_gelu_ = place(4 * BT * C);
   arena_elems_ = off;
-  arena_ = Storage(static_cast<size_t>(off) * sizeof(T), MemCategory::Activations);
-  arena_B_ = B;
-  arena_T_ = T_;
+  return off;
 }
 
 template <typename T>

@@ -36,6 +36,8 @@ class GPT {
   // calls with smaller shapes reuse it. Charged to MemCategory::Activations.
   void allocate_activations(int B, int seq_len);
   int64_t activation_bytes() const { return arena_.bytes(); }
+  // What allocate_activations(B, T) would allocate, without allocating (for the estimator).
+  static int64_t activation_bytes_for(const GPTConfig& config, int B, int seq_len);
 
   // Forward over inputs [B,T]; with targets, returns the mean cross-entropy loss over the
   // B*T positions (else 0). Keeps what backward needs.
@@ -68,6 +70,8 @@ class GPT {
   BlockParams block_params(T* base) const;
   BlockActs block_acts(int layer) const;
   void check_shape(int B, int seq_len) const;
+  // Sets the arena offsets for B x T; returns the arena's size in elements.
+  int64_t layout_activations(int B, int seq_len);
   void forward_body(ParamAccess& params, const int32_t* inputs, int B, int seq_len);
   void block_forward(const BlockParams& p, const BlockActs& a, const T* input, int B, int seq_len);
   void block_backward(const BlockParams& p, BlockParams& g, const BlockActs& a, const T* input,

@@ -1,5 +1,6 @@
 #include "memory/zero/replicated_access.h"
 
+#include "memory/zero/zero_plan.h"
 #include "runtime/core/error.h"
 
 namespace tessera::memory {
@@ -8,20 +9,12 @@ ReplicatedParamAccess::ReplicatedParamAccess(const ParamRegistry& registry, floa
                                              float* grads, parallel::ProcessGroup& dp_group,
                                              int64_t bucket_elems)
     : registry_(registry), params_(params), grads_(grads), group_(dp_group) {
-  TS_CHECK(bucket_elems >= 1, "reduce_bucket_size must be >= 1, got {}", bucket_elems);
-  const int layers = registry.num_layers();
-  bucket_of_layer_.assign(layers, -1);
-  for (int l = layers - 1; l >= 0;) {
-    Bucket b;
-    b.end = registry.layer(l).end;
-    while (l >= 0 && (b.layers == 0 || b.end - registry.layer(l).begin <= bucket_elems)) {
+  bucket_of_layer_.assign(registry.num_layers(), -1);
+  for (const BucketPlan& plan : plan_buckets(registry, bucket_elems)) {
+    for (int l = plan.first_layer; l < plan.first_layer + plan.layers; ++l) {
       bucket_of_layer_[l] = static_cast<int>(buckets_.size());
-      b.begin = registry.layer(l).begin;
-      ++b.layers;
-      --l;
     }
-    b.pending = b.layers;
-    buckets_.push_back(b);
+    buckets_.push_back({plan.begin, plan.end, plan.layers, plan.layers});
   }
 }
 

@@ -7,17 +7,6 @@
 
 namespace tessera::memory {
 
-namespace {
-
-// Stages 2-3 gradient bucket slots besides the one of the bucket holding layer 0 (that
-// bucket fills during the whole backward: the tied head's gradient arrives first and the
-// embedding's last, so it has a slot of its own): with overlap, one for the bucket filling
-// now and one for the bucket still being reduced; without, every reduction is waited for at
-// once and one suffices.
-constexpr int kOtherSlotsWithOverlap = 2;
-constexpr int kOtherSlotsWithoutOverlap = 1;
-
-}  // namespace
 
 ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
                                        parallel::ProcessGroup& dp_group,
@@ -32,8 +21,6 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
       shard_(shard_range(registry.numel(), dp_group.rank(), dp_group.size())) {
   TS_CHECK(options.stage >= 1 && options.stage <= 3, "ShardedParamAccess runs ZeRO stages 1-3, "
            "not {}", options.stage);
-  TS_CHECK(options.reduce_bucket_elems >= 1, "reduce_bucket_size must be >= 1, got {}",
-           options.reduce_bucket_elems);
   const int64_t S = shard_.numel();
   const ShardRange owned = owned_piece(0, numel_);
   if (options.stage <= 2) {
@@ -53,35 +40,23 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
   // Buckets: runs of consecutive layers in backward order up to reduce_bucket_elems.
   const int L = registry.num_layers();
   bucket_of_layer_.assign(L, -1);
-  for (int l = L - 1; l >= 0;) {
+  const std::vector<BucketPlan> plans = plan_buckets(registry, options.reduce_bucket_elems);
+  for (const BucketPlan& plan : plans) {
     Bucket b;
-    b.end = registry.layer(l).end;
-    while (l >= 0 &&
-           (b.layers == 0 || b.end - registry.layer(l).begin <= options.reduce_bucket_elems)) {
-      bucket_of_layer_[l] = static_cast<int>(buckets_.size());
-      b.begin = registry.layer(l).begin;
-      ++b.layers;
-      --l;
-    }
-    b.pending = b.layers;
+    b.begin = plan.begin;
+    b.end = plan.end;
+    b.layers = b.pending = plan.layers;
     b.counts = piece_counts(b.begin, b.end);
+    for (int l = plan.first_layer; l < plan.first_layer + plan.layers; ++l) {
+      bucket_of_layer_[l] = static_cast<int>(buckets_.size());
+    }
     buckets_.push_back(std::move(b));
   }
   if (options.stage >= 2) {
-    const int first = bucket_of_layer_[0];
-    const Bucket& head = buckets_[first];
-    slots_.emplace_back((head.end - head.begin) * sizeof(float), MemCategory::Grads);
-    int64_t other_max = 0;
-    for (int b = 0; b < num_buckets(); ++b) {
-      if (b != first) other_max = std::max(other_max, buckets_[b].end - buckets_[b].begin);
-    }
-    const int k = std::min<int>(
-        options.overlap_comm ? kOtherSlotsWithOverlap : kOtherSlotsWithoutOverlap,
-        num_buckets() - 1);
-    for (int i = 1; i <= k; ++i) {
-      slots_.emplace_back(other_max * sizeof(float), MemCategory::Grads);
-      free_slots_.push_back(k + 1 - i);
-    }
+    // Slot 0 belongs to layer 0's bucket; the shared ones start out free.
+    const std::vector<int64_t> slot_elems = plan_grad_slots(plans, options.overlap_comm);
+    for (int64_t n : slot_elems) slots_.emplace_back(n * sizeof(float), MemCategory::Grads);
+    for (int i = static_cast<int>(slot_elems.size()) - 1; i >= 1; --i) free_slots_.push_back(i);
   }
 
   layers_.resize(L);

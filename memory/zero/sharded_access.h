@@ -17,24 +17,12 @@
 #include <vector>
 
 #include "memory/flat_buffers.h"
+#include "memory/zero/zero_plan.h"
 #include "parallel/comm/process_group.h"
 #include "runtime/core/params.h"
 #include "runtime/core/storage.h"
 
 namespace tessera::memory {
-
-struct ZeroOptions {
-  int stage = 1;  // 1, 2 or 3
-  // Elements per gradient bucket (a layer larger than this is a bucket of its own).
-  int64_t reduce_bucket_elems = 25'000'000;
-  // Off: each bucket's reduction is waited for as soon as it is launched.
-  bool overlap_comm = true;
-  // Stage 3: elements gathered ahead of use, layers at or below this many elements kept
-  // whole on every rank, and the most non-persistent elements gathered at once.
-  int64_t prefetch_elems = 50'000'000;
-  int64_t persistence_threshold = 100'000;
-  int64_t max_live_elems = 1'000'000'000;
-};
 
 // The part of the flat model this rank's optimizer updates, with pointers that index it from
 // range.begin (range is the rank's shard clipped to the model, so it may be empty).
@@ -44,14 +32,6 @@ struct OptimizerShard {
   float* grads = nullptr;
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
-};
-
-// Bytes held by buffers whose size does not scale as 1/N (see docs/ZERO.md).
-struct ZeroFixedBuffers {
-  int64_t grad_bucket_bytes = 0;        // stage 2-3: gradient bucket slots (category grads)
-  int64_t persistent_param_bytes = 0;   // stage 3: whole copies of small layers (params)
-  int64_t padding_param_bytes = 0;      // stages 1-2: the full buffers' padding (params)
-  int64_t padding_grad_bytes = 0;       // stage 1: the full gradient buffer's padding (grads)
 };
 
 class ShardedParamAccess final : public ParamAccess {

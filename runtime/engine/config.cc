@@ -158,6 +158,17 @@ std::vector<std::string> string_or_list(Block& b, const std::string& key) {
 
 }  // namespace
 
+memory::ZeroOptions ZeroConfig::options() const {
+  memory::ZeroOptions z;
+  z.stage = stage;
+  z.reduce_bucket_elems = reduce_bucket_size;
+  z.overlap_comm = overlap_comm;
+  z.prefetch_elems = stage3_prefetch_bucket_size;
+  z.persistence_threshold = stage3_param_persistence_threshold;
+  z.max_live_elems = stage3_max_live_parameters;
+  return z;
+}
+
 void TrainConfig::resolve_batch(int dp_world) {
   const int64_t world = dp_world;
   const bool have_total = train_batch_size > 0, have_micro = micro_batch_size > 0,

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "memory/zero/zero_plan.h"
 #include "models/gpt_config.h"
 
 namespace tessera::engine {
@@ -52,6 +53,9 @@ struct ZeroConfig {
   int64_t stage3_max_live_parameters = 1'000'000'000;
   int64_t stage3_max_reuse_distance = 1'000'000'000;  // parsed; prefetch window decides reuse
   int64_t sub_group_size = 1'000'000'000;             // parsed; the optimizer runs per tensor
+
+  // What the runtime and the estimator act on.
+  memory::ZeroOptions options() const;
 };
 
 struct TrainConfig {

@@ -47,14 +47,8 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     dp_->broadcast(initial, static_cast<size_t>(numel), DType::F32)->wait();
   }
   if (sharded) {
-    memory::ZeroOptions z;
-    z.stage = config_.zero.stage;
-    z.reduce_bucket_elems = config_.zero.reduce_bucket_size;
-    z.overlap_comm = config_.zero.overlap_comm;
-    z.prefetch_elems = config_.zero.stage3_prefetch_bucket_size;
-    z.persistence_threshold = config_.zero.stage3_param_persistence_threshold;
-    z.max_live_elems = config_.zero.stage3_max_live_parameters;
-    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_, z, initial);
+    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_,
+                                                               config_.zero.options(), initial);
     sharded_ = access.get();
     access_ = std::move(access);
   } else if (dp_ != nullptr) {

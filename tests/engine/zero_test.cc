@@ -195,6 +195,16 @@ TEST(ZeroMemory, PerRankModelStateFollowsTheZeroFormulas) {
         m.optimizer = s.current_of(MemCategory::Optimizer);
         m.params_peak = s.peak_of(MemCategory::Params);
         if (t.sharded() != nullptr) m.fixed = t.sharded()->fixed_buffers();
+        // The estimator's plan is the measurement, byte for byte.
+        const memory::ModelStateBytes plan = memory::plan_model_state(
+            t.model().registry(), c.zero.options(), group.rank(), group.size());
+        EXPECT_EQ(plan.params, m.params) << "stage " << stage << " N " << world;
+        EXPECT_EQ(plan.grads, m.grads) << "stage " << stage << " N " << world;
+        EXPECT_EQ(plan.optimizer, m.optimizer) << "stage " << stage << " N " << world;
+        if (t.sharded() != nullptr) {
+          EXPECT_EQ(plan.fixed.grad_bucket_bytes, m.fixed.grad_bucket_bytes);
+          EXPECT_EQ(plan.fixed.persistent_param_bytes, m.fixed.persistent_param_bytes);
+        }
       });
       // ZeRO's fp32 formulas: 4 bytes of params, 4 of grads, 8 of Adam moments per parameter,
       // divided by N from stage 1 (moments), 2 (grads) and 3 (params) on.

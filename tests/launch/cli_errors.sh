@@ -164,4 +164,15 @@ expect_error "--set with a typo" "did you mean 'training.steps'" \
 expect_error "prepare on a missing input" "cannot read input text" \
   "$TESSERA" prepare --input "$TMP/no_such_text.txt" --out-dir "$TMP/out"
 
+# --- estimate and generate --------------------------------------------------------------------
+expect_error "estimate with offload" "offload is not supported yet" \
+  "$TESSERA" estimate --model nano --offload cpu
+expect_error "estimate with an unknown preset" "unknown model preset" \
+  "$TESSERA" estimate --model gpt5
+expect_error "generate without weights" "does not exist" \
+  "$TESSERA" generate --weights "$TMP/none.safetensors"
+estimate=$("$TESSERA" estimate --model nano --stage 3 --ranks 2 --batch 2) \
+  || fail "estimate exited non-zero"
+case "$estimate" in *total*) ;; *) fail "estimate printed no total: $estimate" ;; esac
+
 echo "cli_errors.sh: all checks passed"

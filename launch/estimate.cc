@@ -1,0 +1,82 @@
+// `tessera estimate`: per-rank memory of a model at a ZeRO stage and rank count, from the
+// same planning code the runtime allocates by (memory/zero/zero_plan.h, GPT's activation
+// layout), so for shapes that run here the estimate equals the measurement.
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "launch/commands.h"
+#include "memory/zero/zero_plan.h"
+#include "models/gpt.h"
+#include "runtime/core/error.h"
+#include "runtime/core/memory_stats.h"
+
+namespace tessera::launch {
+
+int run_estimate(const EstimateOptions& o) {
+  TS_CHECK(o.ranks >= 1, "--ranks must be >= 1, got {}", o.ranks);
+  TS_CHECK(o.stage >= 0 && o.stage <= 3, "--stage {} does not exist: use 0, 1, 2 or 3", o.stage);
+  TS_CHECK(o.offload == "none", "--offload {}: CPU/NVMe offload is not supported yet; use none",
+           o.offload);
+  TS_CHECK(o.dtype == "f32" || o.dtype == "bf16" || o.dtype == "f16",
+           "--dtype {} is unknown: use f32, bf16 or f16", o.dtype);
+  TS_CHECK(o.model.empty() != (o.params <= 0), "give exactly one of --model PRESET or --params N");
+  memory::ZeroOptions z;
+  z.stage = o.stage;
+  z.reduce_bucket_elems = o.reduce_bucket_size;
+  auto row = [](const char* what, int64_t bytes, const std::string& note = "") {
+    std::cout << fmt::format("  {:<12} {:>12}  {}\n", what, format_bytes(bytes), note);
+  };
+  const int rank = 0;  // the first rank: with padding at the end it holds a full shard
+  if (o.model.empty() || o.dtype != "f32") {
+    // The paper's per-parameter bytes: what runs here only for fp32 presets, so this is the
+    // planning figure without tessera's bucket slots and persistent layers.
+    const double psi = static_cast<double>(o.params > 0 ? o.params
+                                                        : models::gpt_preset(o.model).num_params());
+    const bool half = o.dtype != "f32";
+    const double n = o.ranks;
+    const double p = (half ? 2 : 4) * psi / (o.stage >= 3 ? n : 1);
+    const double g = (half ? 2 : 4) * psi / (o.stage >= 2 ? n : 1);
+    const double opt = (half ? 12 : 8) * psi / (o.stage >= 1 ? n : 1);
+    std::cout << fmt::format("{:.1f}M parameters, ZeRO stage {}, {} ranks, {} (formula: {} + {} "
+                             "+ {} bytes per parameter, divided as the stage prescribes)\n",
+                             psi / 1e6, o.stage, o.ranks, o.dtype, half ? 2 : 4, half ? 2 : 4,
+                             half ? 12 : 8);
+    row("params", static_cast<int64_t>(p));
+    row("grads", static_cast<int64_t>(g));
+    row("optimizer", static_cast<int64_t>(opt), half ? "(fp32 master + Adam m, v)" : "(Adam m, v)");
+    row("total", static_cast<int64_t>(p + g + opt));
+    if (half) std::cout << "note: 16-bit training is not implemented yet; figures are the formula\n";
+    return 0;
+  }
+  const models::GPTConfig config = models::gpt_preset(o.model);
+  const ParamRegistry registry = models::build_gpt_registry(config);
+  const memory::ModelStateBytes b = memory::plan_model_state(registry, z, rank, o.ranks);
+  std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} ranks, f32, per rank:\n",
+                           o.model, registry.numel() / 1e6, o.stage, o.ranks);
+  row("params", b.params,
+      b.fixed.persistent_param_bytes + b.fixed.padding_param_bytes > 0
+          ? fmt::format("(incl. {} whole small layers / padding)",
+                        format_bytes(b.fixed.persistent_param_bytes + b.fixed.padding_param_bytes))
+          : "");
+  row("grads", b.grads,
+      b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes > 0
+          ? fmt::format("(incl. {} bucket slots / padding)",
+                        format_bytes(b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes))
+          : "");
+  row("optimizer", b.optimizer, "(Adam m, v)");
+  int64_t total = b.total();
+  if (o.batch > 0) {
+    const int seq = o.seq > 0 ? o.seq : config.block_size;
+    const int64_t acts = models::GPT<float>::activation_bytes_for(config, o.batch, seq);
+    row("activations", acts, fmt::format("(micro-batch {} x {})", o.batch, seq));
+    total += acts;
+  }
+  if (o.stage == 3 && o.ranks > 1) {
+    std::cout << "  (stage 3 gathers layers on top, at most stage3_max_live_parameters x 4 bytes)\n";
+  }
+  row("total", total);
+  return 0;
+}
+
+}  // namespace tessera::launch

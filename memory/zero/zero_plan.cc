@@ -1,0 +1,84 @@
+#include "memory/zero/zero_plan.h"
+
+#include <algorithm>
+
+#include "runtime/core/error.h"
+
+namespace tessera::memory {
+
+std::vector<BucketPlan> plan_buckets(const ParamRegistry& registry, int64_t bucket_elems) {
+  TS_CHECK(bucket_elems >= 1, "reduce_bucket_size must be >= 1, got {}", bucket_elems);
+  std::vector<BucketPlan> buckets;
+  for (int l = registry.num_layers() - 1; l >= 0;) {
+    BucketPlan b;
+    b.end = registry.layer(l).end;
+    while (l >= 0 && (b.layers == 0 || b.end - registry.layer(l).begin <= bucket_elems)) {
+      b.begin = registry.layer(l).begin;
+      b.first_layer = l;
+      ++b.layers;
+      --l;
+    }
+    buckets.push_back(b);
+  }
+  return buckets;
+}
+
+std::vector<int64_t> plan_grad_slots(const std::vector<BucketPlan>& buckets, bool overlap_comm) {
+  std::vector<int64_t> slots;
+  int64_t other_max = 0;
+  for (const BucketPlan& b : buckets) {
+    if (b.first_layer == 0) {
+      slots.insert(slots.begin(), b.numel());
+    } else {
+      other_max = std::max(other_max, b.numel());
+    }
+  }
+  const int shared = std::min<int>(
+      overlap_comm ? kSharedGradSlotsWithOverlap : kSharedGradSlotsWithoutOverlap,
+      static_cast<int>(buckets.size()) - 1);
+  for (int i = 0; i < shared; ++i) slots.push_back(other_max);
+  return slots;
+}
+
+ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOptions& options,
+                                 int rank, int world) {
+  TS_CHECK(options.stage >= 0 && options.stage <= 3, "ZeRO stage {} does not exist", options.stage);
+  constexpr int64_t kF32 = sizeof(float);
+  const int64_t numel = registry.numel();
+  ModelStateBytes b;
+  if (options.stage == 0 || world == 1) {
+    // Replicated: one rank at any stage is stage 0 (nothing to partition).
+    b.params = b.grads = numel * kF32;
+    b.optimizer = 2 * numel * kF32;
+    return b;
+  }
+  const int64_t padded = padded_numel(numel, world);
+  const int64_t shard = shard_range(numel, rank, world).numel();
+  const int64_t pad_bytes = (padded - numel) * kF32;
+  b.optimizer = 2 * shard * kF32;
+  if (options.stage <= 2) {
+    b.params = padded * kF32;
+    b.fixed.padding_param_bytes = pad_bytes;
+  } else {
+    b.params = shard * kF32;
+    for (int l = 0; l < registry.num_layers(); ++l) {
+      const int64_t n = registry.layer(l).numel();
+      if (n <= options.persistence_threshold) b.fixed.persistent_param_bytes += n * kF32;
+    }
+    b.params += b.fixed.persistent_param_bytes;
+  }
+  if (options.stage == 1) {
+    b.grads = padded * kF32;
+    b.fixed.padding_grad_bytes = pad_bytes;
+  } else {
+    b.grads = shard * kF32;
+    for (int64_t slot : plan_grad_slots(plan_buckets(registry, options.reduce_bucket_elems),
+                                        options.overlap_comm)) {
+      b.fixed.grad_bucket_bytes += slot * kF32;
+    }
+    b.grads += b.fixed.grad_bucket_bytes;
+  }
+  return b;
+}
+
+}  // namespace tessera::memory

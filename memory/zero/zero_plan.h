@@ -1,0 +1,67 @@
+// How ZeRO lays out one rank's model state, computed without allocating anything: gradient
+// buckets, bucket scratch slots, stage-3 persistent layers, padding, and the resulting bytes
+// per category. The runtime (ReplicatedParamAccess, ShardedParamAccess) builds its buffers
+// from this plan and `tessera estimate` prints it, so the estimate is the measurement.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "memory/flat_buffers.h"
+#include "runtime/core/params.h"
+
+namespace tessera::memory {
+
+struct ZeroOptions {
+  int stage = 1;  // 0, 1, 2 or 3
+  // Elements per gradient bucket (a layer larger than this is a bucket of its own).
+  int64_t reduce_bucket_elems = 25'000'000;
+  // Off: each bucket's reduction is waited for as soon as it is launched.
+  bool overlap_comm = true;
+  // Stage 3: elements gathered ahead of use, layers at or below this many elements kept
+  // whole on every rank, and the most non-persistent elements gathered at once.
+  int64_t prefetch_elems = 50'000'000;
+  int64_t persistence_threshold = 100'000;
+  int64_t max_live_elems = 1'000'000'000;
+};
+
+// A run of consecutive layers reduced together: [begin, end) of the flat model.
+struct BucketPlan {
+  int64_t begin = 0, end = 0;
+  int first_layer = 0;  // lowest layer index in the bucket
+  int layers = 0;
+  int64_t numel() const { return end - begin; }
+};
+// Buckets in backward order (last layer first), each up to bucket_elems.
+std::vector<BucketPlan> plan_buckets(const ParamRegistry& registry, int64_t bucket_elems);
+
+// Stages 2-3 keep a bucket's gradients in a scratch slot until its reduce-scatter is done:
+// one slot for the bucket holding layer 0 (the tied head writes into it first and the
+// embedding last, so it stays open all of backward) and up to this many shared ones: with
+// overlap, one for the bucket filling now and one for the bucket still being reduced;
+// without, every reduction is waited for at once and one suffices.
+inline constexpr int kSharedGradSlotsWithOverlap = 2;
+inline constexpr int kSharedGradSlotsWithoutOverlap = 1;
+// Element counts of the slots: [0] for layer 0's bucket, then the shared ones.
+std::vector<int64_t> plan_grad_slots(const std::vector<BucketPlan>& buckets, bool overlap_comm);
+
+// Bytes held by buffers whose size does not scale as 1/N (see docs/ZERO.md).
+struct ZeroFixedBuffers {
+  int64_t grad_bucket_bytes = 0;       // stage 2-3: gradient bucket slots (category grads)
+  int64_t persistent_param_bytes = 0;  // stage 3: whole copies of small layers (params)
+  int64_t padding_param_bytes = 0;     // stages 1-2: the full buffers' padding (params)
+  int64_t padding_grad_bytes = 0;      // stage 1: the full gradient buffer's padding (grads)
+};
+
+// One rank's persistent model-state bytes (fp32 parameters, gradients, AdamW moments) at
+// `stage` over `world` data-parallel ranks, fixed buffers included; stage-3 gathered layers
+// come and go and are bounded by max_live_elems on top.
+struct ModelStateBytes {
+  int64_t params = 0, grads = 0, optimizer = 0;
+  ZeroFixedBuffers fixed;
+  int64_t total() const { return params + grads + optimizer; }
+};
+ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOptions& options,
+                                 int rank, int world);
+
+}  // namespace tessera::memory
