@@ -25,7 +25,11 @@ inline float f16_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exponent = (h >> 10) & 0x1fu;
   uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0x1f) {
+    // Inf stays inf; a NaN is returned quiet (bit 22 set), as IEEE conversion and F16C do.
+    const uint32_t quiet = mantissa != 0 ? 0x400000u : 0u;
+    return std::bit_cast<float>(sign | 0x7f800000u | quiet | (mantissa << 13));
+  }
   if (exponent == 0) {
     if (mantissa == 0) return std::bit_cast<float>(sign);
     // Subnormal half: every one is a normal float, so shift the leading one into place.

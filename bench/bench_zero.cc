@@ -1,0 +1,82 @@
+// Benchmark (not a test): step time of ZeRO stages 0-3 at N thread ranks (one core each) on
+// the same model and global batch, and the bytes each rank's collectives move per step
+// (ring model, parallel/comm/counting_group.h) beside the paper's 2 Psi (stages 0-2) and
+// 3 Psi (stage 3), Psi = the model's fp32 bytes, each times (N-1)/N.
+//   build/bench/bench_zero --model gpt2-124M --batch 4 --seq 256 --ranks 2 --steps 2
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <vector>
+
+#include "parallel/comm/counting_group.h"
+#include "parallel/comm/thread_group.h"
+#include "runtime/core/logging.h"
+#include "runtime/core/rng.h"
+#include "runtime/engine/token_data.h"
+#include "runtime/engine/trainer.h"
+
+int main(int argc, char** argv) {
+  using namespace tessera;
+  CLI::App app{"ZeRO stage benchmark"};
+  std::string preset = "gpt2-124M";
+  int batch = 4, seq = 256, ranks = 2, steps = 2;
+  app.add_option("--model", preset)->capture_default_str();
+  app.add_option("--batch", batch, "micro-batch per rank")->capture_default_str();
+  app.add_option("--seq", seq)->capture_default_str();
+  app.add_option("--ranks", ranks)->capture_default_str();
+  app.add_option("--steps", steps, "timed steps per stage")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  setenv("TESSERA_LOG_LEVEL", "warn", 0);
+  init_logging();
+
+  engine::TrainConfig cfg;
+  cfg.model = models::gpt_preset(preset);
+  cfg.micro_batch_size = batch;
+  cfg.gradient_accumulation_steps = 1;
+  cfg.seq_len = seq;
+  cfg.gradient_clipping = 1.0;
+  cfg.threads = 1;
+  const auto dir = std::filesystem::temp_directory_path() / "tessera_bench_zero";
+  std::filesystem::create_directories(dir);
+  {
+    Rng rng(1);
+    std::vector<uint16_t> tokens(static_cast<size_t>(batch) * seq * ranks * (steps + 2) + 1);
+    for (auto& t : tokens) t = static_cast<uint16_t>(rng.below(cfg.model.vocab_size));
+    engine::write_token_file((dir / "tokens.bin").string(), tokens);
+  }
+  cfg.train_files = {(dir / "tokens.bin").string()};
+  cfg.output_dir = (dir / "run").string();
+
+  const double psi = 4.0 * cfg.model.num_params() * (ranks - 1) / ranks;
+  std::printf("%s, %d thread ranks x 1 core, micro-batch %d x %d per rank\n", preset.c_str(),
+              ranks, batch, seq);
+  std::printf("| stage | ms/step | vs stage 0 | MB moved per rank per step | in Psi (N-1)/N | "
+              "paper |\n|---|---|---|---|---|---|\n");
+  double stage0_ms = 0;
+  for (int stage = 0; stage <= 3; ++stage) {
+    cfg.zero.stage = stage;
+    double ms = 0;
+    int64_t volume = 0;
+    parallel::spawn_ranks(ranks, [&](parallel::ProcessGroup& group) {
+      omp_set_num_threads(1);
+      parallel::CountingGroup counted(group);
+      engine::Trainer trainer(cfg, &counted);
+      trainer.step();  // warm-up: page faults, stage-3 gather order recorded
+      counted.reset();
+      double total = 0;
+      for (int i = 0; i < steps; ++i) total += trainer.step().ms;
+      if (group.rank() == 0) {
+        ms = total / steps;
+        volume = counted.volume_bytes() / steps;
+      }
+    });
+    if (stage == 0) stage0_ms = ms;
+    std::printf("| %d | %.0f | %.2fx | %.1f | %.2f | %s |\n", stage, ms, ms / stage0_ms,
+                volume / 1e6, volume / psi, stage == 3 ? "3" : "2");
+    std::fflush(stdout);
+  }
+  return 0;
+}
