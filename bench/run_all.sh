@@ -35,6 +35,9 @@ if [ -x "$(command -v mpirun)" ]; then
   mpirun -np 2 "${root[@]}" --bind-to none "$bin/bench_collectives" --backend mpi
 fi
 
+echo; echo "### ZeRO stages, 2 ranks"
+"$bin/bench_zero" --model gpt2-124M --batch 4 --seq 256 --ranks 2 --steps 2
+
 echo; echo "### data-parallel scaling (tiny, vocab 256, B=8, T=256, 1 thread per rank)"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 "$tessera" prepare --input data/tinyshakespeare.txt --out-dir "$work" --name ts 2>/dev/null
