@@ -63,7 +63,8 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
   }
   train_loader_ = std::make_unique<DataLoader>(config_.train_files, config_.micro_batch_size,
                                                config_.seq_len, config_.model.vocab_size,
-                                               dp_rank(), dp_size(), config_.shuffle, config_.seed);
+                                               dp_rank(), dp_size(), config_.shuffle, config_.seed,
+                                               parse_token_format(config_.data_format));
   model_.allocate_activations(config_.micro_batch_size, config_.seq_len);
   const size_t n = static_cast<size_t>(config_.micro_batch_size) * config_.seq_len;
   inputs_.resize(n);
@@ -115,7 +116,7 @@ void Trainer::optimizer_step(double lr, double clip_scale) {
     const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, s.range);
     if (part.numel() == 0) continue;
     const int64_t at = part.begin - s.range.begin;
-    // GPT-2 practice: decay matrices, not biases, LayerNorm gains or... the 1-D tensors.
+    // GPT-2 practice: decay the matrices; biases and LayerNorm gains (1-D) are not decayed.
     const bool decay = p.shape.size() >= 2;
     k::AdamWParams a;
     a.lr = static_cast<float>(lr);
@@ -195,7 +196,8 @@ StepStats Trainer::step() {
 double Trainer::evaluate() {
   if (config_.val_files.empty()) return NAN;
   const int B = config_.micro_batch_size, T = config_.seq_len;
-  DataLoader val(config_.val_files, B, T, config_.model.vocab_size);
+  DataLoader val(config_.val_files, B, T, config_.model.vocab_size, 0, 1, false, 0,
+                 parse_token_format(config_.data_format));
   const int iters = static_cast<int>(std::min<int64_t>(config_.eval_iters, val.windows_per_epoch()));
   double sum = 0.0;
   for (int i = 0; i < iters; ++i) {
