@@ -1,4 +1,4 @@
-// The `tessera` command: train, prepare, generate, estimate, launch, env. Every error is caught here, printed as one
+// The `tessera` command: train, prepare, generate, estimate, plot, launch, env. Every error is caught here, printed as one
 // line, and turned into a non-zero exit.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -9,6 +9,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/settings.h"
+#include "runtime/engine/plot.h"
 #include "tessera/config.h"
 
 namespace tessera::launch {
@@ -82,6 +83,16 @@ int main(int argc, char** argv) {
   est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size, "elements per bucket")
       ->capture_default_str();
 
+  std::string plot_run_dir, plot_out;
+  int plot_width = tessera::engine::kDefaultPlotWidth;
+  int plot_height = tessera::engine::kDefaultPlotHeight;
+  auto* plot_cmd =
+      app.add_subcommand("plot", "draw a run's loss curves from its metrics.jsonl as a PNG");
+  plot_cmd->add_option("run_dir", plot_run_dir, "the run's output.dir")->required();
+  plot_cmd->add_option("--out,-o", plot_out, "PNG to write (default: RUN_DIR/loss.png)");
+  plot_cmd->add_option("--width", plot_width, "pixels")->capture_default_str();
+  plot_cmd->add_option("--height", plot_height, "pixels")->capture_default_str();
+
   auto* env_cmd = app.add_subcommand("env", "list the environment settings and build options");
 
   try {
@@ -101,6 +112,7 @@ int main(int argc, char** argv) {
     if (*launch_cmd) return run_launch(launch);
     if (*gen_cmd) return run_generate(gen);
     if (*est_cmd) return run_estimate(est);
+    if (*plot_cmd) return tessera::engine::run_plot(plot_run_dir, plot_out, plot_width, plot_height);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::cerr << "error: " << e.what() << std::endl;

@@ -7,11 +7,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include <nlohmann/json.hpp>
-
 #include "models/weights_io.h"
 #include "runtime/core/logging.h"
 #include "runtime/engine/lr_schedule.h"
+#include "runtime/engine/metrics.h"
 #include "runtime/kernels/cpu_kernels.h"
 
 namespace tessera::engine {
@@ -211,12 +210,6 @@ double Trainer::evaluate() {
 void Trainer::run() {
   namespace fs = std::filesystem;
   const bool writer = dp_rank() == 0;
-  std::ofstream metrics;
-  if (writer) {
-    fs::create_directories(config_.output_dir);
-    metrics.open(fs::path(config_.output_dir) / "metrics.jsonl");
-    TS_CHECK(metrics.good(), "cannot write {}/metrics.jsonl: check output.dir", config_.output_dir);
-  }
   const auto& m = config_.model;
   log_rank0("model: {} layers, {} heads, {} dims, vocab {}, block {}: {:.2f}M parameters",
             m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size, m.num_params() / 1e6);
@@ -240,37 +233,33 @@ void Trainer::run() {
   }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const double flops_per_token = m.flops_per_token(config_.seq_len);
+  const double peak_gflops = peak_gflops_per_rank(omp_get_max_threads());
+  MetricsOptions metrics_options;
+  metrics_options.run_dir = config_.output_dir;
+  metrics_options.total_steps = config_.steps;
+  metrics_options.steps_per_print = config_.steps_per_print;
+  metrics_options.rank = dp_rank();
+  MetricsLogger metrics(metrics_options);
   for (int64_t i = 0; i < config_.steps; ++i) {
     const StepStats s = step();
-    double val_loss = NAN;
+    StepMetrics record;
+    record.step = s.step;
+    record.loss = s.loss;
+    record.lr = s.lr;
+    record.grad_norm = s.grad_norm;
+    record.ms = s.ms;
+    record.tokens_per_s = s.tokens_per_s;
+    record.gflops = s.tokens_per_s * flops_per_token / 1e9;
+    record.mfu = model_flops_utilization(s.tokens_per_s, flops_per_token, dp_size(), peak_gflops);
     const bool last = s.step == config_.steps;
     if (!config_.val_files.empty() &&
         ((config_.eval_interval > 0 && s.step % config_.eval_interval == 0) || last)) {
-      val_loss = evaluate();
+      record.val_loss = evaluate();
     }
-    const MemorySnapshot mem = MemoryTracker::current().snapshot();
-    nlohmann::json line = {{"step", s.step},           {"loss", s.loss},
-                           {"lr", s.lr},               {"grad_norm", s.grad_norm},
-                           {"ms", s.ms},               {"tokens_per_s", s.tokens_per_s},
-                           {"gflops", s.tokens_per_s * flops_per_token / 1e9}};
-    if (!std::isnan(val_loss)) line["val_loss"] = val_loss;
-    for (int c = 0; c < kNumMemCategories; ++c) {
-      const std::string name(mem_category_name(static_cast<MemCategory>(c)));
-      line["mem_" + name] = mem.current[c];
-      line["mem_peak_" + name] = mem.peak[c];
-    }
-    if (writer) {
-      metrics << line.dump() << '\n';
-      metrics.flush();
-    }
-    if (s.step % config_.steps_per_print == 0 || s.step == 1 || last || !std::isnan(val_loss)) {
-      std::string val = std::isnan(val_loss) ? "" : fmt::format(" | val {:.4f}", val_loss);
-      log_rank0("step {:>5}/{} | loss {:.4f}{} | lr {:.2e} | norm {:.4f} | {:.1f} ms | {:.0f} tok/s "
-                "| {:.1f} GFLOP/s",
-                s.step, config_.steps, s.loss, val, s.lr, s.grad_norm, s.ms, s.tokens_per_s,
-                s.tokens_per_s * flops_per_token / 1e9);
-    }
+    record.memory = MemoryTracker::current().snapshot();
+    metrics.log_step(record);
   }
+  metrics.finish();
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const std::vector<float> weights_now = full_params();  // collective at stage 3
   if (writer) {

@@ -17,3 +17,5 @@ if(TESSERA_PYTHON)
   set_tests_properties(interop_hf_gpt2_logits PROPERTIES
                        SKIP_RETURN_CODE 77 LABELS "interop;slow" TIMEOUT 600)
 endif()
+
+include(${CMAKE_CURRENT_LIST_DIR}/tensorboard.cmake)
