@@ -22,6 +22,7 @@
 
 #include "runtime/core/error.h"
 #include "runtime/core/half.h"
+#include "runtime/core/temp_path.h"
 
 namespace tessera::models {
 
@@ -314,7 +315,7 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
 
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = temp_sibling(path);
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   TS_CHECK(f != nullptr,
            "safetensors {}: cannot create {}: {}; check the directory exists and is "

@@ -13,6 +13,7 @@
 
 #include "runtime/core/error.h"
 #include "runtime/core/rng.h"
+#include "runtime/core/temp_path.h"
 
 namespace tessera::engine {
 
@@ -101,7 +102,7 @@ TokenFile::~TokenFile() {
 void write_token_file(const std::string& path, const std::vector<uint16_t>& tokens) {
   TS_CHECK(tokens.size() <= 0x7fffffffu, "{} tokens do not fit the int32 count of the header",
            tokens.size());
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = temp_sibling(path);
   FILE* f = std::fopen(tmp.c_str(), "wb");
   TS_CHECK(f != nullptr, "cannot write '{}': {}", tmp, std::strerror(errno));
   int32_t header[kTokenHeaderInts] = {};

@@ -1,6 +1,7 @@
 // Data parallelism (ZeRO stage 0) reproduces single-rank training: the same global batch
 // split over 2 or 4 thread ranks gives the same losses, step by step, in fp32.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -17,7 +18,9 @@ namespace {
 
 // Tokens with some structure (a noisy repeating pattern) so that the loss moves.
 std::string make_tokens(const std::string& name) {
-  const auto dir = std::filesystem::path(testing::TempDir()) / "tessera_dp_test";
+  // One folder per process: ctest runs these tests in parallel processes.
+  const auto dir =
+      std::filesystem::path(testing::TempDir()) / ("tessera_dp_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const std::string path = (dir / name).string();
   Rng rng(11);

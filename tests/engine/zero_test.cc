@@ -6,6 +6,7 @@
 //   the documented fixed buffers (docs/ZERO.md) are subtracted;
 // - the zero_optimization block reads DeepSpeed's keys and defaults.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -28,7 +29,9 @@ namespace {
 using test_util::Contains;
 
 std::string make_tokens() {
-  const auto dir = std::filesystem::path(testing::TempDir()) / "tessera_zero_test";
+  // One folder per process: ctest runs these tests in parallel processes.
+  const auto dir =
+      std::filesystem::path(testing::TempDir()) / ("tessera_zero_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const std::string path = (dir / "tokens.bin").string();
   Rng rng(11);
