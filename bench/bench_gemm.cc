@@ -4,6 +4,9 @@
 //   build/bench/bench_gemm_openblas [threads]
 #include <cblas.h>
 #include <dnnl.h>
+#if TESSERA_CBLAS_BLIS
+#include <blis.h>
+#endif
 #include <omp.h>
 
 #include <chrono>
@@ -36,6 +39,13 @@ double best_seconds(F&& f, int repeats) {
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : omp_get_max_threads();
   omp_set_num_threads(threads);
+  // Each library has its own thread control: OpenBLAS's pthreads build and BLIS ignore
+  // OpenMP's setting.
+#if TESSERA_CBLAS_OPENBLAS
+  openblas_set_num_threads(threads);
+#elif TESSERA_CBLAS_BLIS
+  bli_thread_set_num_threads(threads);
+#endif
   const Case cases[] = {
       {"qkv fwd", false, true, 1024, 2304, 768},  {"fc fwd", false, true, 1024, 3072, 768},
       {"fc dinp", false, false, 1024, 768, 3072}, {"fc dweight", true, false, 3072, 768, 1024},
