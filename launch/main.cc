@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
   est_cmd->add_option("--stage", est.stage, "ZeRO stage 0-3")->capture_default_str();
   est_cmd->add_option("--ranks", est.ranks, "data-parallel ranks")->capture_default_str();
   est_cmd->add_option("--dtype", est.dtype, "f32, bf16 or f16")->capture_default_str();
-  est_cmd->add_option("--offload", est.offload, "none (cpu, nvme: not supported yet)")
+  est_cmd->add_option("--offload", est.offload, "none, cpu or nvme (where optimizer states go)")
       ->capture_default_str();
   est_cmd->add_option("--batch", est.batch, "micro-batch size: adds activations");
   est_cmd->add_option("--seq", est.seq, "sequence length (default: block size)");

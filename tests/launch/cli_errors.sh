@@ -165,8 +165,8 @@ expect_error "prepare on a missing input" "cannot read input text" \
   "$TESSERA" prepare --input "$TMP/no_such_text.txt" --out-dir "$TMP/out"
 
 # --- estimate and generate --------------------------------------------------------------------
-expect_error "estimate with offload" "offload is not supported yet" \
-  "$TESSERA" estimate --model nano --offload cpu
+expect_error "estimate with an unknown offload" "use none, cpu or nvme" \
+  "$TESSERA" estimate --model nano --offload tape
 expect_error "estimate with an unknown preset" "unknown model preset" \
   "$TESSERA" estimate --model gpt5
 expect_error "generate without weights" "does not exist" \
@@ -174,5 +174,8 @@ expect_error "generate without weights" "does not exist" \
 estimate=$("$TESSERA" estimate --model nano --stage 3 --ranks 2 --batch 2) \
   || fail "estimate exited non-zero"
 case "$estimate" in *total*) ;; *) fail "estimate printed no total: $estimate" ;; esac
+offload=$("$TESSERA" estimate --model nano --stage 2 --ranks 2 --offload cpu) \
+  || fail "estimate --offload cpu exited non-zero"
+case "$offload" in *"host memory"*) ;; *) fail "estimate --offload cpu: $offload" ;; esac
 
 echo "cli_errors.sh: all checks passed"
