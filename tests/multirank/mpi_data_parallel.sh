@@ -5,13 +5,7 @@
 # with a non-zero exit within a bounded time.
 #   mpi_data_parallel.sh TESSERA_BINARY
 set -euo pipefail
-tessera=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-head -c 60000 "${TESSERA_SOURCE_DIR:-.}/data/tinyshakespeare.txt" > "$work/text.txt"
-"$tessera" prepare --input "$work/text.txt" --out-dir "$work" --name tiny --val-fraction 0 2>/dev/null
+source "$(dirname "$0")/lib.sh" "$1"
 cat > "$work/config.json" <<JSON
 {
   "train_micro_batch_size_per_gpu": 2,
@@ -34,14 +28,11 @@ launch() {  # ranks accumulation run_dir
       || { cat "$dir.log"; fail "$ranks-rank run"; }
   fi
 }
-losses() { sed -n 's/.*"loss":\([^,]*\).*/\1/p' "$1/metrics.jsonl"; }
 
 launch 1 4 "$work/r1"
 for ranks in 2 4; do
   launch "$ranks" $((4 / ranks)) "$work/r$ranks"
-  paste <(losses "$work/r1") <(losses "$work/r$ranks") | awk -v n="$ranks" '
-    { d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { printf "step %d: 1 rank %s, %d ranks %s\n", NR, $1, n, $2; bad = 1 } }
-    END { if (NR != 10) { print "expected 10 steps, got " NR; bad = 1 } exit bad }' \
+  same_losses "$work/r1" "$work/r$ranks" "$ranks ranks" \
     || fail "$ranks MPI ranks diverge from the single-rank run"
   echo "ok: $ranks MPI ranks match 1 rank over 10 steps"
 done

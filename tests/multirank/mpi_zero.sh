@@ -6,13 +6,7 @@
 # shards) load back.
 #   mpi_zero.sh TESSERA_BINARY
 set -euo pipefail
-tessera=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-head -c 60000 "${TESSERA_SOURCE_DIR:-.}/data/tinyshakespeare.txt" > "$work/text.txt"
-"$tessera" prepare --input "$work/text.txt" --out-dir "$work" --name tiny --val-fraction 0 2>/dev/null
+source "$(dirname "$0")/lib.sh" "$1"
 # Small buckets and a persistence threshold below nano's layers, so stage 3 gathers, prefetches
 # and releases every layer but the final LayerNorm.
 cat > "$work/config.json" <<JSON
@@ -29,7 +23,6 @@ cat > "$work/config.json" <<JSON
   "training": {"steps": 10, "threads": 1}
 }
 JSON
-losses() { sed -n 's/.*"loss":\([^,]*\).*/\1/p' "$1/metrics.jsonl"; }
 
 "$tessera" train -c "$work/config.json" --set gradient_accumulation_steps=4 \
   --set output.dir="$work/r1" 2>"$work/r1.log" || { cat "$work/r1.log"; fail "single rank run"; }
@@ -39,9 +32,7 @@ for stage in 1 2 3; do
     --set zero_optimization.stage="$stage" --set gradient_accumulation_steps=2 \
     --set output.dir="$dir" 2>"$dir.log" || { cat "$dir.log"; fail "stage $stage, 2 ranks"; }
   grep -q "ZeRO stage $stage: 2 ranks (mpi backend)" "$dir.log" || { cat "$dir.log"; fail "stage $stage did not run sharded"; }
-  paste <(losses "$work/r1") <(losses "$dir") | awk -v s="$stage" '
-    { d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { printf "step %d: 1 rank %s, stage %d on 2 ranks %s\n", NR, $1, s, $2; bad = 1 } }
-    END { if (NR != 10) { print "expected 10 steps, got " NR; bad = 1 } exit bad }' \
+  same_losses "$work/r1" "$dir" "stage $stage on 2 ranks" \
     || fail "stage $stage on 2 MPI ranks diverges from the single-rank run"
   echo "ok: stage $stage on 2 MPI ranks matches 1 rank over 10 steps"
 done
@@ -53,7 +44,6 @@ for run in r1 s3; do
     --set training.steps=1 --set output.dir="$work/$run-resume" \
     2>"$work/$run-resume.log" || { cat "$work/$run-resume.log"; fail "resume from $run"; }
 done
-paste <(losses "$work/r1-resume") <(losses "$work/s3-resume") | awk '
-  { d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "resumed losses " $1 " vs " $2; exit 1 } }' \
+same_losses "$work/r1-resume" "$work/s3-resume" "resumed from stage-3 weights" 1 \
   || fail "stage-3 saved weights differ from the single-rank run's"
 echo "ok: stage-3 weights gathered from shards match the single-rank weights"
