@@ -8,6 +8,7 @@ packages=(
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libdnnl-dev
   libopenmpi-dev openmpi-bin
+  procps
 )
 missing=()
 for p in "${packages[@]}"; do
