@@ -22,12 +22,17 @@ void train_one_rank(const engine::TrainConfig& config, parallel::ProcessGroup* d
   engine::Trainer trainer(config, dp);
   trainer.run();
   const engine::TrainConfig& c = trainer.config();
-  if (c.sample_tokens > 0 && trainer.dp_rank() == 0) {
+  if (c.sample_tokens <= 0) return;
+  // Every rank takes part in assembling the weights (a gather at ZeRO stage 3); rank 0 then
+  // samples alone from its whole copy, so no collective waits on ranks that have finished.
+  std::vector<float> weights = trainer.full_params();
+  if (trainer.dp_rank() == 0) {
+    LocalParamAccess whole(trainer.model().registry(), weights.data(), nullptr, sizeof(float));
     models::SampleOptions so;
     so.max_new_tokens = c.sample_tokens;
     so.seed = c.seed;
     const std::vector<int32_t> out =
-        models::sample_tokens(c.model, trainer.params(), encode_bytes(c.sample_prompt), so);
+        models::sample_tokens(c.model, whole, encode_bytes(c.sample_prompt), so);
     log_rank0("sample ({} tokens, temperature {}):", out.size(), so.temperature);
     std::cout << c.sample_prompt << decode_bytes(out) << std::endl;
   }

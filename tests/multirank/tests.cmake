@@ -10,3 +10,11 @@ if(TARGET tessera AND TESSERA_WITH_MPI)
   set_tests_properties(mpi_zero PROPERTIES LABELS "mpi;multirank" TIMEOUT 300
                        ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 endif()
+
+# Thread ranks through the real command (no MPI needed).
+if(TARGET tessera)
+  add_test(NAME thread_ranks_cli
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/thread_ranks_cli.sh $<TARGET_FILE:tessera>)
+  set_tests_properties(thread_ranks_cli PROPERTIES LABELS multirank TIMEOUT 600
+                       ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()
