@@ -21,27 +21,22 @@ import os
 import subprocess
 import sys
 
-SKIP = 77
+from interop_common import parse_args, run_helper, skipped
+
 TOLERANCE = 1e-4
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    exe, work = sys.argv[1], sys.argv[2]
+    exe, work = parse_args(__doc__)
     try:
         import numpy as np
         import torch
         import transformers
         from safetensors.torch import load_file
     except ImportError as e:
-        print(f"skipped: torch/transformers not importable ({e}); "
-              "pip install torch transformers safetensors numpy to run this test")
-        return SKIP
+        return skipped("torch/transformers", e, "torch transformers safetensors numpy")
 
-    os.makedirs(work, exist_ok=True)
-    subprocess.run([exe, work], check=True)
+    run_helper(exe, work)
     with open(os.path.join(work, "shape.txt")) as f:
         B, T, V = (int(x) for x in f.read().split())
     tokens = np.fromfile(os.path.join(work, "tokens.i32"), dtype=np.int32).reshape(B, T)

@@ -16,14 +16,12 @@ Exits 77 (ctest's SKIP_RETURN_CODE) when tensorboard is not importable: CI does 
 it. pip install tensorboard to run the check.
 """
 import json
-import math
 import os
-import shutil
 import struct
 import subprocess
 import sys
 
-SKIP = 77
+from interop_common import parse_args, run_helper, skipped
 
 
 def f32(x):
@@ -62,22 +60,15 @@ def accumulate(run_dir):
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    exe, work = sys.argv[1], sys.argv[2]
+    exe, work = parse_args(__doc__)
     try:
         import tensorboard
         from tensorboard.backend.event_processing import event_accumulator  # noqa: F401
         from tensorboard.compat.proto import event_pb2  # noqa: F401
     except ImportError as e:
-        print(f"skipped: tensorboard not importable ({e}); "
-              "pip install tensorboard to run this test")
-        return SKIP
+        return skipped("tensorboard", e, "tensorboard")
 
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    out = subprocess.run([exe, work], check=True, capture_output=True, text=True).stdout.split()
+    out = run_helper(exe, work, capture=True).split()
     logger_file, known_file = out[0], out[1]
 
     # 1. Every record through TensorBoard's CRC-checking reader and its Event proto.

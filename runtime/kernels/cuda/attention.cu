@@ -58,6 +58,45 @@ __device__ float row_dot_global(const T* a, const T* b, int hs, int lane) {
   return warp_sum(part);
 }
 
+// One (batch, head) pair's slices, for the block's blockIdx.z (batch) and blockIdx.y (head):
+// q, k and v rows have stride 3C, out and dout rows stride C, lse holds the T log-sum-exps.
+template <typename T>
+struct HeadSlices {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* out;
+  const T* dout;
+  const float* lse;
+  int64_t ld_qkv;
+
+  __device__ HeadSlices(const T* qkv, const T* out_all, const T* dout_all, const float* lse_all,
+                        int T_, int C, int NH) {
+    const int b = blockIdx.z;
+    const int h = blockIdx.y;
+    const int hs = C / NH;
+    ld_qkv = 3 * int64_t{C};
+    q = qkv + int64_t{b} * T_ * ld_qkv + int64_t{h} * hs;
+    k = q + C;
+    v = q + 2 * C;
+    const int64_t row0 = int64_t{b} * T_ * C + int64_t{h} * hs;
+    out = out_all != nullptr ? out_all + row0 : nullptr;
+    dout = dout_all != nullptr ? dout_all + row0 : nullptr;
+    lse = lse_all != nullptr ? lse_all + (int64_t{b} * NH + h) * T_ : nullptr;
+  }
+};
+
+// dst[d] += factor * acc[k] for the dimensions d = lane + k * 32 this lane owns.
+template <typename T>
+__device__ void add_row(T* dst, const float (&acc)[kDimsPerLane], float factor, int hs,
+                        int lane) {
+#pragma unroll
+  for (int k = 0; k < kDimsPerLane; ++k) {
+    const int d = lane + k * kWarpSize;
+    if (d < hs) store_f(dst + d, load_f(dst + d) + factor * acc[k]);
+  }
+}
+
 // grid (query tiles, NH, B).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
@@ -73,12 +112,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int q0 = blockIdx.x * kTile;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t ld_qkv = 3 * int64_t{C};
-  const T* q_base = qkv + int64_t{b} * T_ * ld_qkv + int64_t{h} * hs;
-  const T* k_base = q_base + C;
-  const T* v_base = q_base + 2 * C;
+  const HeadSlices<T> head(qkv, nullptr, nullptr, nullptr, T_, C, NH);
 
-  load_tile(sq, hs, q_base, ld_qkv, q0, T_, hs);
+  load_tile(sq, hs, head.q, head.ld_qkv, q0, T_, hs);
 
   float row_max[kRowsPerWarp];
   float row_sum[kRowsPerWarp];
@@ -97,8 +133,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int key_end = min(q0 + kTile, T_);
   for (int k0 = 0; k0 < key_end; k0 += kTile) {
     __syncthreads();  // the previous tile is consumed (and sq is loaded, the first time)
-    load_tile(sk, ld, k_base, ld_qkv, k0, T_, hs);
-    load_tile(sv, ld, v_base, ld_qkv, k0, T_, hs);
+    load_tile(sk, ld, head.k, head.ld_qkv, k0, T_, hs);
+    load_tile(sv, ld, head.v, head.ld_qkv, k0, T_, hs);
     __syncthreads();
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -164,16 +200,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int q0 = blockIdx.x * kTile;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t ld_qkv = 3 * int64_t{C};
-  const T* q_base = qkv + int64_t{b} * T_ * ld_qkv + int64_t{h} * hs;
-  const T* k_base = q_base + C;
-  const T* v_base = q_base + 2 * C;
-  const T* dout_base = dout + int64_t{b} * T_ * C + int64_t{h} * hs;
-  const T* out_base = out + int64_t{b} * T_ * C + int64_t{h} * hs;
-  const float* lse_base = lse + (int64_t{b} * NH + h) * T_;
+  const HeadSlices<T> head(qkv, out, dout, lse, T_, C, NH);
 
-  load_tile(sq, hs, q_base, ld_qkv, q0, T_, hs);
-  load_tile(sdo, hs, dout_base, C, q0, T_, hs);
+  load_tile(sq, hs, head.q, head.ld_qkv, q0, T_, hs);
+  load_tile(sdo, hs, head.dout, C, q0, T_, hs);
 
   float row_lse[kRowsPerWarp];
   float row_delta[kRowsPerWarp];
@@ -181,9 +211,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 #pragma unroll
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int i = q0 + warp * kRowsPerWarp + rr;
-    row_lse[rr] = i < T_ ? lse_base[i] : 0.0f;
+    row_lse[rr] = i < T_ ? head.lse[i] : 0.0f;
     row_delta[rr] =
-        i < T_ ? row_dot_global(dout_base + int64_t{i} * C, out_base + int64_t{i} * C, hs, lane)
+        i < T_ ? row_dot_global(head.dout + int64_t{i} * C, head.out + int64_t{i} * C, hs, lane)
                : 0.0f;
 #pragma unroll
     for (int k = 0; k < kDimsPerLane; ++k) acc[rr][k] = 0.0f;
@@ -192,8 +222,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int key_end = min(q0 + kTile, T_);
   for (int k0 = 0; k0 < key_end; k0 += kTile) {
     __syncthreads();
-    load_tile(sk, ld, k_base, ld_qkv, k0, T_, hs);
-    load_tile(sv, ld, v_base, ld_qkv, k0, T_, hs);
+    load_tile(sk, ld, head.k, head.ld_qkv, k0, T_, hs);
+    load_tile(sv, ld, head.v, head.ld_qkv, k0, T_, hs);
     __syncthreads();
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -228,12 +258,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int i = q0 + warp * kRowsPerWarp + rr;
     if (i >= T_) continue;
-    T* dq = dqkv + (int64_t{b} * T_ + i) * 3 * int64_t{C} + int64_t{h} * hs;
-#pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) {
-      const int d = lane + k * kWarpSize;
-      if (d < hs) store_f(dq + d, load_f(dq + d) + scale * acc[rr][k]);
-    }
+    add_row(dqkv + (int64_t{b} * T_ + i) * 3 * int64_t{C} + int64_t{h} * hs, acc[rr], scale, hs,
+            lane);
   }
 }
 
@@ -257,16 +283,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int k0 = blockIdx.x * kTile;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t ld_qkv = 3 * int64_t{C};
-  const T* q_base = qkv + int64_t{b} * T_ * ld_qkv + int64_t{h} * hs;
-  const T* k_base = q_base + C;
-  const T* v_base = q_base + 2 * C;
-  const T* dout_base = dout + int64_t{b} * T_ * C + int64_t{h} * hs;
-  const T* out_base = out + int64_t{b} * T_ * C + int64_t{h} * hs;
-  const float* lse_base = lse + (int64_t{b} * NH + h) * T_;
+  const HeadSlices<T> head(qkv, out, dout, lse, T_, C, NH);
 
-  load_tile(sk, hs, k_base, ld_qkv, k0, T_, hs);
-  load_tile(sv, hs, v_base, ld_qkv, k0, T_, hs);
+  load_tile(sk, hs, head.k, head.ld_qkv, k0, T_, hs);
+  load_tile(sv, hs, head.v, head.ld_qkv, k0, T_, hs);
 
   float dk_acc[kRowsPerWarp][kDimsPerLane];
   float dv_acc[kRowsPerWarp][kDimsPerLane];
@@ -282,18 +302,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   // Causal: only queries at or after k0 see any of these keys.
   for (int q_start = k0; q_start < T_; q_start += kTile) {
     __syncthreads();
-    load_tile(sq, ld, q_base, ld_qkv, q_start, T_, hs);
-    load_tile(sdo, ld, dout_base, C, q_start, T_, hs);
+    load_tile(sq, ld, head.q, head.ld_qkv, q_start, T_, hs);
+    load_tile(sdo, ld, head.dout, C, q_start, T_, hs);
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp * kRowsPerWarp + rr;
       const int i = q_start + r;
       const float delta =
-          i < T_ ? row_dot_global(dout_base + int64_t{i} * C, out_base + int64_t{i} * C, hs, lane)
+          i < T_ ? row_dot_global(head.dout + int64_t{i} * C, head.out + int64_t{i} * C, hs, lane)
                  : 0.0f;
       if (lane == 0) {
         sdelta[r] = delta;
-        slse[r] = i < T_ ? lse_base[i] : 0.0f;
+        slse[r] = i < T_ ? head.lse[i] : 0.0f;
       }
     }
     __syncthreads();
@@ -337,15 +357,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const int j = k0 + warp * kRowsPerWarp + rr;
     if (j >= T_) continue;
     T* dk = dqkv + (int64_t{b} * T_ + j) * 3 * int64_t{C} + C + int64_t{h} * hs;
-    T* dv = dk + C;
-#pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) {
-      const int d = lane + k * kWarpSize;
-      if (d < hs) {
-        store_f(dk + d, load_f(dk + d) + scale * dk_acc[rr][k]);
-        store_f(dv + d, load_f(dv + d) + dv_acc[rr][k]);
-      }
-    }
+    add_row(dk, dk_acc[rr], scale, hs, lane);
+    add_row(dk + C, dv_acc[rr], 1.0f, hs, lane);
   }
 }
 
