@@ -97,6 +97,20 @@ __device__ void add_row(T* dst, const float (&acc)[kDimsPerLane], float factor, 
   }
 }
 
+// acc += sum over tile rows jj < rows of w_jj * tile[jj], where lane jj holds w_jj: the
+// tile-weighted sum (P V in forward, dS K for dq) into the dimensions this lane owns.
+__device__ void add_weighted_rows(float (&acc)[kDimsPerLane], float lane_weight,
+                                  const float* tile, int ld, int rows, int hs, int lane) {
+  for (int jj = 0; jj < rows; ++jj) {
+    const float w = __shfl_sync(kFullMask, lane_weight, jj);
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k) {
+      const int d = lane + k * kWarpSize;
+      if (d < hs) acc[k] += w * tile[jj * ld + d];
+    }
+  }
+}
+
 // grid (query tiles, NH, B).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
@@ -155,15 +169,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       row_max[rr] = new_max;
 #pragma unroll
       for (int k = 0; k < kDimsPerLane; ++k) acc[rr][k] *= correction;
-      const int visible = min(kTile, i - k0 + 1);
-      for (int jj = 0; jj < visible; ++jj) {
-        const float pj = __shfl_sync(kFullMask, p, jj);
-#pragma unroll
-        for (int k = 0; k < kDimsPerLane; ++k) {
-          const int d = lane + k * kWarpSize;
-          if (d < hs) acc[rr][k] += pj * sv[jj * ld + d];
-        }
-      }
+      add_weighted_rows(acc[rr], p, sv, ld, min(kTile, i - k0 + 1), hs, lane);
     }
   }
 
@@ -242,15 +248,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         const float p = expf(qk * scale - row_lse[rr]);
         ds = p * (dov - row_delta[rr]);
       }
-      const int visible = min(kTile, i - k0 + 1);
-      for (int jj = 0; jj < visible; ++jj) {
-        const float ds_j = __shfl_sync(kFullMask, ds, jj);
-#pragma unroll
-        for (int k = 0; k < kDimsPerLane; ++k) {
-          const int d = lane + k * kWarpSize;
-          if (d < hs) acc[rr][k] += ds_j * sk[jj * ld + d];
-        }
-      }
+      add_weighted_rows(acc[rr], ds, sk, ld, min(kTile, i - k0 + 1), hs, lane);
     }
   }
 
