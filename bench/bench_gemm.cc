@@ -9,30 +9,21 @@
 #endif
 #include <omp.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
+#include "bench/bench_timing.h"
+
 namespace {
+
+using tessera::bench::best_seconds;
 
 struct Case {
   const char* what;
   bool ta, tb;
   int M, N, K;
 };
-
-template <typename F>
-double best_seconds(F&& f, int repeats) {
-  f();
-  double best = 1e30;
-  for (int r = 0; r < repeats; ++r) {
-    const auto t = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
-  }
-  return best;
-}
 
 }  // namespace
 

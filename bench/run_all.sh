@@ -18,6 +18,7 @@ for lib in openblas blis; do
     for t in 1 2; do echo; echo "### GEMM candidates, $lib"; "$bin/bench_gemm_$lib" "$t"; done
   fi
 done
+echo; echo "### 16-bit GEMMs (gemm16) beside sgemm"; "$bin/bench_gemm16"
 for model in "gpt2-124M 4 256 3" "tiny 8 256 5"; do
   set -- $model
   echo; echo "### training step: tessera $1"

@@ -37,17 +37,18 @@ int run_estimate(const EstimateOptions& o) {
   TS_CHECK(o.model.empty() != (o.params <= 0), "give exactly one of --model PRESET or --params N");
   memory::ZeroOptions z;
   z.stage = o.stage;
+  z.dtype = parse_dtype(o.dtype);
   z.reduce_bucket_elems = o.reduce_bucket_size;
   auto row = [](const char* what, int64_t bytes, const std::string& note = "") {
     std::cout << fmt::format("  {:<12} {:>12}  {}\n", what, format_bytes(bytes), note);
   };
   const int rank = 0;  // the first rank: with padding at the end it holds a full shard
-  if (o.model.empty() || o.dtype != "f32") {
-    // The paper's per-parameter bytes: what runs here only for fp32 presets, so this is the
-    // planning figure without tessera's bucket slots and persistent layers.
+  const bool half = o.dtype != "f32";
+  if (o.model.empty()) {
+    // The paper's per-parameter bytes: without a preset there is no layer structure, so this
+    // is the planning figure without tessera's bucket slots and persistent layers.
     const double psi = static_cast<double>(o.params > 0 ? o.params
                                                         : models::gpt_preset(o.model).num_params());
-    const bool half = o.dtype != "f32";
     const double n = o.ranks;
     const double p = (half ? 2 : 4) * psi / (o.stage >= 3 ? n : 1);
     const double g = (half ? 2 : 4) * psi / (o.stage >= 2 ? n : 1);
@@ -61,14 +62,13 @@ int run_estimate(const EstimateOptions& o) {
     row("optimizer", static_cast<int64_t>(opt), half ? "(fp32 master + Adam m, v)" : "(Adam m, v)");
     row("total", static_cast<int64_t>(p + g + opt));
     print_offload(o.offload, static_cast<int64_t>(opt), static_cast<int64_t>(p + g + opt));
-    if (half) std::cout << "note: 16-bit training is not implemented yet; figures are the formula\n";
     return 0;
   }
   const models::GPTConfig config = models::gpt_preset(o.model);
   const ParamRegistry registry = models::build_gpt_registry(config);
   const memory::ModelStateBytes b = memory::plan_model_state(registry, z, rank, o.ranks);
-  std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} ranks, f32, per rank:\n",
-                           o.model, registry.numel() / 1e6, o.stage, o.ranks);
+  std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} ranks, {}, per rank:\n",
+                           o.model, registry.numel() / 1e6, o.stage, o.ranks, o.dtype);
   row("params", b.params,
       b.fixed.persistent_param_bytes + b.fixed.padding_param_bytes > 0
           ? fmt::format("(incl. {} whole small layers / padding)",
@@ -79,16 +79,19 @@ int run_estimate(const EstimateOptions& o) {
           ? fmt::format("(incl. {} bucket slots / padding)",
                         format_bytes(b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes))
           : "");
-  row("optimizer", b.optimizer, "(Adam m, v)");
+  row("optimizer", b.optimizer, half ? "(fp32 master + Adam m, v)" : "(Adam m, v)");
   int64_t total = b.total();
   if (o.batch > 0) {
     const int seq = o.seq > 0 ? o.seq : config.block_size;
-    const int64_t acts = models::GPT<float>::activation_bytes_for(config, o.batch, seq);
+    const int64_t acts =
+        models::GPT<float>::activation_bytes_for(config, o.batch, seq, z.dtype);
     row("activations", acts, fmt::format("(micro-batch {} x {})", o.batch, seq));
     total += acts;
   }
   if (o.stage == 3 && o.ranks > 1) {
-    std::cout << "  (stage 3 gathers layers on top, at most stage3_max_live_parameters x 4 bytes)\n";
+    std::cout << fmt::format(
+        "  (stage 3 gathers layers on top, at most stage3_max_live_parameters x {} bytes)\n",
+        dtype_size(z.dtype));
   }
   row("total", total);
   print_offload(o.offload, b.optimizer, total);

@@ -24,16 +24,23 @@ ShardRange intersect(ShardRange a, ShardRange b) {
   return begin < end ? ShardRange{begin, end} : ShardRange{begin, begin};
 }
 
-template <typename T>
-FlatState<T>::FlatState(int64_t numel, ShardRange optimizer_range)
-    : numel_(numel),
+FlatState::FlatState(DType dtype, int64_t numel, ShardRange optimizer_range)
+    : dtype_(dtype),
+      numel_(numel),
       optimizer_range_(optimizer_range),
-      params_(numel * sizeof(T), MemCategory::Params),
-      grads_(numel * sizeof(T), MemCategory::Grads),
-      exp_avg_(optimizer_range.numel() * sizeof(T), MemCategory::Optimizer),
-      exp_avg_sq_(optimizer_range.numel() * sizeof(T), MemCategory::Optimizer) {}
+      params_(numel * dtype_size(dtype), MemCategory::Params),
+      grads_(numel * dtype_size(dtype), MemCategory::Grads),
+      exp_avg_(optimizer_range.numel() * sizeof(float), MemCategory::Optimizer),
+      exp_avg_sq_(optimizer_range.numel() * sizeof(float), MemCategory::Optimizer) {
+  check_working_dtype(dtype);
+  if (is_16bit(dtype)) {
+    master_ = Storage(optimizer_range.numel() * sizeof(float), MemCategory::Optimizer);
+  }
+}
 
-template class FlatState<float>;
-template class FlatState<double>;
+float* FlatState::master() const {
+  if (is_16bit(dtype_)) return static_cast<float*>(master_.data());
+  return static_cast<float*>(params_.data()) + optimizer_range_.begin;
+}
 
 }  // namespace tessera::memory

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "memory/precision.h"
 #include "runtime/core/storage.h"
 
 namespace tessera::memory {
@@ -24,26 +25,31 @@ ShardRange shard_range(int64_t numel, int rank, int world, int64_t align = 16);
 // Intersection of two ranges (empty when disjoint).
 ShardRange intersect(ShardRange a, ShardRange b);
 
-// One rank's model state in element type T: parameters and gradients over the whole model,
-// AdamW moments over `optimizer_range` (the whole model at ZeRO stage 0).
-template <typename T>
+// One rank's replicated model state (ZeRO stage 0): parameters and gradients over the whole
+// model in the working dtype (f32, bf16 or f16), and the optimizer's fp32 state over
+// `optimizer_range`: the AdamW moments and, when the working dtype is 16-bit, the fp32 master
+// weights (12 bytes per parameter, charged to the optimizer as DeepSpeed counts them).
 class FlatState {
  public:
-  FlatState(int64_t numel, ShardRange optimizer_range);
+  FlatState(DType dtype, int64_t numel, ShardRange optimizer_range);
 
+  DType dtype() const { return dtype_; }
   int64_t numel() const { return numel_; }
   ShardRange optimizer_range() const { return optimizer_range_; }
-  T* params() const { return static_cast<T*>(params_.data()); }
-  T* grads() const { return static_cast<T*>(grads_.data()); }
-  // Moments are indexed from optimizer_range().begin.
-  T* exp_avg() const { return static_cast<T*>(exp_avg_.data()); }
-  T* exp_avg_sq() const { return static_cast<T*>(exp_avg_sq_.data()); }
+  void* params() const { return params_.data(); }
+  void* grads() const { return grads_.data(); }
+  // Indexed from optimizer_range().begin. With f32 working weights the master weights are
+  // the parameters themselves.
+  float* master() const;
+  float* exp_avg() const { return static_cast<float*>(exp_avg_.data()); }
+  float* exp_avg_sq() const { return static_cast<float*>(exp_avg_sq_.data()); }
   void zero_grads() { grads_.zero(); }
 
  private:
+  DType dtype_;
   int64_t numel_;
   ShardRange optimizer_range_;
-  Storage params_, grads_, exp_avg_, exp_avg_sq_;
+  Storage params_, grads_, master_, exp_avg_, exp_avg_sq_;
 };
 
 }  // namespace tessera::memory

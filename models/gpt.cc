@@ -4,11 +4,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include <fmt/format.h>
 
 #include "runtime/core/error.h"
 #include "runtime/kernels/cpu_kernels.h"
+#include "runtime/kernels/cpu_mixed.h"
 
 namespace tessera::models {
 
@@ -48,29 +50,22 @@ ParamRegistry build_gpt_registry(const GPTConfig& config) {
   return reg;
 }
 
-// Pointers to one block's parameters (or gradients: same layout), in registry order.
 template <typename T>
-struct GPT<T>::BlockParams {
-  T *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
-};
-
-// One block's saved activations.
-template <typename T>
-struct GPT<T>::BlockActs {
-  T *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *lse, *residual2, *ln2, *ln2_mean, *ln2_rstd, *fch,
-      *fch_gelu, *residual3;
-};
+GPT<T>::GPT(const GPTConfig& config, DType dtype)
+    : config_(config), dtype_(dtype), registry_(build_gpt_registry(config)) {
+  const bool ok = std::is_same_v<T, float> ? (dtype == DType::F32 || mixed()) : dtype == dtype_of<T>();
+  TS_CHECK(ok, "GPT<{}> cannot run in {}: use f32, bf16 or f16 with float, f64 with double",
+           dtype_name(dtype_of<T>()), dtype_name(dtype));
+}
 
 template <typename T>
-GPT<T>::GPT(const GPTConfig& config) : config_(config), registry_(build_gpt_registry(config)) {}
-
-template <typename T>
-typename GPT<T>::BlockParams GPT<T>::block_params(T* base) const {
+template <typename E>
+typename GPT<T>::template BlockOf<E> GPT<T>::block_params(E* base) const {
   const int64_t C = config_.n_embd;
-  BlockParams p;
-  T* cur = base;
+  BlockOf<E> p;
+  E* cur = base;
   auto take = [&](int64_t n) {
-    T* out = cur;
+    E* out = cur;
     cur += n;
     return out;
   };
@@ -98,8 +93,8 @@ void GPT<T>::allocate_activations(int B, int T_) {
 }
 
 template <typename T>
-int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_) {
-  GPT<T> planner(config);
+int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_, DType dtype) {
+  GPT<T> planner(config, dtype);
   return planner.layout_activations(B, T_) * static_cast<int64_t>(sizeof(T));
 }
 
@@ -118,14 +113,11 @@ int64_t GPT<T>::layout_activations(int B, int T_) {
     off += (n + 15) / 16 * 16;  // keep every buffer 64-byte aligned for float
     return at;
   };
+  auto place16 = [&](int64_t n) { return place((n + 1) / 2); };  // n 16-bit values, for float
+  arena_B_ = B;  // place_block_acts lays blocks out for this capacity
+  arena_T_ = T_;
   encoded_ = place(BT * C);
-  block_stride_ = 0;
-  {
-    // One block: ln1, mean, rstd, qkv, atty, lse, residual2, ln2, mean, rstd, fch, gelu, res3.
-    const int64_t sizes[] = {BT * C, BT, BT, 3 * BT * C, BT * C, B * NH * T_, BT * C,
-                             BT * C, BT, BT, 4 * BT * C, 4 * BT * C, BT * C};
-    for (int64_t s : sizes) block_stride_ += (s + 15) / 16 * 16;
-  }
+  place_block_acts(nullptr, &block_stride_);
   blocks_ = place(L * block_stride_);
   lnf_ = place(BT * C);
   lnf_mean_ = place(BT);
@@ -138,36 +130,59 @@ int64_t GPT<T>::layout_activations(int B, int T_) {
   datty_ = place(BT * C);
   dfch_ = place(4 * BT * C);
   dfch_gelu_ = place(4 * BT * C);
+  if (mixed()) {
+    int64_t block_numel = registry_.layer(registry_.num_layers() - 1).numel();
+    for (int l = 1; l < registry_.num_layers(); ++l) {
+      block_numel = std::max(block_numel, registry_.layer(l).numel());
+    }
+    lnf16_ = place16(BT * C);
+    scratch16_ = place16(4 * BT * C);
+    head_scratch16_ = place16(std::min<int64_t>(BT, k::kHeadChunkRows) * V);
+    grad_ws_ = place(block_numel);
+    grad_ws0_ = place(registry_.layer(0).numel());
+    small_f32_ = place(13 * C);
+  }
   arena_elems_ = off;
   return off;
 }
 
 template <typename T>
-typename GPT<T>::BlockActs GPT<T>::block_acts(int layer) const {
+typename GPT<T>::BlockActs GPT<T>::place_block_acts(T* cursor, int64_t* stride) const {
   const int64_t C = config_.n_embd, NH = config_.n_head;
   const int64_t cap = int64_t{arena_B_} * arena_T_;
-  T* cur = static_cast<T*>(arena_.data()) + blocks_ + int64_t{layer} * block_stride_;
+  int64_t off = 0;
   // Each buffer is laid out for the arena's capacity; a smaller batch uses its prefix.
   auto take = [&](int64_t capacity) {
-    T* out = cur;
-    cur += (capacity + 15) / 16 * 16;
+    T* out = cursor == nullptr ? nullptr : cursor + off;
+    off += (capacity + 15) / 16 * 16;
     return out;
   };
-  BlockActs a;
-  a.ln1 = take(cap * C);
+  auto take16 = [&](int64_t capacity) {
+    return reinterpret_cast<uint16_t*>(take((capacity + 1) / 2));
+  };
+  const bool m = mixed();
+  BlockActs a{};
+  if (m) a.ln1_16 = take16(cap * C); else a.ln1 = take(cap * C);
   a.ln1_mean = take(cap);
   a.ln1_rstd = take(cap);
   a.qkv = take(3 * cap * C);
   a.atty = take(cap * C);
   a.lse = take(int64_t{arena_B_} * NH * arena_T_);
   a.residual2 = take(cap * C);
-  a.ln2 = take(cap * C);
+  if (m) a.ln2_16 = take16(cap * C); else a.ln2 = take(cap * C);
   a.ln2_mean = take(cap);
   a.ln2_rstd = take(cap);
   a.fch = take(4 * cap * C);
-  a.fch_gelu = take(4 * cap * C);
+  if (m) a.fch_gelu16 = take16(4 * cap * C); else a.fch_gelu = take(4 * cap * C);
   a.residual3 = take(cap * C);
+  if (stride != nullptr) *stride = off;
   return a;
+}
+
+template <typename T>
+typename GPT<T>::BlockActs GPT<T>::block_acts(int layer) const {
+  return place_block_acts(static_cast<T*>(arena_.data()) + blocks_ + int64_t{layer} * block_stride_,
+                          nullptr);
 }
 
 template <typename T>
@@ -223,6 +238,14 @@ template <typename T>
 double GPT<T>::forward(ParamAccess& params, const int32_t* inputs, const int32_t* targets, int B,
                        int T_) {
   check_shape(B, T_);
+  if constexpr (std::is_same_v<T, float>) {
+    if (mixed()) {
+      forward_body16(params, inputs, B, T_);
+      if (targets == nullptr) return 0.0;
+      return head16(params, targets, B, T_, /*backward=*/false, 0.0) /
+             (static_cast<double>(B) * T_);
+    }
+  }
   forward_body(params, inputs, B, T_);
   if (targets == nullptr) return 0.0;
   const int64_t BT = int64_t{B} * T_, C = config_.n_embd, V = config_.vocab_size;
@@ -238,7 +261,16 @@ double GPT<T>::forward(ParamAccess& params, const int32_t* inputs, const int32_t
 template <typename T>
 void GPT<T>::logits_at(ParamAccess& params, int b, int t, T* out) {
   const int64_t C = config_.n_embd, V = config_.vocab_size;
-  const T* row = static_cast<T*>(arena_.data()) + lnf_ + (int64_t{b} * last_T_ + t) * C;
+  const int64_t row_at = (int64_t{b} * last_T_ + t) * C;
+  if constexpr (std::is_same_v<T, float>) {
+    if (mixed()) {
+      const auto* wte16 = static_cast<const uint16_t*>(params.acquire(0));
+      k::matmul_forward16(dtype_, out, arena_16(lnf16_) + row_at, wte16, nullptr, 1, C, V);
+      params.release(0);
+      return;
+    }
+  }
+  const T* row = static_cast<T*>(arena_.data()) + lnf_ + row_at;
   const T* wte = static_cast<T*>(params.acquire(0));
   k::matmul_forward<T>(out, row, wte, nullptr, 1, C, V);
   params.release(0);
@@ -281,6 +313,14 @@ double GPT<T>::forward_backward(ParamAccess& params, const int32_t* inputs, cons
                                 int B, int T_, double grad_scale) {
   check_shape(B, T_);
   TS_CHECK(targets != nullptr, "forward_backward needs targets");
+  if constexpr (std::is_same_v<T, float>) {
+    if (mixed()) {
+      forward_body16(params, inputs, B, T_);
+      const double loss_sum = head16(params, targets, B, T_, /*backward=*/true, grad_scale);
+      backward16(params, inputs, B, T_);
+      return loss_sum / (static_cast<double>(B) * T_);
+    }
+  }
   forward_body(params, inputs, B, T_);
   const int64_t BT = int64_t{B} * T_, C = config_.n_embd, V = config_.vocab_size;
   const int L = config_.n_layer;
@@ -344,6 +384,8 @@ template <typename T>
 void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* logits) {
   const int64_t C = config_.n_embd, V = config_.vocab_size, NH = config_.n_head, hs = C / NH;
   const int pos = cache.length;
+  TS_CHECK(!mixed(), "decode_step runs in {} only: sample from an fp32 copy of the weights",
+           dtype_name(dtype_of<T>()));
   TS_CHECK(pos < config_.block_size, "the KV cache is full ({} positions = block_size)", pos);
   TS_CHECK(token >= 0 && token < V, "token {} is outside the vocabulary of {}", token, V);
   T* x = cache.x.data();
@@ -407,5 +449,8 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
 
 template class GPT<float>;
 template class GPT<double>;
+// gpt_mixed.cc reads 16-bit weights and fp32 gradient workspaces through the same layout.
+template GPT<float>::BlockOf<const uint16_t> GPT<float>::block_params(const uint16_t*) const;
+template GPT<float>::BlockOf<float> GPT<float>::block_params(float*) const;
 
 }  // namespace tessera::models

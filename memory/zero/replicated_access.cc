@@ -5,10 +5,15 @@
 
 namespace tessera::memory {
 
-ReplicatedParamAccess::ReplicatedParamAccess(const ParamRegistry& registry, float* params,
-                                             float* grads, parallel::ProcessGroup& dp_group,
+ReplicatedParamAccess::ReplicatedParamAccess(const ParamRegistry& registry, DType dtype,
+                                             void* params, void* grads,
+                                             parallel::ProcessGroup& dp_group,
                                              int64_t bucket_elems)
-    : registry_(registry), params_(params), grads_(grads), group_(dp_group) {
+    : registry_(registry),
+      dtype_(dtype),
+      params_(static_cast<char*>(params)),
+      grads_(static_cast<char*>(grads)),
+      group_(dp_group) {
   bucket_of_layer_.assign(registry.num_layers(), -1);
   for (const BucketPlan& plan : plan_buckets(registry, bucket_elems)) {
     for (int l = plan.first_layer; l < plan.first_layer + plan.layers; ++l) {
@@ -25,8 +30,8 @@ void ReplicatedParamAccess::grads_ready(int layer) {
   if (--b.pending > 0) return;
   parallel::AllreduceOptions opts;
   opts.op = parallel::ReduceOp::Avg;
-  in_flight_.push_back(group_.all_reduce(grads_ + b.begin, static_cast<size_t>(b.end - b.begin),
-                                         DType::F32, opts));
+  in_flight_.push_back(group_.all_reduce(at(grads_, b.begin), static_cast<size_t>(b.end - b.begin),
+                                         dtype_, opts));
 }
 
 void ReplicatedParamAccess::finish() {

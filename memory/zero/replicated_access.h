@@ -18,12 +18,14 @@ namespace tessera::memory {
 
 class ReplicatedParamAccess final : public ParamAccess {
  public:
-  ReplicatedParamAccess(const ParamRegistry& registry, float* params, float* grads,
+  // params and grads: registry.numel() elements of `dtype` (f32, bf16 or f16), all-reduced in
+  // that dtype.
+  ReplicatedParamAccess(const ParamRegistry& registry, DType dtype, void* params, void* grads,
                         parallel::ProcessGroup& dp_group, int64_t bucket_elems);
 
-  void* acquire(int layer) override { return params_ + registry_.layer(layer).begin; }
+  void* acquire(int layer) override { return at(params_, registry_.layer(layer).begin); }
   void release(int) override {}
-  void* grads(int layer) override { return grads_ + registry_.layer(layer).begin; }
+  void* grads(int layer) override { return at(grads_, registry_.layer(layer).begin); }
   void grads_ready(int layer) override;
 
   // Off for the micro-batches of an accumulation window but the last: gradients then only
@@ -44,9 +46,12 @@ class ReplicatedParamAccess final : public ParamAccess {
     int pending = 0;  // layers not ready yet in this backward pass
   };
 
+  char* at(char* base, int64_t elem) const { return base + elem * dtype_size(dtype_); }
+
   const ParamRegistry& registry_;
-  float* params_;
-  float* grads_;
+  DType dtype_;
+  char* params_;
+  char* grads_;
   parallel::ProcessGroup& group_;
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_layer_;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "memory/precision.h"
 #include "runtime/core/error.h"
 
 namespace tessera::memory {
@@ -14,6 +15,7 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
     : registry_(registry),
       group_(dp_group),
       options_(options),
+      elem_size_(dtype_size(options.dtype)),
       rank_(dp_group.rank()),
       world_(dp_group.size()),
       numel_(registry.numel()),
@@ -21,19 +23,24 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
       shard_(shard_range(registry.numel(), dp_group.rank(), dp_group.size())) {
   TS_CHECK(options.stage >= 1 && options.stage <= 3, "ShardedParamAccess runs ZeRO stages 1-3, "
            "not {}", options.stage);
+  check_working_dtype(options.dtype);
   const int64_t S = shard_.numel();
   const ShardRange owned = owned_piece(0, numel_);
   if (options.stage <= 2) {
     // Full parameters with the padding at the end, so the updated shards all-gather in place.
-    params_ = Storage(padded_ * sizeof(float), MemCategory::Params);
-    std::memcpy(params_.data(), initial, numel_ * sizeof(float));
+    params_ = Storage(padded_ * elem_size_, MemCategory::Params);
+    store_working(options.dtype, initial, params_.data(), numel_);
   } else {
-    params_ = Storage(S * sizeof(float), MemCategory::Params);
+    params_ = Storage(S * elem_size_, MemCategory::Params);
+    store_working(options.dtype, initial + owned.begin, params_.data(), owned.numel());
+  }
+  grads_ = Storage((options.stage == 1 ? padded_ : S) * elem_size_, MemCategory::Grads);
+  if (is_16bit(options.dtype)) {
+    master_ = Storage(S * sizeof(float), MemCategory::Optimizer);
     if (owned.numel() > 0) {
-      std::memcpy(params_.data(), initial + owned.begin, owned.numel() * sizeof(float));
+      std::memcpy(master_.data(), initial + owned.begin, owned.numel() * sizeof(float));
     }
   }
-  grads_ = Storage((options.stage == 1 ? padded_ : S) * sizeof(float), MemCategory::Grads);
   exp_avg_ = Storage(S * sizeof(float), MemCategory::Optimizer);
   exp_avg_sq_ = Storage(S * sizeof(float), MemCategory::Optimizer);
 
@@ -55,7 +62,7 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
   if (options.stage >= 2) {
     // Slot 0 belongs to layer 0's bucket; the shared ones start out free.
     const std::vector<int64_t> slot_elems = plan_grad_slots(plans, options.overlap_comm);
-    for (int64_t n : slot_elems) slots_.emplace_back(n * sizeof(float), MemCategory::Grads);
+    for (int64_t n : slot_elems) slots_.emplace_back(n * elem_size_, MemCategory::Grads);
     for (int i = static_cast<int>(slot_elems.size()) - 1; i >= 1; --i) free_slots_.push_back(i);
   }
 
@@ -67,8 +74,8 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
     if (options.stage < 3) continue;
     s.persistent = r.numel() <= options.persistence_threshold;
     if (s.persistent) {
-      s.gathered = Storage(r.numel() * sizeof(float), MemCategory::Params, Device::cpu(), false);
-      std::memcpy(s.gathered.data(), initial + r.begin, r.numel() * sizeof(float));
+      s.gathered = Storage(r.numel() * elem_size_, MemCategory::Params, Device::cpu(), false);
+      store_working(options.dtype, initial + r.begin, s.gathered.data(), r.numel());
     } else {
       TS_CHECK(r.numel() <= options.max_live_elems,
                "zero_optimization.stage3_max_live_parameters ({}) is below layer {}'s {} "
@@ -109,21 +116,19 @@ std::vector<size_t> ShardedParamAccess::piece_counts(int64_t begin, int64_t end)
   return counts;
 }
 
-float* ShardedParamAccess::param_shard_ptr() const {
-  float* p = static_cast<float*>(params_.data());
-  return options_.stage <= 2 ? p + shard_.begin : p;
+char* ShardedParamAccess::param_shard_ptr() const {
+  return at(params_, options_.stage <= 2 ? shard_.begin : 0);
 }
 
-float* ShardedParamAccess::grad_shard_ptr() const {
-  float* g = static_cast<float*>(grads_.data());
-  return options_.stage == 1 ? g + shard_.begin : g;
+char* ShardedParamAccess::grad_shard_ptr() const {
+  return at(grads_, options_.stage == 1 ? shard_.begin : 0);
 }
 
 // --- parameters ---------------------------------------------------------------------------
 
 void* ShardedParamAccess::acquire(int layer) {
   const LayerRange& r = registry_.layer(layer);
-  if (options_.stage <= 2) return static_cast<float*>(params_.data()) + r.begin;
+  if (options_.stage <= 2) return at(params_, r.begin);
   // Follow (or, on the first training pass, record) the order layers are used in.
   if (recording_) {
     trace_.push_back(layer);
@@ -173,14 +178,13 @@ void ShardedParamAccess::start_gather(int layer) {
   const LayerRange& r = registry_.layer(layer);
   if (s.gathered.data() == nullptr) {
     // No zero fill: the gather writes every element.
-    s.gathered = Storage(r.numel() * sizeof(float), MemCategory::Params, Device::cpu(), false);
+    s.gathered = Storage(r.numel() * elem_size_, MemCategory::Params, Device::cpu(), false);
     live_elems_ += r.numel();
     peak_live_elems_ = std::max(peak_live_elems_, live_elems_);
   }
   const ShardRange mine = owned_piece(r.begin, r.end);
-  const float* send = static_cast<const float*>(params_.data()) +
-                      (mine.numel() > 0 ? mine.begin - shard_.begin : 0);
-  s.gathering = group_.all_gather_v(send, s.gathered.data(), s.counts, DType::F32);
+  const char* send = at(params_, mine.numel() > 0 ? mine.begin - shard_.begin : 0);
+  s.gathering = group_.all_gather_v(send, s.gathered.data(), s.counts, options_.dtype);
 }
 
 void ShardedParamAccess::wait_gather(int layer) {
@@ -240,16 +244,16 @@ int ShardedParamAccess::num_persistent_layers() const {
 
 void* ShardedParamAccess::grads(int layer) {
   const LayerRange& r = registry_.layer(layer);
-  if (options_.stage == 1) return static_cast<float*>(grads_.data()) + r.begin;
+  if (options_.stage == 1) return at(grads_, r.begin);
   const int b = bucket_of_layer_.at(layer);
-  return bucket_grads(b) + (r.begin - buckets_[b].begin);
+  return bucket_grads(b) + (r.begin - buckets_[b].begin) * static_cast<int64_t>(elem_size_);
 }
 
-float* ShardedParamAccess::bucket_grads(int b) {
+char* ShardedParamAccess::bucket_grads(int b) {
   Bucket& bucket = buckets_[b];
   if (bucket.slot < 0 && b == bucket_of_layer_[0]) {
     bucket.slot = 0;  // its own slot, free again by the next pass (begin_pass drains)
-    std::memset(slots_[0].data(), 0, (bucket.end - bucket.begin) * sizeof(float));
+    std::memset(slots_[0].data(), 0, (bucket.end - bucket.begin) * elem_size_);
   } else if (bucket.slot < 0) {
     while (free_slots_.empty()) {
       TS_CHECK(!in_flight_.empty(), "no free gradient bucket slot and no reduction to wait for");
@@ -258,9 +262,9 @@ float* ShardedParamAccess::bucket_grads(int b) {
     bucket.slot = free_slots_.back();
     free_slots_.pop_back();
     // Backward kernels accumulate (+=) into their gradients.
-    std::memset(slots_[bucket.slot].data(), 0, (bucket.end - bucket.begin) * sizeof(float));
+    std::memset(slots_[bucket.slot].data(), 0, (bucket.end - bucket.begin) * elem_size_);
   }
-  return static_cast<float*>(slots_[bucket.slot].data());
+  return at(slots_[bucket.slot], 0);
 }
 
 void ShardedParamAccess::grads_ready(int layer) {
@@ -270,13 +274,14 @@ void ShardedParamAccess::grads_ready(int layer) {
   TS_CHECK(bucket.pending > 0, "grads_ready({}) called twice in one backward pass", layer);
   if (--bucket.pending > 0) return;
   const ShardRange mine = owned_piece(bucket.begin, bucket.end);
-  float* send = options_.stage == 1 ? static_cast<float*>(grads_.data()) + bucket.begin
-                                    : bucket_grads(b);
+  char* send = options_.stage == 1 ? at(grads_, bucket.begin) : bucket_grads(b);
   // Rank r's block of the bucket is its shard's piece, in rank order: receive in place.
-  float* recv = send + (mine.numel() > 0 ? mine.begin - bucket.begin : 0);
+  char* recv = send + (mine.numel() > 0 ? mine.begin - bucket.begin : 0) *
+                          static_cast<int64_t>(elem_size_);
   parallel::ReduceScatterOptions opts;
   opts.op = parallel::ReduceOp::Avg;
-  in_flight_.push_back({b, group_.reduce_scatter_v(send, recv, bucket.counts, DType::F32, opts)});
+  in_flight_.push_back(
+      {b, group_.reduce_scatter_v(send, recv, bucket.counts, options_.dtype, opts)});
   if (!options_.overlap_comm) complete_oldest();
 }
 
@@ -291,11 +296,10 @@ void ShardedParamAccess::complete(const InFlight& f) {
   if (options_.stage == 1) return;  // reduced in place into the owned shard
   Bucket& bucket = buckets_[f.bucket];
   const ShardRange mine = owned_piece(bucket.begin, bucket.end);
-  const float* piece = static_cast<const float*>(slots_[bucket.slot].data()) +
-                       (mine.begin - bucket.begin);
-  float* acc = grad_shard_ptr() + (mine.begin - shard_.begin);
+  const char* piece = at(slots_[bucket.slot], mine.begin - bucket.begin);
+  char* acc = grad_shard_ptr() + (mine.begin - shard_.begin) * static_cast<int64_t>(elem_size_);
   // Micro-batches accumulate in the shard: the sum of averages is the average of sums.
-  for (int64_t i = 0; i < mine.numel(); ++i) acc[i] += piece[i];
+  accumulate_working(options_.dtype, acc, piece, mine.numel());
   if (bucket.slot != 0) free_slots_.push_back(bucket.slot);
   bucket.slot = -1;
 }
@@ -340,8 +344,11 @@ void ShardedParamAccess::zero_grads() { grads_.zero(); }
 OptimizerShard ShardedParamAccess::shard() {
   OptimizerShard s;
   s.range = owned_piece(0, numel_);
+  s.dtype = options_.dtype;
   s.params = param_shard_ptr();
   s.grads = grad_shard_ptr();
+  s.master = is_16bit(options_.dtype) ? static_cast<float*>(master_.data())
+                                      : reinterpret_cast<float*>(param_shard_ptr());
   s.exp_avg = static_cast<float*>(exp_avg_.data());
   s.exp_avg_sq = static_cast<float*>(exp_avg_sq_.data());
   return s;
@@ -349,8 +356,9 @@ OptimizerShard ShardedParamAccess::shard() {
 
 void ShardedParamAccess::after_update() {
   if (options_.stage <= 2) {
-    float* p = static_cast<float*>(params_.data());
-    group_.all_gather(p + shard_.begin, p, static_cast<size_t>(shard_.numel()), DType::F32)->wait();
+    group_.all_gather(at(params_, shard_.begin), params_.data(),
+                      static_cast<size_t>(shard_.numel()), options_.dtype)
+        ->wait();
     return;
   }
   free_all_gathered();  // stale now
@@ -364,13 +372,15 @@ void ShardedParamAccess::after_update() {
 }
 
 void ShardedParamAccess::gather_full(float* out) {
-  if (options_.stage <= 2) {
+  const bool from_master = is_16bit(options_.dtype);
+  if (!from_master && options_.stage <= 2) {
     std::memcpy(out, params_.data(), numel_ * sizeof(float));
     return;
   }
+  // The fp32 shards every rank holds: the master weights, or the stage-3 parameters.
+  const void* mine = from_master ? master_.data() : params_.data();
   Storage full(padded_ * sizeof(float), MemCategory::Other, Device::cpu(), false);
-  group_.all_gather(params_.data(), full.data(), static_cast<size_t>(shard_.numel()), DType::F32)
-      ->wait();
+  group_.all_gather(mine, full.data(), static_cast<size_t>(shard_.numel()), DType::F32)->wait();
   std::memcpy(out, full.data(), numel_ * sizeof(float));
 }
 
@@ -380,7 +390,7 @@ ZeroFixedBuffers ShardedParamAccess::fixed_buffers() const {
   for (const LayerState& s : layers_) {
     if (s.persistent) f.persistent_param_bytes += static_cast<int64_t>(s.gathered.bytes());
   }
-  const int64_t pad = (padded_ - numel_) * static_cast<int64_t>(sizeof(float));
+  const int64_t pad = (padded_ - numel_) * static_cast<int64_t>(elem_size_);
   if (options_.stage <= 2) f.padding_param_bytes = pad;
   if (options_.stage == 1) f.padding_grad_bytes = pad;
   return f;

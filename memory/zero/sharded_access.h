@@ -28,15 +28,18 @@ namespace tessera::memory {
 // range.begin (range is the rank's shard clipped to the model, so it may be empty).
 struct OptimizerShard {
   ShardRange range;
-  float* params = nullptr;
-  float* grads = nullptr;
+  DType dtype = DType::F32;  // of params and grads
+  void* params = nullptr;    // the working parameters
+  void* grads = nullptr;
+  float* master = nullptr;   // fp32 weights the optimizer updates: params itself in f32
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
 };
 
 class ShardedParamAccess final : public ParamAccess {
  public:
-  // `initial` holds registry.numel() parameter values, identical on every rank.
+  // `initial` holds registry.numel() parameter values, identical on every rank; they are
+  // rounded to options.dtype for the working copy and kept in fp32 as the master shard.
   ShardedParamAccess(const ParamRegistry& registry, parallel::ProcessGroup& dp_group,
                      const ZeroOptions& options, const float* initial);
   ~ShardedParamAccess() override;
@@ -60,7 +63,8 @@ class ShardedParamAccess final : public ParamAccess {
   // After the optimizer changed the owned parameter shard: stages 1-2 all-gather the shards
   // into every rank's full parameters; stage 3 refreshes its whole (persistent) layers.
   void after_update();
-  // Collective: the full parameters into out (registry.numel() elements) on every rank.
+  // Collective: the full fp32 parameters (the master weights when training in 16 bits) into
+  // out (registry.numel() elements) on every rank.
   void gather_full(float* out);
 
   int stage() const { return options_.stage; }
@@ -95,11 +99,14 @@ class ShardedParamAccess final : public ParamAccess {
 
   ShardRange owned_piece(int64_t begin, int64_t end) const;  // [begin,end) ∩ own shard
   std::vector<size_t> piece_counts(int64_t begin, int64_t end) const;
-  float* param_shard_ptr() const;
-  float* grad_shard_ptr() const;
+  char* at(const Storage& s, int64_t elem) const {
+    return static_cast<char*>(s.data()) + elem * static_cast<int64_t>(elem_size_);
+  }
+  char* param_shard_ptr() const;
+  char* grad_shard_ptr() const;
   // Stages 2-3: bucket b's gradients in a scratch slot (slot 0 belongs to the bucket of
   // layer 0; the others are shared, reclaimed from the oldest reduction when none is free).
-  float* bucket_grads(int b);
+  char* bucket_grads(int b);
   void complete_oldest();
   void complete(const InFlight& f);
   // Waits for every reduction and readies the buckets for the next pass.
@@ -115,12 +122,14 @@ class ShardedParamAccess final : public ParamAccess {
   const ParamRegistry& registry_;
   parallel::ProcessGroup& group_;
   ZeroOptions options_;
+  size_t elem_size_;  // bytes per working element
   int rank_, world_;
   int64_t numel_, padded_;
   ShardRange shard_;  // unclipped: may reach into the padding
 
   Storage params_;      // stages 1-2: padded full buffer; stage 3: the shard
   Storage grads_;       // stage 1: padded full buffer; stages 2-3: the shard
+  Storage master_;                // 16-bit working dtype: the fp32 shard
   Storage exp_avg_, exp_avg_sq_;  // the shard
 
   std::vector<Bucket> buckets_;

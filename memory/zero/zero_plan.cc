@@ -43,38 +43,41 @@ std::vector<int64_t> plan_grad_slots(const std::vector<BucketPlan>& buckets, boo
 ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOptions& options,
                                  int rank, int world) {
   TS_CHECK(options.stage >= 0 && options.stage <= 3, "ZeRO stage {} does not exist", options.stage);
-  constexpr int64_t kF32 = sizeof(float);
+  check_working_dtype(options.dtype);
+  const int64_t kW = static_cast<int64_t>(dtype_size(options.dtype));  // working bytes
+  // fp32 moments, and fp32 master weights beside 16-bit working ones.
+  const int64_t kOptimizer = (is_16bit(options.dtype) ? 3 : 2) * static_cast<int64_t>(sizeof(float));
   const int64_t numel = registry.numel();
   ModelStateBytes b;
   if (options.stage == 0 || world == 1) {
     // Replicated: one rank at any stage is stage 0 (nothing to partition).
-    b.params = b.grads = numel * kF32;
-    b.optimizer = 2 * numel * kF32;
+    b.params = b.grads = numel * kW;
+    b.optimizer = numel * kOptimizer;
     return b;
   }
   const int64_t padded = padded_numel(numel, world);
   const int64_t shard = shard_range(numel, rank, world).numel();
-  const int64_t pad_bytes = (padded - numel) * kF32;
-  b.optimizer = 2 * shard * kF32;
+  const int64_t pad_bytes = (padded - numel) * kW;
+  b.optimizer = shard * kOptimizer;
   if (options.stage <= 2) {
-    b.params = padded * kF32;
+    b.params = padded * kW;
     b.fixed.padding_param_bytes = pad_bytes;
   } else {
-    b.params = shard * kF32;
+    b.params = shard * kW;
     for (int l = 0; l < registry.num_layers(); ++l) {
       const int64_t n = registry.layer(l).numel();
-      if (n <= options.persistence_threshold) b.fixed.persistent_param_bytes += n * kF32;
+      if (n <= options.persistence_threshold) b.fixed.persistent_param_bytes += n * kW;
     }
     b.params += b.fixed.persistent_param_bytes;
   }
   if (options.stage == 1) {
-    b.grads = padded * kF32;
+    b.grads = padded * kW;
     b.fixed.padding_grad_bytes = pad_bytes;
   } else {
-    b.grads = shard * kF32;
+    b.grads = shard * kW;
     for (int64_t slot : plan_grad_slots(plan_buckets(registry, options.reduce_bucket_elems),
                                         options.overlap_comm)) {
-      b.fixed.grad_bucket_bytes += slot * kF32;
+      b.fixed.grad_bucket_bytes += slot * kW;
     }
     b.grads += b.fixed.grad_bucket_bytes;
   }

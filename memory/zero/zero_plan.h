@@ -8,12 +8,16 @@
 #include <vector>
 
 #include "memory/flat_buffers.h"
+#include "runtime/core/dtype.h"
 #include "runtime/core/params.h"
 
 namespace tessera::memory {
 
 struct ZeroOptions {
   int stage = 1;  // 0, 1, 2 or 3
+  // Working precision of parameters and gradients: f32, or bf16 / f16 with fp32 master
+  // weights in the optimizer shard.
+  DType dtype = DType::F32;
   // Elements per gradient bucket (a layer larger than this is a bucket of its own).
   int64_t reduce_bucket_elems = 25'000'000;
   // Off: each bucket's reduction is waited for as soon as it is launched.
@@ -53,9 +57,11 @@ struct ZeroFixedBuffers {
   int64_t padding_grad_bytes = 0;      // stage 1: the full gradient buffer's padding (grads)
 };
 
-// One rank's persistent model-state bytes (fp32 parameters, gradients, AdamW moments) at
-// `stage` over `world` data-parallel ranks, fixed buffers included; stage-3 gathered layers
-// come and go and are bounded by max_live_elems on top.
+// One rank's persistent model-state bytes at `stage` over `world` data-parallel ranks, fixed
+// buffers included: parameters and gradients in the working dtype, AdamW moments (and, for a
+// 16-bit working dtype, the fp32 master weights) in the optimizer: 4 + 4 + 8 bytes per
+// parameter in f32, 2 + 2 + 12 in bf16/f16, each split as the stage prescribes. Stage-3
+// gathered layers come and go and are bounded by max_live_elems on top.
 struct ModelStateBytes {
   int64_t params = 0, grads = 0, optimizer = 0;
   ZeroFixedBuffers fixed;

@@ -130,19 +130,6 @@ class Block {
   std::set<std::string> known_;
 };
 
-void refuse_if_enabled(Block& root, const std::string& key, const std::string& when) {
-  if (!root.has(key)) return;
-  const json& v = root.raw(key);
-  TS_CHECK(v.is_object(), "{}: '{}' must be a JSON object", root.source(), key);
-  bool enabled = true;
-  if (v.contains("enabled")) {
-    TS_CHECK(v["enabled"].is_boolean(), "{}: '{}.enabled' must be true or false", root.source(), key);
-    enabled = v["enabled"].get<bool>();
-  }
-  TS_CHECK(!enabled, "{}: '{}' is not supported yet ({}); remove the block or set enabled: false",
-           root.source(), key, when);
-}
-
 std::vector<std::string> string_or_list(Block& b, const std::string& key) {
   std::vector<std::string> out;
   if (!b.has(key)) return out;
@@ -316,8 +303,38 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
              c.scheduler.warmup_type);
     TS_CHECK(c.scheduler.warmup_num_steps >= 0, "{}: warmup_num_steps must be >= 0", source);
   }
-  refuse_if_enabled(root, "fp16", "mixed precision arrives with the fp16/bf16 issue");
-  refuse_if_enabled(root, "bf16", "mixed precision arrives with the fp16/bf16 issue");
+  if (root.has("fp16")) {
+    // DeepSpeed's fp16 block: disabled unless enabled: true; the scaler keys apply to fp16.
+    Block f = root.child("fp16");
+    bool enabled = false, auto_cast = false;
+    f.get("enabled", enabled);
+    f.get("auto_cast", auto_cast);
+    f.get("loss_scale", c.loss_scaler.loss_scale);
+    f.get("initial_scale_power", c.loss_scaler.initial_scale_power);
+    f.get("loss_scale_window", c.loss_scaler.loss_scale_window);
+    f.get("hysteresis", c.loss_scaler.hysteresis);
+    f.get("consecutive_hysteresis", c.loss_scaler.consecutive_hysteresis);
+    f.get("min_loss_scale", c.loss_scaler.min_loss_scale);
+    f.reject_unknown();
+    TS_CHECK(!auto_cast,
+             "{}: fp16.auto_cast is not supported (tessera runs the whole model in its working "
+             "precision): remove it or set it to false",
+             source);
+    LossScaler check(c.loss_scaler);  // names the key of an unusable value
+    if (enabled) c.precision = DType::F16;
+  }
+  for (const char* key : {"bf16", "bfloat16"}) {  // DeepSpeed accepts both spellings
+    if (!root.has(key)) continue;
+    Block b = root.child(key);
+    bool enabled = false;
+    b.get("enabled", enabled);
+    b.reject_unknown();
+    if (!enabled) continue;
+    TS_CHECK(c.precision == DType::F32,
+             "{}: fp16 and {} are both enabled: enable one of them (bf16 needs no loss scaling)",
+             source, key);
+    c.precision = DType::BF16;
+  }
   if (root.has("zero_optimization")) {
     Block z = root.child("zero_optimization");
     // DeepSpeed configs write element counts as 5e8: accept integral JSON floats too.

@@ -1,7 +1,7 @@
 // The training configuration: DeepSpeed's JSON keys where they apply, tessera's own blocks
 // (model, data, training, output) for the rest. Every key is checked: an unknown one is an
-// error with a did-you-mean, a wrong type names the key and the type expected, and a block a
-// later version implements (fp16, bf16, zero_optimization) is refused, never ignored.
+// error with a did-you-mean, a wrong type names the key and the type expected, and a setting
+// tessera does not implement is refused, never ignored.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,8 @@
 
 #include "memory/zero/zero_plan.h"
 #include "models/gpt_config.h"
+#include "runtime/core/dtype.h"
+#include "runtime/engine/loss_scaler.h"
 
 namespace tessera::engine {
 
@@ -68,6 +70,10 @@ struct TrainConfig {
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
   ZeroConfig zero;
+  // The fp16 / bf16 blocks: the working precision of parameters, gradients and GEMM
+  // operands (f32, f16 with loss scaling, or bf16), with fp32 master weights and moments.
+  DType precision = DType::F32;
+  LossScalerConfig loss_scaler;  // the fp16 block's scaling keys; used when precision is f16
 
   models::GPTConfig model;
   std::string model_preset;  // "" when given explicitly

@@ -12,6 +12,7 @@
 #include "runtime/engine/lr_schedule.h"
 #include "runtime/engine/metrics.h"
 #include "runtime/kernels/cpu_kernels.h"
+#include "runtime/kernels/cpu_mixed.h"
 
 namespace tessera::engine {
 
@@ -20,18 +21,21 @@ namespace k = tessera::kernels::cpu;
 Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     : config_(std::move(config)),
       dp_(dp_group != nullptr && dp_group->size() > 1 ? dp_group : nullptr),
-      model_(config_.model) {
+      model_(config_.model, config_.precision) {
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
   config_.resolve_batch(dp_size());
+  if (config_.precision == DType::F16) scaler_.emplace(config_.loss_scaler);
+  const DType dtype = config_.precision;
   const ParamRegistry& registry = model_.registry();
   const int64_t numel = registry.numel();
-  // The initial parameters, whole, identical on every rank. Stages 1-3 take their part of
-  // this buffer and drop it, so it is charged to "other", not to the model state.
+  // The initial parameters, whole, fp32, identical on every rank. Stages 1-3 take their part
+  // of this buffer and drop it, so it is charged to "other", not to the model state; stage 0
+  // builds them in its fp32 weights (the master copy when training in 16 bits).
   const bool sharded = dp_ != nullptr && config_.zero.stage >= 1;
-  state_ = std::make_unique<memory::FlatState<float>>(
-      sharded ? 0 : numel, memory::ShardRange{0, sharded ? 0 : numel});
+  state_ = std::make_unique<memory::FlatState>(dtype, sharded ? 0 : numel,
+                                               memory::ShardRange{0, sharded ? 0 : numel});
   Storage initial_storage;
-  float* initial = state_->params();
+  float* initial = state_->master();
   if (sharded) {
     initial_storage = Storage(numel * sizeof(float), MemCategory::Other);
     initial = static_cast<float*>(initial_storage.data());
@@ -45,20 +49,22 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     // Same seed gives the same init everywhere; the broadcast makes it so by construction.
     dp_->broadcast(initial, static_cast<size_t>(numel), DType::F32)->wait();
   }
+  if (!sharded) memory::store_working(dtype, initial, state_->params(), numel);
   if (sharded) {
-    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_,
-                                                               config_.zero.options(), initial);
+    memory::ZeroOptions options = config_.zero.options();
+    options.dtype = dtype;
+    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_, options, initial);
     sharded_ = access.get();
     access_ = std::move(access);
   } else if (dp_ != nullptr) {
     auto replicated = std::make_unique<memory::ReplicatedParamAccess>(
-        registry, state_->params(), state_->grads(), *dp_,
+        registry, dtype, state_->params(), state_->grads(), *dp_,
         config_.zero.overlap_comm ? config_.zero.reduce_bucket_size : numel);
     replicated_ = replicated.get();
     access_ = std::move(replicated);
   } else {
     access_ = std::make_unique<LocalParamAccess>(registry, state_->params(), state_->grads(),
-                                                 sizeof(float));
+                                                 dtype_size(dtype));
   }
   train_loader_ = std::make_unique<DataLoader>(config_.train_files, config_.micro_batch_size,
                                                config_.seq_len, config_.model.vocab_size,
@@ -86,8 +92,10 @@ memory::OptimizerShard Trainer::optimizer_shard() {
   if (sharded_ != nullptr) return sharded_->shard();
   memory::OptimizerShard s;
   s.range = {0, state_->numel()};
+  s.dtype = state_->dtype();
   s.params = state_->params();
   s.grads = state_->grads();
+  s.master = state_->master();
   s.exp_avg = state_->exp_avg();
   s.exp_avg_sq = state_->exp_avg_sq();
   return s;
@@ -95,7 +103,10 @@ memory::OptimizerShard Trainer::optimizer_shard() {
 
 double Trainer::grad_norm() {
   const memory::OptimizerShard s = optimizer_shard();
-  double sum = k::sum_squares(s.grads, s.range.numel());
+  const int64_t n = s.range.numel();
+  double sum = s.dtype == DType::F32
+                   ? k::sum_squares(static_cast<const float*>(s.grads), n)
+                   : k::sum_squares16(s.dtype, static_cast<const uint16_t*>(s.grads), n);
   if (sharded_ != nullptr) {
     // Shards partition the model: the global sum of squares is the sum of the ranks' sums.
     // Gathered in f64 and added in rank order, so every rank gets the same bits.
@@ -107,7 +118,16 @@ double Trainer::grad_norm() {
   return std::sqrt(sum);
 }
 
-void Trainer::optimizer_step(double lr, double clip_scale) {
+bool Trainer::any_rank(bool local) {
+  if (dp_ == nullptr) return local;
+  float flag = local ? 1.0f : 0.0f;
+  parallel::AllreduceOptions opts;
+  opts.op = parallel::ReduceOp::Max;
+  dp_->all_reduce(&flag, 1, DType::F32, opts)->wait();
+  return flag > 0.0f;
+}
+
+void Trainer::optimizer_step(double lr, double grad_scale) {
   const OptimizerConfig& o = config_.optimizer;
   const memory::OptimizerShard s = optimizer_shard();
   for (const ParamSpec& p : model_.registry().params()) {
@@ -122,18 +142,19 @@ void Trainer::optimizer_step(double lr, double clip_scale) {
     a.beta1 = o.beta1;
     a.beta2 = o.beta2;
     a.eps = o.eps;
-    a.step = steps_done_ + 1;
-    a.grad_scale = static_cast<float>(clip_scale);
+    a.step = updates_done_ + 1;
+    a.grad_scale = static_cast<float>(grad_scale);
     a.weight_decay = decay && o.type == "AdamW" ? o.weight_decay : 0.0f;
-    float* grads = s.grads + at;
-    if (o.type == "Adam" && decay && o.weight_decay > 0) {
-      // Adam's L2 penalty: weight decay enters the gradient before the moments.
-      const float* w = s.params + at;
-      const float wd = o.weight_decay / static_cast<float>(clip_scale);
-#pragma omp parallel for simd
-      for (int64_t i = 0; i < part.numel(); ++i) grads[i] += wd * w[i];
+    // Adam's L2 penalty: weight decay enters the gradient before the moments.
+    a.l2 = decay && o.type == "Adam" ? o.weight_decay : 0.0f;
+    if (s.dtype == DType::F32) {
+      k::adamw_update(s.master + at, static_cast<const float*>(s.grads) + at, s.exp_avg + at,
+                      s.exp_avg_sq + at, part.numel(), a);
+    } else {
+      k::adamw_update16(s.dtype, s.master + at, static_cast<uint16_t*>(s.params) + at,
+                        static_cast<const uint16_t*>(s.grads) + at, s.exp_avg + at,
+                        s.exp_avg_sq + at, part.numel(), a);
     }
-    k::adamw_update(s.params + at, grads, s.exp_avg + at, s.exp_avg_sq + at, part.numel(), a);
   }
   if (sharded_ != nullptr) sharded_->after_update();
 }
@@ -143,7 +164,7 @@ std::vector<float> Trainer::full_params() {
   if (sharded_ != nullptr) {
     sharded_->gather_full(out.data());
   } else {
-    std::copy(state_->params(), state_->params() + out.size(), out.begin());
+    std::copy(state_->master(), state_->master() + out.size(), out.begin());
   }
   return out;
 }
@@ -157,32 +178,49 @@ StepStats Trainer::step() {
   } else {
     state_->zero_grads();
   }
+  // fp16 scales the loss (so the gradients) up to keep small gradients representable.
+  const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
   double loss = 0.0;
   for (int micro = 0; micro < accum; ++micro) {
     if (replicated_ != nullptr) replicated_->set_sync(micro == accum - 1);
     if (sharded_ != nullptr) sharded_->begin_pass(/*training=*/true, micro == accum - 1);
     train_loader_->next(inputs_.data(), targets_.data());
-    loss += model_.forward_backward(*access_, inputs_.data(), targets_.data(), B, T, 1.0 / accum);
+    loss += model_.forward_backward(*access_, inputs_.data(), targets_.data(), B, T,
+                                    loss_scale / accum);
   }
   if (replicated_ != nullptr) replicated_->finish();
   if (sharded_ != nullptr) sharded_->finish();
+  if (gradient_hook_) gradient_hook_(steps_done_ + 1, optimizer_shard());
   loss = dp_mean(loss / accum);
-  const double norm = grad_norm();
-  TS_CHECK(std::isfinite(norm) && std::isfinite(loss),
-           "step {}: loss {} / gradient norm {} is not finite: lower optimizer.params.lr or set "
-           "gradient_clipping",
-           steps_done_ + 1, loss, norm);
-  double clip_scale = 1.0;
-  if (config_.gradient_clipping > 0.0 && norm > config_.gradient_clipping) {
-    clip_scale = config_.gradient_clipping / (norm + 1e-6);
+  const double scaled_norm = grad_norm();
+  const double norm = scaled_norm / loss_scale;
+  // An inf or nan in any rank's gradients: every rank must take the same decision.
+  const bool overflow = any_rank(!std::isfinite(scaled_norm));
+  StepStats s;
+  if (scaler_) {
+    s.loss_scale = loss_scale;
+    s.skipped = scaler_->update(overflow);  // throws at the minimum scale
+    s.skipped_steps = scaler_->skipped_steps();
+    s.overflow_count = scaler_->overflow_count();
+  } else {
+    TS_CHECK(!overflow && std::isfinite(loss),
+             "step {}: loss {} / gradient norm {} is not finite: lower optimizer.params.lr or set "
+             "gradient_clipping",
+             steps_done_ + 1, loss, norm);
   }
   const double lr =
-      lr_for_update(config_.scheduler, config_.optimizer.lr, steps_done_, config_.steps);
-  optimizer_step(lr, clip_scale);
+      lr_for_update(config_.scheduler, config_.optimizer.lr, updates_done_, config_.steps);
+  if (!s.skipped) {
+    double clip_scale = 1.0;
+    if (config_.gradient_clipping > 0.0 && norm > config_.gradient_clipping) {
+      clip_scale = config_.gradient_clipping / (norm + 1e-6);
+    }
+    optimizer_step(lr, clip_scale / loss_scale);
+    ++updates_done_;
+  }
   ++steps_done_;
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  StepStats s;
   s.step = steps_done_;
   s.loss = loss;
   s.lr = lr;
@@ -231,6 +269,14 @@ void Trainer::run() {
     log_rank0("ZeRO stage {} on one rank: nothing to partition, running as stage 0",
               config_.zero.stage);
   }
+  if (config_.precision != DType::F32) {
+    log_rank0("precision: {} parameters, gradients and GEMMs, fp32 master weights and moments{}",
+              dtype_name(config_.precision),
+              scaler_ ? (scaler_->dynamic()
+                             ? fmt::format(", dynamic loss scale from {}", scaler_->scale())
+                             : fmt::format(", static loss scale {}", scaler_->scale()))
+                      : "");
+  }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const double flops_per_token = m.flops_per_token(config_.seq_len);
   const double peak_gflops = peak_gflops_per_rank(omp_get_max_threads());
@@ -251,6 +297,11 @@ void Trainer::run() {
     record.tokens_per_s = s.tokens_per_s;
     record.gflops = s.tokens_per_s * flops_per_token / 1e9;
     record.mfu = model_flops_utilization(s.tokens_per_s, flops_per_token, dp_size(), peak_gflops);
+    if (s.loss_scale) {
+      record.loss_scale = s.loss_scale;
+      record.skipped_steps = s.skipped_steps;
+      record.overflow_count = s.overflow_count;
+    }
     const bool last = s.step == config_.steps;
     if (!config_.val_files.empty() &&
         ((config_.eval_interval > 0 && s.step % config_.eval_interval == 0) || last)) {

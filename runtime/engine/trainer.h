@@ -1,10 +1,12 @@
 // The training engine: micro-batches with gradient accumulation, global-norm clipping,
 // AdamW over the flat state, the learning-rate schedule, evaluation, metrics and the
-// final weights.
+// final weights; in f32, or in bf16 / f16 with fp32 master weights (fp16 with DeepSpeed's
+// loss scaling: an overflowing step is skipped on every rank and the scale lowered).
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "parallel/comm/process_group.h"
 #include "models/gpt.h"
 #include "runtime/engine/config.h"
+#include "runtime/engine/loss_scaler.h"
 #include "runtime/engine/token_data.h"
 
 namespace tessera::engine {
@@ -22,9 +25,15 @@ struct StepStats {
   int64_t step = 0;  // 1-based
   double loss = 0.0;
   double lr = 0.0;
-  double grad_norm = 0.0;  // before clipping
+  double grad_norm = 0.0;  // before clipping, unscaled (not finite on an overflow)
   double ms = 0.0;
   double tokens_per_s = 0.0;
+  // fp16 only: the loss scale this step ran with, whether it overflowed and was skipped
+  // (no update, the scale lowered as the rules say), and the run's totals so far.
+  std::optional<double> loss_scale;
+  bool skipped = false;
+  int64_t skipped_steps = 0;
+  int64_t overflow_count = 0;
 };
 
 class Trainer {
@@ -34,7 +43,9 @@ class Trainer {
   explicit Trainer(TrainConfig config, parallel::ProcessGroup* dp_group = nullptr);
   ~Trainer();
 
-  // One optimizer step over gradient_accumulation_steps micro-batches.
+  // One optimizer step over gradient_accumulation_steps micro-batches. Throws when a
+  // non-finite loss or gradient cannot be handled (f32 / bf16), or when fp16 overflows with
+  // the scale already at fp16.min_loss_scale.
   StepStats step();
   // Mean loss over eval_iters batches of the validation files (from their start).
   double evaluate();
@@ -43,22 +54,37 @@ class Trainer {
 
   const TrainConfig& config() const { return config_; }
   models::GPT<float>& model() { return model_; }
+  DType precision() const { return config_.precision; }
+  // fp16 only (else null).
+  const LossScaler* loss_scaler() const { return scaler_ ? &*scaler_ : nullptr; }
+  // Optimizer updates applied: steps_done() less the skipped ones.
+  int64_t updates_done() const { return updates_done_; }
+  // Runs on every rank after the gradients are reduced and before they are checked, with
+  // the step about to finish (1-based) and this rank's gradient shard: tests inject inf and
+  // nan here.
+  using GradientHook = std::function<void(int64_t step, const memory::OptimizerShard& shard)>;
+  void set_gradient_hook(GradientHook hook) { gradient_hook_ = std::move(hook); }
   ParamAccess& params() { return *access_; }
   // The ZeRO stage 1-3 access when this rank trains sharded (null at stage 0 or on one rank:
   // with nothing to partition every stage is stage 0).
   memory::ShardedParamAccess* sharded() { return sharded_; }
-  // Collective at stage 3: every rank of the group must call it. The full parameters.
+  // Collective at stage 3: every rank of the group must call it. The full fp32 parameters
+  // (the master weights when training in 16 bits).
   std::vector<float> full_params();
   int64_t steps_done() const { return steps_done_; }
   int dp_rank() const { return dp_ != nullptr ? dp_->rank() : 0; }
   int dp_size() const { return dp_ != nullptr ? dp_->size() : 1; }
 
  private:
-  void optimizer_step(double lr, double clip_scale);
+  // grad_scale multiplies the gradients first: clipping and fp16's unscaling.
+  void optimizer_step(double lr, double grad_scale);
   // What this rank's optimizer updates: the whole model at stage 0, the owned shard else.
   memory::OptimizerShard optimizer_shard();
-  // The global gradient norm from this rank's part of the averaged gradients.
+  // The global gradient norm from this rank's part of the averaged gradients (as stored:
+  // still multiplied by the loss scale).
   double grad_norm();
+  // Whether any rank's value of `local` is true.
+  bool any_rank(bool local);
 
   // The mean of x over data-parallel ranks (x itself on one rank).
   double dp_mean(double x);
@@ -66,13 +92,16 @@ class Trainer {
   TrainConfig config_;
   parallel::ProcessGroup* dp_ = nullptr;
   models::GPT<float> model_;
-  std::unique_ptr<memory::FlatState<float>> state_;  // stage 0 only
+  std::unique_ptr<memory::FlatState> state_;  // stage 0 only
+  std::optional<LossScaler> scaler_;        // fp16 only
+  GradientHook gradient_hook_;
   std::unique_ptr<ParamAccess> access_;
   memory::ReplicatedParamAccess* replicated_ = nullptr;  // access_ at stage 0, data-parallel
   memory::ShardedParamAccess* sharded_ = nullptr;        // access_ at stages 1-3
   std::unique_ptr<DataLoader> train_loader_;
   std::vector<int32_t> inputs_, targets_;
   int64_t steps_done_ = 0;
+  int64_t updates_done_ = 0;  // Adam's step count and the lr schedule's: skipped steps excluded
 };
 
 }  // namespace tessera::engine

@@ -99,6 +99,8 @@ struct AdamWParams {
   float weight_decay = 0.0f;  // decoupled: p -= lr * weight_decay * p
   int64_t step = 1;           // 1-based, for bias correction
   float grad_scale = 1.0f;    // gradients are multiplied by this first (clipping, unscaling)
+  float l2 = 0.0f;            // Adam's L2 penalty, unlike weight_decay part of the gradient:
+                              // g = grad * grad_scale + l2 * p, before the moments
 };
 // One AdamW step on n parameters with their gradients and moments m, v.
 template <typename T>

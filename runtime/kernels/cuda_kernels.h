@@ -1,6 +1,7 @@
 // CUDA kernels: the same ops as cpu_kernels.h, on device memory, llm.c style (raw device
-// pointers, shapes, and the stream last). float only for now; fp16/bf16 arrive as further
-// overloads of these functions over the same templated kernels in kernels/cuda/.
+// pointers, shapes, and the stream last), in f32; and the mixed-precision ops of cpu_mixed.h
+// (the *16 functions at the end), with the same semantics, over the same templated kernels in
+// kernels/cuda/.
 //
 // This header includes no CUDA header, so CPU-only code can call it without an #ifdef: when
 // tessera is built without CUDA (kernels/no_cuda/) device_count() returns 0 and every other
@@ -16,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "runtime/core/dtype.h"
 #include "runtime/kernels/cpu_kernels.h"
 
 namespace tessera::kernels::cuda {
@@ -115,8 +117,60 @@ double lm_head_cross_entropy(float* dx, float* dwte, float* losses, const float*
 double sum_squares(const float* x, int64_t n, Stream stream);
 // x *= s.
 void scale(float* x, float s, int64_t n, Stream stream);
-// One AdamW step on n parameters, as cpu::adamw_update.
+// One AdamW step on n parameters, as cpu::adamw_update (with p.l2 as in adamw_update16).
 void adamw_update(float* params, const float* grads, float* m, float* v, int64_t n,
                   const AdamWParams& p, Stream stream);
+
+// ---- mixed precision ------------------------------------------------------------------------
+//
+// The 16-bit side of mixed-precision training, as cpu_mixed.h: a 16-bit buffer is a device
+// array of uint16_t holding bf16 or f16 bits, `dtype` (DType::BF16 or DType::F16; anything
+// else throws InvalidArgument) says which; everything accumulates in f32; narrowing rounds to
+// nearest even (the __nv_bfloat16 / __half intrinsics, bit-exact with runtime/core/half.h
+// except that a NaN may come out with another payload). Backward kernels accumulate.
+
+// C[M,N] (f32) = alpha * op(A) @ op(B) + beta * C with A and B 16-bit, as gemm(): cuBLAS
+// GemmEx with an f32 accumulator (tensor cores).
+void gemm16(DType dtype, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+            const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C,
+            int64_t ldc, Stream stream);
+
+// out[N,OC] (f32) = inp[N,C] @ weight[OC,C]^T + bias[OC]; bias (f32) may be null.
+void matmul_forward16(DType dtype, float* out, const uint16_t* inp, const uint16_t* weight,
+                      const float* bias, int64_t N, int64_t C, int64_t OC, Stream stream);
+// dinp[N,C] += dout16 @ weight; dweight[OC,C] += dout16^T @ inp (both f32); dbias[OC] +=
+// column sums of dout (the f32 gradient dout16 was rounded from; read only for dbias).
+// dinp, dweight, dbias may each be null.
+void matmul_backward16(DType dtype, float* dinp, float* dweight, float* dbias,
+                       const uint16_t* dout16, const float* dout, const uint16_t* inp,
+                       const uint16_t* weight, int64_t N, int64_t C, int64_t OC, Stream stream);
+
+// lm_head_cross_entropy with 16-bit x[N,C] and wte[V,C]: logits in f32 per chunk (scratch,
+// kHeadChunkRows * V floats), softmax and loss in f32, dlogits rounded once into scratch16
+// (kHeadChunkRows * V uint16_t; needed only for backward) for the two backward GEMMs; dx and
+// dwte are f32 and accumulate, each may be null. Returns the loss sum; waits for stream.
+double lm_head_cross_entropy16(DType dtype, float* dx, float* dwte, float* losses,
+                               const uint16_t* x, const uint16_t* wte, const int32_t* targets,
+                               int64_t N, int64_t C, int64_t V, float grad_scale, float* scratch,
+                               uint16_t* scratch16, Stream stream);
+
+// out[B,T,C] (f32) = wte[tokens[b,t]] + wpe[t], tables 16-bit.
+void embedding_forward16(DType dtype, float* out, const int32_t* tokens, const uint16_t* wte,
+                         const uint16_t* wpe, int B, int T, int C, Stream stream);
+
+// dst[i] = round(src[i]) and dst[i] = widen(src[i]).
+void to_16(DType dtype, const float* src, uint16_t* dst, int64_t n, Stream stream);
+void from_16(DType dtype, const uint16_t* src, float* dst, int64_t n, Stream stream);
+// dst[i] = round(widen(dst[i]) + src[i]): adds an f32 gradient into a 16-bit one.
+void accumulate_16(DType dtype, uint16_t* dst, const float* src, int64_t n, Stream stream);
+// Sum of squares (in double) of n 16-bit values, as sum_squares; an inf or NaN in x gives a
+// non-finite sum. Waits for stream.
+double sum_squares16(DType dtype, const uint16_t* x, int64_t n, Stream stream);
+
+// One AdamW step on the f32 master weights from 16-bit gradients: g = widen(grads16[i]) *
+// p.grad_scale + p.l2 * master[i], moments and master updated as adamw_update, then
+// params16[i] = round(master[i]).
+void adamw_update16(DType dtype, float* master, uint16_t* params16, const uint16_t* grads16,
+                    float* m, float* v, int64_t n, const AdamWParams& p, Stream stream);
 
 }  // namespace tessera::kernels::cuda

@@ -173,8 +173,16 @@ struct RankMemory {
   memory::ZeroFixedBuffers fixed;
 };
 
-TEST(ZeroMemory, PerRankModelStateFollowsTheZeroFormulas) {
+class ZeroMemory : public testing::TestWithParam<DType> {};
+
+// fp32: 4 + 4 + 8 bytes per parameter; bf16 / f16: 2 + 2 + 12 (fp32 master weights join the
+// moments in the optimizer), each divided as the stage prescribes.
+TEST_P(ZeroMemory, PerRankModelStateFollowsTheZeroFormulas) {
+  const DType dtype = GetParam();
+  const double kW = static_cast<double>(dtype_size(dtype));
+  const double kOptimizer = dtype == DType::F32 ? 8 : 12;
   TrainConfig c = zero_config(0, 1);
+  c.precision = dtype;
   c.model = {4, 2, 64, 256, 32};  // 218,496 parameters: big next to the fixed buffers
   c.micro_batch_size = 1;
   c.zero.reduce_bucket_size = 20'000;
@@ -199,8 +207,10 @@ TEST(ZeroMemory, PerRankModelStateFollowsTheZeroFormulas) {
         m.params_peak = s.peak_of(MemCategory::Params);
         if (t.sharded() != nullptr) m.fixed = t.sharded()->fixed_buffers();
         // The estimator's plan is the measurement, byte for byte.
-        const memory::ModelStateBytes plan = memory::plan_model_state(
-            t.model().registry(), c.zero.options(), group.rank(), group.size());
+        memory::ZeroOptions options = c.zero.options();
+        options.dtype = dtype;
+        const memory::ModelStateBytes plan =
+            memory::plan_model_state(t.model().registry(), options, group.rank(), group.size());
         EXPECT_EQ(plan.params, m.params) << "stage " << stage << " N " << world;
         EXPECT_EQ(plan.grads, m.grads) << "stage " << stage << " N " << world;
         EXPECT_EQ(plan.optimizer, m.optimizer) << "stage " << stage << " N " << world;
@@ -209,12 +219,11 @@ TEST(ZeroMemory, PerRankModelStateFollowsTheZeroFormulas) {
           EXPECT_EQ(plan.fixed.persistent_param_bytes, m.fixed.persistent_param_bytes);
         }
       });
-      // ZeRO's fp32 formulas: 4 bytes of params, 4 of grads, 8 of Adam moments per parameter,
-      // divided by N from stage 1 (moments), 2 (grads) and 3 (params) on.
+      // ZeRO's formulas, divided by N from stage 1 (optimizer), 2 (grads) and 3 (params) on.
       const double n = world;
-      const double want_params = 4 * psi / (stage >= 3 ? n : 1);
-      const double want_grads = 4 * psi / (stage >= 2 ? n : 1);
-      const double want_optimizer = 8 * psi / (stage >= 1 ? n : 1);
+      const double want_params = kW * psi / (stage >= 3 ? n : 1);
+      const double want_grads = kW * psi / (stage >= 2 ? n : 1);
+      const double want_optimizer = kOptimizer * psi / (stage >= 1 ? n : 1);
       for (int r = 0; r < world; ++r) {
         const RankMemory& m = mem[r];
         const double params = m.params - m.fixed.persistent_param_bytes - m.fixed.padding_param_bytes;
@@ -229,21 +238,22 @@ TEST(ZeroMemory, PerRankModelStateFollowsTheZeroFormulas) {
                     0.02 * (want_params + want_grads + want_optimizer));
       }
       if (stage >= 2 && world > 1) {
-        // docs/ZERO.md: 4 bytes x (bucket of layer 0 + 2 x the largest other bucket); here
-        // every layer is its own bucket: layer 0 is 18,432 elements, a block 49,984.
-        EXPECT_EQ(mem[0].fixed.grad_bucket_bytes, 4 * (18'432 + 2 * 49'984));
+        // docs/ZERO.md: working bytes x (bucket of layer 0 + 2 x the largest other bucket);
+        // here every layer is its own bucket: layer 0 is 18,432 elements, a block 49,984.
+        EXPECT_EQ(mem[0].fixed.grad_bucket_bytes, kW * (18'432 + 2 * 49'984));
       }
       if (stage == 3 && world > 1) {
         // Gathered layers come and go within the stage3_max_live_parameters bound.
         for (const RankMemory& m : mem) {
-          EXPECT_LE(m.params_peak, m.params + 4 * c.zero.stage3_max_live_parameters);
+          EXPECT_LE(m.params_peak, m.params + kW * c.zero.stage3_max_live_parameters);
         }
       }
       const RankMemory& m0 = mem[0];
-      std::printf("[zero memory] stage %d N %d rank 0: params %lld grads %lld optimizer %lld "
+      std::printf("[zero memory] %s stage %d N %d rank 0: params %lld grads %lld optimizer %lld "
                   "(fixed: grad buckets %lld, persistent params %lld, padding %lld) = %.2f "
                   "bytes/param, formula %.2f; params peak %lld\n",
-                  stage, world, static_cast<long long>(m0.params),
+                  std::string(dtype_name(dtype)).c_str(), stage, world,
+                  static_cast<long long>(m0.params),
                   static_cast<long long>(m0.grads), static_cast<long long>(m0.optimizer),
                   static_cast<long long>(m0.fixed.grad_bucket_bytes),
                   static_cast<long long>(m0.fixed.persistent_param_bytes),
@@ -255,6 +265,10 @@ TEST(ZeroMemory, PerRankModelStateFollowsTheZeroFormulas) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Precision, ZeroMemory,
+                         testing::Values(DType::F32, DType::BF16, DType::F16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 // --- configuration --------------------------------------------------------------------------
 

@@ -8,6 +8,13 @@
 // row statistics, softmax, attention) use rtol = atol = 1e-3 on values of order 1, since
 // cuBLAS and our kernels sum in a different order than the CPU.
 //
+// The mixed-precision (*16) kernels run for bf16 and f16 against cpu_mixed.h on the same
+// 16-bit inputs, with the same tolerances: 16-bit products are exact in f32, so a GEMM of
+// 16-bit operands differs between backends only in summation order. Conversions are checked
+// bit for bit against runtime/core/half.h (NaN compared as NaN: the payload may differ), and
+// values that went through a rounding both backends do separately (the optimizer's params16
+// after slightly different f32 masters) within one 16-bit ulp.
+//
 // Without a device (no GPU, no driver, or a CPU-only build) every test skips, except the one
 // that checks the CPU-only build's stub throws NotCompiled.
 #include "runtime/kernels/cuda_kernels.h"
@@ -15,21 +22,28 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "runtime/core/dtype.h"
 #include "runtime/core/error.h"
+#include "runtime/core/half.h"
 #include "runtime/core/rng.h"
 #include "runtime/core/storage.h"
 #include "runtime/kernels/cpu_kernels.h"
+#include "runtime/kernels/cpu_mixed.h"
 #include "tessera/config.h"
 
 namespace {
 
 namespace cu = tessera::kernels::cuda;
 namespace cpu = tessera::kernels::cpu;
+using tessera::DType;
 
 constexpr double kSumTol = 1e-3;
 constexpr double kElementTol = 1e-5;
@@ -73,19 +87,104 @@ class DeviceArray {
   tessera::Storage storage_;
 };
 
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
-                  const std::string& what) {
+// Expects same(got[i], want[i]) for every i; reports how many differ and the first (integers
+// in hex: they are bit patterns).
+template <typename T, typename Same>
+void expect_all(const std::vector<T>& got, const std::vector<T>& want, Same same,
+                const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   size_t bad = 0;
   size_t first_bad = 0;
   for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::abs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= tol + tol * std::abs(static_cast<double>(want[i])))) {  // NaN fails too
-      if (bad++ == 0) first_bad = i;
-    }
+    if (!same(got[i], want[i]) && bad++ == 0) first_bad = i;
   }
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " values differ; first at "
-                     << first_bad << ": gpu " << got[first_bad] << ", cpu " << want[first_bad];
+                     << first_bad << ": gpu " << std::hex << got[first_bad] << ", cpu "
+                     << want[first_bad];
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                  const std::string& what) {
+  expect_all(
+      got, want,
+      [tol](float g, float w) {
+        const double err = std::abs(static_cast<double>(g) - w);
+        return err <= tol + tol * std::abs(static_cast<double>(w));  // NaN fails too
+      },
+      what);
+}
+
+// ---- 16-bit values ----------------------------------------------------------------------------
+
+constexpr DType kDtypes16[] = {DType::BF16, DType::F16};
+// The GEMM-based ops run in f32 (the f32 kernels) and in each 16-bit dtype (the *16 kernels).
+constexpr DType kGemmDtypes[] = {DType::F32, DType::BF16, DType::F16};
+
+// Host rounding and widening through runtime/core/half.h, the reference for both backends.
+uint16_t round16(DType dtype, float x) {
+  return dtype == DType::BF16 ? tessera::f32_to_bf16(x) : tessera::f32_to_f16(x);
+}
+float widen16(DType dtype, uint16_t h) {
+  return dtype == DType::BF16 ? tessera::bf16_to_f32(h) : tessera::f16_to_f32(h);
+}
+std::vector<uint16_t> round16(DType dtype, const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = round16(dtype, v[i]);
+  return out;
+}
+std::vector<float> widen16(DType dtype, const std::vector<uint16_t>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = widen16(dtype, v[i]);
+  return out;
+}
+bool is_nan16(DType dtype, uint16_t h) {
+  return (h & 0x7fffu) > (dtype == DType::BF16 ? 0x7f80u : 0x7c00u);
+}
+// The spacing of 16-bit values relative to their magnitude, at most: 2^-7 (bf16), 2^-10 (f16).
+double ulp16(DType dtype) { return dtype == DType::BF16 ? 0x1p-7 : 0x1p-10; }
+
+std::string dtype_tag(DType dtype) { return " " + std::string(tessera::dtype_name(dtype)); }
+
+// A GEMM operand in the precision under test: f32() holds the values as given; for a 16-bit
+// dtype b16() holds them rounded to it (what the *16 kernels read). Uploaded on construction.
+class GemmInput {
+ public:
+  GemmInput(DType dtype, std::vector<float> values)
+      : f32_(std::move(values)),
+        b16_(dtype == DType::F32 ? std::vector<uint16_t>{} : round16(dtype, f32_)),
+        d_f32_(f32_),
+        d_b16_(b16_) {}
+  const float* f32() const { return f32_.data(); }
+  const uint16_t* b16() const { return b16_.data(); }
+  float* d_f32() { return d_f32_.get(); }
+  uint16_t* d_b16() { return d_b16_.get(); }
+
+ private:
+  std::vector<float> f32_;
+  std::vector<uint16_t> b16_;
+  DeviceArray<float> d_f32_;
+  DeviceArray<uint16_t> d_b16_;
+};
+
+// Bit-exact equality, except that any NaN matches any NaN.
+void expect_same_bits16(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want,
+                        DType dtype, const std::string& what) {
+  expect_all(
+      got, want,
+      [dtype](uint16_t g, uint16_t w) {
+        return g == w || (is_nan16(dtype, g) && is_nan16(dtype, w));
+      },
+      what);
+}
+void expect_same_bits(const std::vector<float>& got, const std::vector<float>& want,
+                      const std::string& what) {
+  expect_all(
+      got, want,
+      [](float g, float w) {
+        return std::bit_cast<uint32_t>(g) == std::bit_cast<uint32_t>(w) ||
+               (std::isnan(g) && std::isnan(w));
+      },
+      what);
 }
 
 class CudaKernelsTest : public ::testing::Test {
@@ -100,24 +199,33 @@ TEST_F(CudaKernelsTest, GemmMatchesCpuForAllTransposes) {
   struct Shape {
     int64_t M, N, K;
   };
-  for (const Shape s : {Shape{5, 7, 3}, Shape{33, 17, 65}}) {
-    for (const bool ta : {false, true}) {
-      for (const bool tb : {false, true}) {
-        // Leading dimensions one wider than needed, to check they are honoured.
-        const int64_t lda = (ta ? s.M : s.K) + 1;
-        const int64_t ldb = (tb ? s.K : s.N) + 1;
-        const int64_t ldc = s.N + 1;
-        const auto A = random_floats((ta ? s.K : s.M) * lda, 1);
-        const auto B = random_floats((tb ? s.N : s.K) * ldb, 2);
-        auto C = random_floats(s.M * ldc, 3);
-        DeviceArray<float> dA(A), dB(B), dC(C);
-        cu::gemm(ta, tb, s.M, s.N, s.K, 0.7f, dA.get(), lda, dB.get(), ldb, 0.3f, dC.get(), ldc,
-                 nullptr);
-        cpu::gemm<float>(ta, tb, s.M, s.N, s.K, 0.7f, A.data(), lda, B.data(), ldb, 0.3f, C.data(),
-                         ldc);
-        expect_close(dC.to_host(), C, kSumTol,
-                     "gemm M=" + std::to_string(s.M) + " ta=" + std::to_string(ta) +
-                         " tb=" + std::to_string(tb));
+  for (const DType dtype : kGemmDtypes) {
+    for (const Shape s : {Shape{5, 7, 3}, Shape{33, 17, 65}}) {
+      for (const bool ta : {false, true}) {
+        for (const bool tb : {false, true}) {
+          // Leading dimensions one wider than needed, to check they are honoured.
+          const int64_t lda = (ta ? s.M : s.K) + 1;
+          const int64_t ldb = (tb ? s.K : s.N) + 1;
+          const int64_t ldc = s.N + 1;
+          GemmInput A(dtype, random_floats((ta ? s.K : s.M) * lda, 1));
+          GemmInput B(dtype, random_floats((tb ? s.N : s.K) * ldb, 2));
+          auto C = random_floats(s.M * ldc, 3);
+          DeviceArray<float> dC(C);
+          if (dtype == DType::F32) {
+            cu::gemm(ta, tb, s.M, s.N, s.K, 0.7f, A.d_f32(), lda, B.d_f32(), ldb, 0.3f, dC.get(),
+                     ldc, nullptr);
+            cpu::gemm<float>(ta, tb, s.M, s.N, s.K, 0.7f, A.f32(), lda, B.f32(), ldb, 0.3f,
+                             C.data(), ldc);
+          } else {
+            cu::gemm16(dtype, ta, tb, s.M, s.N, s.K, 0.7f, A.d_b16(), lda, B.d_b16(), ldb, 0.3f,
+                       dC.get(), ldc, nullptr);
+            cpu::gemm16(dtype, ta, tb, s.M, s.N, s.K, 0.7f, A.b16(), lda, B.b16(), ldb, 0.3f,
+                        C.data(), ldc);
+          }
+          expect_close(dC.to_host(), C, kSumTol,
+                       "gemm M=" + std::to_string(s.M) + " ta=" + std::to_string(ta) +
+                           " tb=" + std::to_string(tb) + dtype_tag(dtype));
+        }
       }
     }
   }
@@ -127,32 +235,49 @@ TEST_F(CudaKernelsTest, MatmulForwardBackwardMatchesCpu) {
   struct Shape {
     int64_t N, C, OC;
   };
-  for (const Shape s : {Shape{37, 19, 23}, Shape{64, 48, 96}}) {
-    for (const bool with_bias : {true, false}) {
-      const auto inp = random_floats(s.N * s.C, 10);
-      const auto weight = random_floats(s.OC * s.C, 11, 0.2f);
-      const auto bias = random_floats(s.OC, 12);
-      const auto dout = random_floats(s.N * s.OC, 13);
-      auto out = std::vector<float>(s.N * s.OC);
-      auto dinp = random_floats(s.N * s.C, 14);
-      auto dweight = random_floats(s.OC * s.C, 15);
-      auto dbias = random_floats(s.OC, 16);
-      DeviceArray<float> d_inp(inp), d_weight(weight), d_bias(bias), d_dout(dout), d_out(out),
-          d_dinp(dinp), d_dweight(dweight), d_dbias(dbias);
+  for (const DType dtype : kGemmDtypes) {
+    for (const Shape s : {Shape{37, 19, 23}, Shape{64, 48, 96}}) {
+      for (const bool with_bias : {true, false}) {
+        GemmInput inp(dtype, random_floats(s.N * s.C, 10));
+        GemmInput weight(dtype, random_floats(s.OC * s.C, 11, 0.2f));
+        // dout.f32() feeds dbias, dout.b16() the 16-bit GEMMs (mixed precision rounds it).
+        GemmInput dout(dtype, random_floats(s.N * s.OC, 13));
+        const auto bias = random_floats(s.OC, 12);
+        auto out = std::vector<float>(s.N * s.OC);
+        auto dinp = random_floats(s.N * s.C, 14);
+        auto dweight = random_floats(s.OC * s.C, 15);
+        auto dbias = random_floats(s.OC, 16);
+        DeviceArray<float> d_bias(bias), d_out(out), d_dinp(dinp), d_dweight(dweight),
+            d_dbias(dbias);
+        const float* b = with_bias ? bias.data() : nullptr;
+        float* d_b = with_bias ? d_bias.get() : nullptr;
+        float* db = with_bias ? dbias.data() : nullptr;
+        float* d_db = with_bias ? d_dbias.get() : nullptr;
 
-      cu::matmul_forward(d_out.get(), d_inp.get(), d_weight.get(),
-                         with_bias ? d_bias.get() : nullptr, s.N, s.C, s.OC, nullptr);
-      cpu::matmul_forward<float>(out.data(), inp.data(), weight.data(),
-                                 with_bias ? bias.data() : nullptr, s.N, s.C, s.OC);
-      cu::matmul_backward(d_dinp.get(), d_dweight.get(), with_bias ? d_dbias.get() : nullptr,
-                          d_dout.get(), d_inp.get(), d_weight.get(), s.N, s.C, s.OC, nullptr);
-      cpu::matmul_backward<float>(dinp.data(), dweight.data(), with_bias ? dbias.data() : nullptr,
-                                  dout.data(), inp.data(), weight.data(), s.N, s.C, s.OC);
-      const std::string tag = " N=" + std::to_string(s.N) + " bias=" + std::to_string(with_bias);
-      expect_close(d_out.to_host(), out, kSumTol, "out" + tag);
-      expect_close(d_dinp.to_host(), dinp, kSumTol, "dinp" + tag);
-      expect_close(d_dweight.to_host(), dweight, kSumTol, "dweight" + tag);
-      expect_close(d_dbias.to_host(), dbias, kSumTol, "dbias" + tag);
+        if (dtype == DType::F32) {
+          cu::matmul_forward(d_out.get(), inp.d_f32(), weight.d_f32(), d_b, s.N, s.C, s.OC,
+                             nullptr);
+          cpu::matmul_forward<float>(out.data(), inp.f32(), weight.f32(), b, s.N, s.C, s.OC);
+          cu::matmul_backward(d_dinp.get(), d_dweight.get(), d_db, dout.d_f32(), inp.d_f32(),
+                              weight.d_f32(), s.N, s.C, s.OC, nullptr);
+          cpu::matmul_backward<float>(dinp.data(), dweight.data(), db, dout.f32(), inp.f32(),
+                                      weight.f32(), s.N, s.C, s.OC);
+        } else {
+          cu::matmul_forward16(dtype, d_out.get(), inp.d_b16(), weight.d_b16(), d_b, s.N, s.C, s.OC,
+                               nullptr);
+          cpu::matmul_forward16(dtype, out.data(), inp.b16(), weight.b16(), b, s.N, s.C, s.OC);
+          cu::matmul_backward16(dtype, d_dinp.get(), d_dweight.get(), d_db, dout.d_b16(),
+                                dout.d_f32(), inp.d_b16(), weight.d_b16(), s.N, s.C, s.OC, nullptr);
+          cpu::matmul_backward16(dtype, dinp.data(), dweight.data(), db, dout.b16(), dout.f32(),
+                                 inp.b16(), weight.b16(), s.N, s.C, s.OC);
+        }
+        const std::string tag =
+            " N=" + std::to_string(s.N) + " bias=" + std::to_string(with_bias) + dtype_tag(dtype);
+        expect_close(d_out.to_host(), out, kSumTol, "out" + tag);
+        expect_close(d_dinp.to_host(), dinp, kSumTol, "dinp" + tag);
+        expect_close(d_dweight.to_host(), dweight, kSumTol, "dweight" + tag);
+        expect_close(d_dbias.to_host(), dbias, kSumTol, "dbias" + tag);
+      }
     }
   }
 }
@@ -281,32 +406,54 @@ TEST_F(CudaKernelsTest, EmbeddingForwardBackwardMatchesCpu) {
 
 TEST_F(CudaKernelsTest, LmHeadCrossEntropyMatchesCpu) {
   const int64_t C = 24, V = 101;
-  // One row, and enough rows for two CUDA chunks (the second one partial).
-  for (const int64_t N : {int64_t{1}, cu::kHeadChunkRows + 37}) {
-    for (const bool backward : {false, true}) {
-      const auto x = random_floats(N * C, 60);
-      const auto wte = random_floats(V * C, 61, 0.3f);
-      const auto targets = random_tokens(N, static_cast<int>(V), 62);
-      auto dx = random_floats(N * C, 63);
-      auto dwte = random_floats(V * C, 64);
-      std::vector<float> losses(N);
-      std::vector<float> cpu_scratch(cpu::kHeadChunkRows * V);
-      const float grad_scale = 1.0f / static_cast<float>(N);
-      DeviceArray<float> d_x(x), d_wte(wte), d_dx(dx), d_dwte(dwte), d_losses(losses),
-          d_scratch{std::vector<float>(cu::kHeadChunkRows * V)};
-      DeviceArray<int32_t> d_targets(targets);
+  for (const DType dtype : kGemmDtypes) {
+    // One row, and enough rows for two CUDA chunks (the second one partial).
+    for (const int64_t N : {int64_t{1}, cu::kHeadChunkRows + 37}) {
+      for (const bool backward : {false, true}) {
+        GemmInput x(dtype, random_floats(N * C, 60));
+        GemmInput wte(dtype, random_floats(V * C, 61, 0.3f));
+        const auto targets = random_tokens(N, static_cast<int>(V), 62);
+        // grad_scale 1 and small starting gradients, so what backward adds is well above the
+        // tolerance.
+        const float grad_scale = 1.0f;
+        auto dx = random_floats(N * C, 63, 0.01f);
+        auto dwte = random_floats(V * C, 64, 0.01f);
+        std::vector<float> losses(N);
+        std::vector<float> cpu_scratch(cpu::kHeadChunkRows * V);
+        std::vector<uint16_t> cpu_scratch16(cpu::kHeadChunkRows * V);
+        DeviceArray<float> d_dx(dx), d_dwte(dwte), d_losses(losses),
+            d_scratch{std::vector<float>(cu::kHeadChunkRows * V)};
+        DeviceArray<uint16_t> d_scratch16{std::vector<uint16_t>(cu::kHeadChunkRows * V)};
+        DeviceArray<int32_t> d_targets(targets);
+        float* gpu_dx = backward ? d_dx.get() : nullptr;
+        float* gpu_dwte = backward ? d_dwte.get() : nullptr;
+        float* cpu_dx = backward ? dx.data() : nullptr;
+        float* cpu_dwte = backward ? dwte.data() : nullptr;
 
-      const double gpu_sum = cu::lm_head_cross_entropy(
-          backward ? d_dx.get() : nullptr, backward ? d_dwte.get() : nullptr, d_losses.get(),
-          d_x.get(), d_wte.get(), d_targets.get(), N, C, V, grad_scale, d_scratch.get(), nullptr);
-      const double cpu_sum = cpu::lm_head_cross_entropy<float>(
-          backward ? dx.data() : nullptr, backward ? dwte.data() : nullptr, losses.data(), x.data(),
-          wte.data(), targets.data(), N, C, V, grad_scale, cpu_scratch.data());
-      const std::string tag = " N=" + std::to_string(N) + " backward=" + std::to_string(backward);
-      EXPECT_NEAR(gpu_sum, cpu_sum, kSumTol * (1.0 + std::abs(cpu_sum))) << tag;
-      expect_close(d_losses.to_host(), losses, kSumTol, "losses" + tag);
-      expect_close(d_dx.to_host(), dx, kSumTol, "dx" + tag);
-      expect_close(d_dwte.to_host(), dwte, kSumTol, "dwte" + tag);
+        double gpu_sum = 0.0;
+        double cpu_sum = 0.0;
+        if (dtype == DType::F32) {
+          gpu_sum = cu::lm_head_cross_entropy(gpu_dx, gpu_dwte, d_losses.get(), x.d_f32(),
+                                              wte.d_f32(), d_targets.get(), N, C, V, grad_scale,
+                                              d_scratch.get(), nullptr);
+          cpu_sum = cpu::lm_head_cross_entropy<float>(cpu_dx, cpu_dwte, losses.data(), x.f32(),
+                                                      wte.f32(), targets.data(), N, C, V,
+                                                      grad_scale, cpu_scratch.data());
+        } else {
+          gpu_sum = cu::lm_head_cross_entropy16(dtype, gpu_dx, gpu_dwte, d_losses.get(), x.d_b16(),
+                                                wte.d_b16(), d_targets.get(), N, C, V, grad_scale,
+                                                d_scratch.get(), d_scratch16.get(), nullptr);
+          cpu_sum = cpu::lm_head_cross_entropy16(dtype, cpu_dx, cpu_dwte, losses.data(), x.b16(),
+                                                 wte.b16(), targets.data(), N, C, V, grad_scale,
+                                                 cpu_scratch.data(), cpu_scratch16.data());
+        }
+        const std::string tag =
+            " N=" + std::to_string(N) + " backward=" + std::to_string(backward) + dtype_tag(dtype);
+        EXPECT_NEAR(gpu_sum, cpu_sum, kSumTol * (1.0 + std::abs(cpu_sum))) << tag;
+        expect_close(d_losses.to_host(), losses, kSumTol, "losses" + tag);
+        expect_close(d_dx.to_host(), dx, kSumTol, "dx" + tag);
+        expect_close(d_dwte.to_host(), dwte, kSumTol, "dwte" + tag);
+      }
     }
   }
 }
@@ -361,6 +508,150 @@ TEST_F(CudaKernelsTest, OpsRunOnACreatedStream) {
   cu::copy_to_host(got.data(), d_out.get(), n * sizeof(float), stream);
   cu::destroy_stream(stream);
   expect_close(got, want, kElementTol, "residual on a stream");
+}
+
+// ---- mixed precision only ---------------------------------------------------------------------
+
+// Values that exercise the rounding: random ones at several scales (f16 overflows past
+// 65504 at the largest), then the edge cases appended.
+std::vector<float> conversion_inputs() {
+  std::vector<float> v;
+  uint64_t seed = 100;
+  for (const float scale : {1.0f, 1e-3f, 1e-6f, 3e4f}) {
+    const auto r = random_floats(1000, seed++, scale);
+    v.insert(v.end(), r.begin(), r.end());
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const float x :
+       {0.0f, -0.0f, inf, -inf, std::numeric_limits<float>::quiet_NaN(), 65504.0f, 65519.0f,
+        65520.0f, -65520.0f, 0x1p-24f, 0x1p-25f, 0x3p-25f, 0x1p-14f, 1e-8f}) {
+    v.push_back(x);
+  }
+  // bf16 ties (1 + 2^-8 rounds down to even, 1 + 3 * 2^-8 up), an f16 tie (1 + 2^-11), and
+  // an f32 subnormal (bf16 keeps it; the conversion is inline PTX without flush-to-zero).
+  for (const uint32_t bits : {0x3f808000u, 0x3f818000u, 0x3f801000u, 0x00400000u, 0x807fffffu}) {
+    v.push_back(std::bit_cast<float>(bits));
+  }
+  return v;
+}
+
+TEST_F(CudaKernelsTest, To16AndFrom16MatchHalfBitForBit) {
+  const auto src = conversion_inputs();
+  const auto n = static_cast<int64_t>(src.size());
+  for (const DType dtype : kDtypes16) {
+    DeviceArray<float> d_src(src), d_wide{std::vector<float>(src.size())};
+    DeviceArray<uint16_t> d_narrow{std::vector<uint16_t>(src.size())};
+    cu::to_16(dtype, d_src.get(), d_narrow.get(), n, nullptr);
+    const auto want16 = round16(dtype, src);
+    expect_same_bits16(d_narrow.to_host(), want16, dtype, "to_16" + dtype_tag(dtype));
+
+    // Every 16-bit pattern widens exactly.
+    std::vector<uint16_t> all(1 << 16);
+    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+    DeviceArray<uint16_t> d_all(all);
+    DeviceArray<float> d_all_wide{std::vector<float>(all.size())};
+    cu::from_16(dtype, d_all.get(), d_all_wide.get(), static_cast<int64_t>(all.size()), nullptr);
+    expect_same_bits(d_all_wide.to_host(), widen16(dtype, all), "from_16" + dtype_tag(dtype));
+  }
+}
+
+TEST_F(CudaKernelsTest, Accumulate16MatchesHalf) {
+  const int64_t n = 4099;
+  for (const DType dtype : kDtypes16) {
+    // Normal values only: the f32 add runs under --use_fast_math, which flushes subnormals.
+    const auto dst = round16(dtype, random_floats(n, 110));
+    const auto src = random_floats(n, 111, 0.1f);
+    std::vector<uint16_t> want(n);
+    for (int64_t i = 0; i < n; ++i) want[i] = round16(dtype, widen16(dtype, dst[i]) + src[i]);
+    DeviceArray<uint16_t> d_dst(dst);
+    DeviceArray<float> d_src(src);
+    cu::accumulate_16(dtype, d_dst.get(), d_src.get(), n, nullptr);
+    expect_same_bits16(d_dst.to_host(), want, dtype, "accumulate_16" + dtype_tag(dtype));
+  }
+}
+
+TEST_F(CudaKernelsTest, SumSquares16MatchesHostAndSeesNonFinite) {
+  for (const DType dtype : kDtypes16) {
+    for (const int64_t n : {int64_t{3}, int64_t{1000003}}) {
+      const auto x = round16(dtype, random_floats(n, 120));
+      double want = 0.0;
+      for (const uint16_t h : x) want += static_cast<double>(widen16(dtype, h)) * widen16(dtype, h);
+      DeviceArray<uint16_t> d_x(x);
+      EXPECT_NEAR(cu::sum_squares16(dtype, d_x.get(), n, nullptr), want, 1e-9 * want)
+          << "n=" << n << dtype_tag(dtype);  // both sum exact squares in double
+    }
+    const float inf = std::numeric_limits<float>::infinity();
+    for (const float bad : {inf, std::numeric_limits<float>::quiet_NaN()}) {
+      auto x = round16(dtype, random_floats(777, 121));
+      x[500] = round16(dtype, bad);
+      DeviceArray<uint16_t> d_x(x);
+      EXPECT_FALSE(std::isfinite(cu::sum_squares16(dtype, d_x.get(), 777, nullptr)))
+          << bad << dtype_tag(dtype);
+    }
+    EXPECT_EQ(cu::sum_squares16(dtype, nullptr, 0, nullptr), 0.0);
+  }
+}
+
+TEST_F(CudaKernelsTest, Embedding16ForwardMatchesCpu) {
+  const int B = 3, T = 13, C = 17, V = 5;
+  const auto tokens = random_tokens(static_cast<size_t>(B) * T, V, 150);
+  DeviceArray<int32_t> d_tokens(tokens);
+  for (const DType dtype : kDtypes16) {
+    const auto wte = round16(dtype, random_floats(static_cast<size_t>(V) * C, 151));
+    const auto wpe = round16(dtype, random_floats(static_cast<size_t>(T) * C, 152));
+    std::vector<float> out(static_cast<size_t>(B) * T * C);
+    DeviceArray<uint16_t> d_wte(wte), d_wpe(wpe);
+    DeviceArray<float> d_out(out);
+    cu::embedding_forward16(dtype, d_out.get(), d_tokens.get(), d_wte.get(), d_wpe.get(), B, T, C,
+                            nullptr);
+    cpu::embedding_forward16(dtype, out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+    expect_close(d_out.to_host(), out, kElementTol, "out" + dtype_tag(dtype));
+  }
+}
+
+TEST_F(CudaKernelsTest, AdamW16MatchesCpuOverSteps) {
+  const int64_t n = 1001;
+  cpu::AdamWParams p;
+  p.lr = 1e-2f;
+  p.weight_decay = 0.1f;
+  p.grad_scale = 0.5f;
+  p.l2 = 0.05f;
+  for (const DType dtype : kDtypes16) {
+    auto master = random_floats(n, 170);
+    auto params16 = round16(dtype, master);
+    auto m = std::vector<float>(n, 0.0f);
+    auto v = std::vector<float>(n, 0.0f);
+    DeviceArray<float> d_master(master), d_m(m), d_v(v);
+    DeviceArray<uint16_t> d_params16(params16);
+    for (int64_t step = 1; step <= 3; ++step) {
+      p.step = step;
+      const auto grads16 = round16(dtype, random_floats(n, 171 + step));
+      DeviceArray<uint16_t> d_grads16(grads16);
+      cu::adamw_update16(dtype, d_master.get(), d_params16.get(), d_grads16.get(), d_m.get(),
+                         d_v.get(), n, p, nullptr);
+      cpu::adamw_update16(dtype, master.data(), params16.data(), grads16.data(), m.data(), v.data(),
+                          n, p);
+    }
+    const auto gpu_master = d_master.to_host();
+    const auto gpu_params16 = d_params16.to_host();
+    expect_close(gpu_master, master, kElementTol * 10, "master" + dtype_tag(dtype));
+    expect_close(d_m.to_host(), m, kElementTol, "m" + dtype_tag(dtype));
+    expect_close(d_v.to_host(), v, kElementTol, "v" + dtype_tag(dtype));
+    // params16 is exactly the GPU's master rounded, and within one ulp of the CPU's.
+    expect_same_bits16(gpu_params16, round16(dtype, gpu_master), dtype,
+                       "params16 vs master" + dtype_tag(dtype));
+    expect_close(widen16(dtype, gpu_params16), widen16(dtype, params16), ulp16(dtype),
+                 "params16" + dtype_tag(dtype));
+  }
+}
+
+TEST_F(CudaKernelsTest, MixedKernelsRejectNon16BitDtypes) {
+  for (const DType dtype : {DType::F32, DType::F64, DType::U16}) {
+    EXPECT_THROW(cu::to_16(dtype, nullptr, nullptr, 1, nullptr), tessera::InvalidArgument);
+    EXPECT_THROW(cu::gemm16(dtype, false, false, 1, 1, 1, 1.0f, nullptr, 1, nullptr, 1, 0.0f,
+                            nullptr, 1, nullptr),
+                 tessera::InvalidArgument);
+  }
 }
 
 // The CPU-only build's stub: no device, and a clear error instead of a link failure.

@@ -1,13 +1,52 @@
 // The tied output head fused with softmax cross-entropy (forward and backward in one pass
-// over chunks of rows), and AdamW.
+// over chunks of rows), and AdamW. The row pass and the AdamW rule live in shared_steps.h's
+// declarations so the 16-bit twins in mixed.cc run the same code.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "runtime/kernels/cpu/shared_steps.h"
 #include "runtime/kernels/cpu/vec_math.h"
 #include "runtime/kernels/cpu_kernels.h"
 
 namespace tessera::kernels::cpu {
+
+template <typename T>
+double cross_entropy_rows(T* logits, T* losses, const int32_t* targets, int64_t rows, int64_t V,
+                          bool backward, T grad_scale) {
+  double loss_sum = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : loss_sum)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* l = logits + r * V;
+    T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, l[j]);
+    const int32_t target = targets[r];
+    const T target_logit = l[target];
+    T sum = 0;
+    if (backward) {
+      // Keep the exponentials: they become the gradient below.
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < V; ++j) {
+        l[j] = k_exp(l[j] - mx);
+        sum += l[j];
+      }
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < V; ++j) sum += k_exp(l[j] - mx);
+    }
+    const T loss = std::log(sum) + mx - target_logit;
+    if (losses != nullptr) losses[r] = loss;
+    loss_sum += static_cast<double>(loss);
+    if (backward) {
+      const T factor = grad_scale / sum;
+#pragma omp simd
+      for (int64_t j = 0; j < V; ++j) l[j] *= factor;
+      l[target] -= grad_scale;
+    }
+  }
+  return loss_sum;
+}
 
 template <typename T>
 double lm_head_cross_entropy(T* dx, T* dwte, T* losses, const T* x, const T* wte,
@@ -18,36 +57,8 @@ double lm_head_cross_entropy(T* dx, T* dwte, T* losses, const T* x, const T* wte
     const int64_t rows = std::min(kHeadChunkRows, N - r0);
     T* logits = scratch;
     gemm<T>(false, true, rows, V, C, T(1), x + r0 * C, C, wte, C, T(0), logits, V);
-#pragma omp parallel for schedule(static) reduction(+ : loss_sum)
-    for (int64_t r = 0; r < rows; ++r) {
-      T* l = logits + r * V;
-      T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 0; j < V; ++j) mx = std::max(mx, l[j]);
-      const int32_t target = targets[r0 + r];
-      const T target_logit = l[target];
-      T sum = 0;
-      if (dx != nullptr) {
-        // Keep the exponentials: they become the gradient below.
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < V; ++j) {
-          l[j] = k_exp(l[j] - mx);
-          sum += l[j];
-        }
-      } else {
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < V; ++j) sum += k_exp(l[j] - mx);
-      }
-      const T loss = std::log(sum) + mx - target_logit;
-      if (losses != nullptr) losses[r0 + r] = loss;
-      loss_sum += static_cast<double>(loss);
-      if (dx != nullptr) {
-        const T factor = grad_scale / sum;
-#pragma omp simd
-        for (int64_t j = 0; j < V; ++j) l[j] *= factor;
-        l[target] -= grad_scale;
-      }
-    }
+    loss_sum += cross_entropy_rows<T>(logits, losses != nullptr ? losses + r0 : nullptr,
+                                      targets + r0, rows, V, dx != nullptr, grad_scale);
     if (dx != nullptr) {
       gemm<T>(false, false, rows, C, V, T(1), logits, V, wte, C, T(1), dx + r0 * C, C);
       gemm<T>(true, false, V, C, rows, T(1), logits, V, x + r0 * C, C, T(1), dwte, C);
@@ -58,23 +69,15 @@ double lm_head_cross_entropy(T* dx, T* dwte, T* losses, const T* x, const T* wte
 
 template <typename T>
 void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, const AdamWParams& p) {
-  const T b1 = p.beta1, b2 = p.beta2;
-  const T lr = p.lr, eps = p.eps, wd = p.weight_decay, gs = p.grad_scale;
-  const T bias1 = T(1) - std::pow(T(p.beta1), T(p.step));
-  const T bias2 = T(1) - std::pow(T(p.beta2), T(p.step));
+  const AdamWStep<T> step(p);
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const T g = grads[i] * gs;
-    const T mi = b1 * m[i] + (T(1) - b1) * g;
-    const T vi = b2 * v[i] + (T(1) - b2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    const T mhat = mi / bias1;
-    const T vhat = vi / bias2;
-    params[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * params[i]);
-  }
+  for (int64_t i = 0; i < n; ++i) step.update(params[i], grads[i], m[i], v[i]);
 }
 
+template double cross_entropy_rows<float>(float*, float*, const int32_t*, int64_t, int64_t, bool,
+                                          float);
+template double cross_entropy_rows<double>(double*, double*, const int32_t*, int64_t, int64_t,
+                                           bool, double);
 template double lm_head_cross_entropy<float>(float*, float*, float*, const float*, const float*,
                                              const int32_t*, int64_t, int64_t, int64_t, float,
                                              float*);

@@ -1,13 +1,18 @@
 // Device-side building blocks shared by the op files: warp and block reductions, element
 // loads that compute in float whatever the storage type (so fp16/bf16 kernels are the same
-// templates instantiated again), and launch-size helpers.
+// templates instantiated again), the dispatch from a DType to those 16-bit types, and
+// launch-size helpers.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
+#include "runtime/core/dtype.h"
 #include "runtime/kernels/cuda/context.h"
 #include "runtime/kernels/cuda/cuda_check.cuh"
 
@@ -33,6 +38,54 @@ __device__ __forceinline__ float load_f(const T* p) {
 template <typename T>
 __device__ __forceinline__ void store_f(T* p, float v) {
   *p = static_cast<T>(v);
+}
+// The 16-bit types through their intrinsics: widening is exact, narrowing rounds to nearest
+// even (as runtime/core/half.h). Both are inline PTX, so --use_fast_math's flush-to-zero does
+// not touch them.
+template <>
+__device__ __forceinline__ float load_f(const __half* p) {
+  return __half2float(*p);
+}
+template <>
+__device__ __forceinline__ float load_f(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+template <>
+__device__ __forceinline__ void store_f(__half* p, float v) {
+  *p = __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ void store_f(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
+// The cuBLAS data type of an element type.
+template <typename T>
+inline constexpr cudaDataType_t kCudaDataType = CUDA_R_32F;
+template <>
+inline constexpr cudaDataType_t kCudaDataType<__half> = CUDA_R_16F;
+template <>
+inline constexpr cudaDataType_t kCudaDataType<__nv_bfloat16> = CUDA_R_16BF;
+
+// Calls fn(T{}) with T the CUDA type of a 16-bit dtype (__nv_bfloat16 for BF16, __half for
+// F16) and returns what it returns; any other dtype is an InvalidArgument naming `op`. The
+// public 16-bit functions take uint16_t buffers and reinterpret them as T* inside fn.
+template <typename Fn>
+auto dispatch16(DType dtype, const char* op, Fn&& fn) {
+  TS_CUDA_ARG_CHECK(
+      dtype == DType::BF16 || dtype == DType::F16,
+      std::string(op) + ": dtype must be bf16 or f16, got " + std::string(dtype_name(dtype)));
+  return dtype == DType::BF16 ? fn(__nv_bfloat16{}) : fn(__half{});
+}
+
+static_assert(sizeof(__half) == sizeof(uint16_t) && sizeof(__nv_bfloat16) == sizeof(uint16_t));
+template <typename T>
+const T* as_device16(const uint16_t* p) {
+  return reinterpret_cast<const T*>(p);
+}
+template <typename T>
+T* as_device16(uint16_t* p) {
+  return reinterpret_cast<T*>(p);
 }
 
 template <typename V>
@@ -91,8 +144,16 @@ struct MaxOp {
 };
 
 // Sums f(x[i]) over n values on `stream` and returns it to the host (waits for the stream).
-// Two fixed-shape passes, so the result is bit-identical from run to run.
+// Two fixed-shape passes, so the result is bit-identical from run to run. T: float, __half,
+// __nv_bfloat16 (instantiated in optimizer.cu).
 template <typename T, bool kSquare>
 double reduce_to_host(const T* x, int64_t n, cudaStream_t stream);
+
+// gemm() for any element type T of A and B (float, __half, __nv_bfloat16); C is always f32 and
+// products accumulate in f32. Defined in matmul.cu.
+template <typename T>
+void gemm_t(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const T* A,
+            int64_t lda, const T* B, int64_t ldb, float beta, float* C, int64_t ldc,
+            cudaStream_t stream);
 
 }  // namespace tessera::kernels::cuda::detail

@@ -1,5 +1,8 @@
-// Element-wise ops: GELU (tanh form) and the residual add, forward and backward. Grid-stride
-// loops over n, so any n (odd, zero, larger than one grid) is covered.
+// Element-wise ops: GELU (tanh form) and the residual add, forward and backward, and the
+// f32 <-> 16-bit conversions of mixed precision. Grid-stride loops over n, so any n (odd,
+// zero, larger than one grid) is covered.
+#include <string>
+
 #include "runtime/kernels/cuda/common.cuh"
 #include "runtime/kernels/cuda_kernels.h"
 
@@ -53,7 +56,31 @@ __global__ void residual_backward_kernel(T* da, T* db, const T* dout, int64_t n)
   }
 }
 
+// dst = src converted through f32: rounds to nearest even into a 16-bit type, widens exactly
+// out of one.
+template <typename Src, typename Dst>
+__global__ void convert_kernel(Dst* dst, const Src* src, int64_t n) {
+  TS_GRID_STRIDE(i, n) { store_f(dst + i, load_f(src + i)); }
+}
+
+template <typename T>
+__global__ void accumulate_kernel(T* dst, const float* src, int64_t n) {
+  TS_GRID_STRIDE(i, n) { store_f(dst + i, load_f(dst + i) + src[i]); }
+}
+
 #undef TS_GRID_STRIDE
+
+// Queues kernel(args..., n) over n elements on stream; n <= 0 queues nothing.
+template <typename... Params, typename... Args>
+void launch_elementwise(void (*kernel)(Params...), const char* name, int64_t n, Stream stream,
+                        Args... args) {
+  if (n <= 0) return;
+  kernel<<<grid_for(n), kElementwiseThreads, 0, to_cuda(stream)>>>(args..., n);
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) {
+    throw_cuda_error((std::string("launch of ") + name).c_str(), status, __FILE__, __LINE__);
+  }
+}
 
 }  // namespace
 }  // namespace detail
@@ -61,31 +88,47 @@ __global__ void residual_backward_kernel(T* da, T* db, const T* dout, int64_t n)
 // ---- launchers --------------------------------------------------------------------------------
 
 void gelu_forward(float* out, const float* inp, int64_t n, Stream stream) {
-  if (n <= 0) return;
-  detail::gelu_forward_kernel<<<detail::grid_for(n), detail::kElementwiseThreads, 0,
-                                detail::to_cuda(stream)>>>(out, inp, n);
-  TS_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
+  detail::launch_elementwise(detail::gelu_forward_kernel<float>, "gelu_forward_kernel", n, stream,
+                             out, inp);
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, Stream stream) {
-  if (n <= 0) return;
-  detail::gelu_backward_kernel<<<detail::grid_for(n), detail::kElementwiseThreads, 0,
-                                 detail::to_cuda(stream)>>>(dinp, inp, dout, n);
-  TS_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
+  detail::launch_elementwise(detail::gelu_backward_kernel<float>, "gelu_backward_kernel", n, stream,
+                             dinp, inp, dout);
 }
 
 void residual_forward(float* out, const float* a, const float* b, int64_t n, Stream stream) {
-  if (n <= 0) return;
-  detail::residual_forward_kernel<<<detail::grid_for(n), detail::kElementwiseThreads, 0,
-                                    detail::to_cuda(stream)>>>(out, a, b, n);
-  TS_CUDA_CHECK_LAUNCH("residual_forward_kernel");
+  detail::launch_elementwise(detail::residual_forward_kernel<float>, "residual_forward_kernel", n,
+                             stream, out, a, b);
 }
 
 void residual_backward(float* da, float* db, const float* dout, int64_t n, Stream stream) {
-  if (n <= 0) return;
-  detail::residual_backward_kernel<<<detail::grid_for(n), detail::kElementwiseThreads, 0,
-                                     detail::to_cuda(stream)>>>(da, db, dout, n);
-  TS_CUDA_CHECK_LAUNCH("residual_backward_kernel");
+  detail::launch_elementwise(detail::residual_backward_kernel<float>, "residual_backward_kernel", n,
+                             stream, da, db, dout);
+}
+
+void to_16(DType dtype, const float* src, uint16_t* dst, int64_t n, Stream stream) {
+  detail::dispatch16(dtype, "cuda::to_16", [&](auto tag) {
+    using T = decltype(tag);
+    detail::launch_elementwise(detail::convert_kernel<float, T>, "convert_kernel", n, stream,
+                               detail::as_device16<T>(dst), src);
+  });
+}
+
+void from_16(DType dtype, const uint16_t* src, float* dst, int64_t n, Stream stream) {
+  detail::dispatch16(dtype, "cuda::from_16", [&](auto tag) {
+    using T = decltype(tag);
+    detail::launch_elementwise(detail::convert_kernel<T, float>, "convert_kernel", n, stream, dst,
+                               detail::as_device16<T>(src));
+  });
+}
+
+void accumulate_16(DType dtype, uint16_t* dst, const float* src, int64_t n, Stream stream) {
+  detail::dispatch16(dtype, "cuda::accumulate_16", [&](auto tag) {
+    using T = decltype(tag);
+    detail::launch_elementwise(detail::accumulate_kernel<T>, "accumulate_kernel", n, stream,
+                               detail::as_device16<T>(dst), src);
+  });
 }
 
 }  // namespace tessera::kernels::cuda

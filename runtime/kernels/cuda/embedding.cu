@@ -1,6 +1,7 @@
-// Token + position embedding. Backward: dwpe is a per-(t, c) sum over the batch that one
-// thread owns (deterministic); dwte scatters by token id with float atomicAdd, because a
-// token can appear at many positions and a deterministic scheme would need a sort by token.
+// Token + position embedding (f32 tables, or 16-bit ones with an f32 output). Backward: dwpe is a
+// per-(t, c) sum over the batch that one thread owns (deterministic); dwte scatters by token id
+// with float atomicAdd, because a token can appear at many positions and a deterministic scheme
+// would need a sort by token.
 #include <climits>
 #include <string>
 
@@ -13,9 +14,10 @@ namespace {
 
 // ---- kernels --------------------------------------------------------------------------------
 
+// Tables of type T (f32 or 16-bit); the sum is f32.
 template <typename T>
-__global__ void embedding_forward_kernel(T* out, const int32_t* tokens, const T* wte, const T* wpe,
-                                         int64_t BT, int T_, int C) {
+__global__ void embedding_forward_kernel(float* out, const int32_t* tokens, const T* wte,
+                                         const T* wpe, int64_t BT, int T_, int C) {
   const int64_t total = BT * C;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -57,6 +59,17 @@ void check_shape(int B, int T_, int C, const char* op) {
                         " T=" + std::to_string(T_) + " C=" + std::to_string(C));
 }
 
+template <typename T>
+void embedding_forward_t(float* out, const int32_t* tokens, const T* wte, const T* wpe, int B,
+                         int T_, int C, cudaStream_t stream, const char* op) {
+  check_shape(B, T_, C, op);
+  const int64_t BT = int64_t{B} * T_;
+  if (BT == 0) return;
+  embedding_forward_kernel<<<grid_for(BT * C), kElementwiseThreads, 0, stream>>>(out, tokens, wte,
+                                                                                 wpe, BT, T_, C);
+  TS_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -64,12 +77,18 @@ void check_shape(int B, int T_, int C, const char* op) {
 
 void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
                        int T, int C, Stream stream) {
-  detail::check_shape(B, T, C, "cuda::embedding_forward");
-  const int64_t BT = int64_t{B} * T;
-  if (BT == 0) return;
-  detail::embedding_forward_kernel<<<detail::grid_for(BT * C), detail::kElementwiseThreads, 0,
-                                     detail::to_cuda(stream)>>>(out, tokens, wte, wpe, BT, T, C);
-  TS_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+  detail::embedding_forward_t(out, tokens, wte, wpe, B, T, C, detail::to_cuda(stream),
+                              "cuda::embedding_forward");
+}
+
+void embedding_forward16(DType dtype, float* out, const int32_t* tokens, const uint16_t* wte,
+                         const uint16_t* wpe, int B, int T, int C, Stream stream) {
+  detail::dispatch16(dtype, "cuda::embedding_forward16", [&](auto tag) {
+    using T16 = decltype(tag);
+    detail::embedding_forward_t(out, tokens, detail::as_device16<T16>(wte),
+                                detail::as_device16<T16>(wpe), B, T, C, detail::to_cuda(stream),
+                                "cuda::embedding_forward16");
+  });
 }
 
 void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,

@@ -1,5 +1,6 @@
 // GEMM through cuBLAS (row-major via the transpose identity) and the linear layer built on
-// it: the bias add and the bias gradient are the only kernels of our own.
+// it, for f32 and for 16-bit (bf16, f16) operands with f32 outputs: the bias add and the bias
+// gradient are the only kernels of our own, and they stay f32 in both.
 #include <climits>
 #include <string>
 #include <utility>
@@ -54,51 +55,118 @@ void check_int_range(int64_t value, const char* what) {
                         " is outside what cuBLAS's 32-bit interface takes");
 }
 
-}  // namespace detail
-
-// ---- launchers --------------------------------------------------------------------------------
-
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a row-major matrix
 // read as column-major is its transpose: so cuBLAS gets B first, A second, and the same
-// transpose flags, with M and N swapped.
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
-          Stream stream) {
+// transpose flags, with M and N swapped. CUBLAS_COMPUTE_32F with the default math mode (set in
+// device.cc) is full FP32 for float inputs (no TF32, as cublasSgemm) and an f32 accumulator
+// on tensor cores for 16-bit ones.
+template <typename T>
+void gemm_t(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const T* A,
+            int64_t lda, const T* B, int64_t ldb, float beta, float* C, int64_t ldc,
+            cudaStream_t stream) {
   if (M == 0 || N == 0) return;
   for (auto [value, name] : {std::pair{M, "M"}, std::pair{N, "N"}, std::pair{K, "K"},
                              std::pair{lda, "lda"}, std::pair{ldb, "ldb"}, std::pair{ldc, "ldc"}}) {
-    detail::check_int_range(value, name);
+    check_int_range(value, name);
   }
-  cublasHandle_t handle = detail::cublas_handle(detail::to_cuda(stream));
-  TS_CUBLAS_CHECK(cublasSgemm(
-      handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B,
-      static_cast<int>(ldb), A, static_cast<int>(lda), &beta, C, static_cast<int>(ldc)));
+  TS_CUBLAS_CHECK(cublasGemmEx(cublas_handle(stream), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                               trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N),
+                               static_cast<int>(M), static_cast<int>(K), &alpha, B,
+                               kCudaDataType<T>, static_cast<int>(ldb), A, kCudaDataType<T>,
+                               static_cast<int>(lda), &beta, C, CUDA_R_32F, static_cast<int>(ldc),
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,
-                    int64_t C, int64_t OC, Stream stream) {
-  gemm(false, true, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC, stream);
+template void gemm_t<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                            const float*, int64_t, float, float*, int64_t, cudaStream_t);
+template void gemm_t<__half>(bool, bool, int64_t, int64_t, int64_t, float, const __half*, int64_t,
+                             const __half*, int64_t, float, float*, int64_t, cudaStream_t);
+template void gemm_t<__nv_bfloat16>(bool, bool, int64_t, int64_t, int64_t, float,
+                                    const __nv_bfloat16*, int64_t, const __nv_bfloat16*, int64_t,
+                                    float, float*, int64_t, cudaStream_t);
+
+namespace {
+
+// The linear layer for GEMM operands of type T (outputs, bias and its gradient are f32).
+template <typename T>
+void matmul_forward_t(float* out, const T* inp, const T* weight, const float* bias, int64_t N,
+                      int64_t C, int64_t OC, cudaStream_t stream) {
+  gemm_t(false, true, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC, stream);
   if (bias != nullptr && N * OC > 0) {
-    detail::add_bias_kernel<<<detail::grid_for(N * OC), detail::kElementwiseThreads, 0,
-                              detail::to_cuda(stream)>>>(out, bias, N, OC);
+    add_bias_kernel<<<grid_for(N * OC), kElementwiseThreads, 0, stream>>>(out, bias, N, OC);
     TS_CUDA_CHECK_LAUNCH("add_bias_kernel");
   }
 }
 
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t N, int64_t C, int64_t OC, Stream stream) {
+// dout_gemm is what the two GEMMs read (dout itself, or its 16-bit rounding); the bias
+// gradient sums dout.
+template <typename T>
+void matmul_backward_t(float* dinp, float* dweight, float* dbias, const T* dout_gemm,
+                       const float* dout, const T* inp, const T* weight, int64_t N, int64_t C,
+                       int64_t OC, cudaStream_t stream) {
   if (dinp != nullptr)
-    gemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C, stream);
-  if (dweight != nullptr) {
-    gemm(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C, stream);
-  }
+    gemm_t(false, false, N, C, OC, 1.0f, dout_gemm, OC, weight, C, 1.0f, dinp, C, stream);
+  if (dweight != nullptr)
+    gemm_t(true, false, OC, C, N, 1.0f, dout_gemm, OC, inp, C, 1.0f, dweight, C, stream);
   if (dbias != nullptr && OC > 0) {
-    const dim3 block(detail::kWarpSize, detail::kColumnBlockRows);
-    const auto blocks = static_cast<unsigned>((OC + detail::kWarpSize - 1) / detail::kWarpSize);
-    detail::bias_backward_kernel<<<blocks, block, 0, detail::to_cuda(stream)>>>(dbias, dout, N, OC);
+    const dim3 block(kWarpSize, kColumnBlockRows);
+    const auto blocks = static_cast<unsigned>((OC + kWarpSize - 1) / kWarpSize);
+    bias_backward_kernel<<<blocks, block, 0, stream>>>(dbias, dout, N, OC);
     TS_CUDA_CHECK_LAUNCH("bias_backward_kernel");
   }
+}
+
+}  // namespace
+}  // namespace detail
+
+// ---- launchers --------------------------------------------------------------------------------
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+          Stream stream) {
+  detail::gemm_t(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                 detail::to_cuda(stream));
+}
+
+void gemm16(DType dtype, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+            const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C,
+            int64_t ldc, Stream stream) {
+  detail::dispatch16(dtype, "cuda::gemm16", [&](auto tag) {
+    using T = decltype(tag);
+    detail::gemm_t(trans_a, trans_b, M, N, K, alpha, detail::as_device16<T>(A), lda,
+                   detail::as_device16<T>(B), ldb, beta, C, ldc, detail::to_cuda(stream));
+  });
+}
+
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,
+                    int64_t C, int64_t OC, Stream stream) {
+  detail::matmul_forward_t(out, inp, weight, bias, N, C, OC, detail::to_cuda(stream));
+}
+
+void matmul_forward16(DType dtype, float* out, const uint16_t* inp, const uint16_t* weight,
+                      const float* bias, int64_t N, int64_t C, int64_t OC, Stream stream) {
+  detail::dispatch16(dtype, "cuda::matmul_forward16", [&](auto tag) {
+    using T = decltype(tag);
+    detail::matmul_forward_t(out, detail::as_device16<T>(inp), detail::as_device16<T>(weight), bias,
+                             N, C, OC, detail::to_cuda(stream));
+  });
+}
+
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int64_t N, int64_t C, int64_t OC, Stream stream) {
+  detail::matmul_backward_t(dinp, dweight, dbias, dout, dout, inp, weight, N, C, OC,
+                            detail::to_cuda(stream));
+}
+
+void matmul_backward16(DType dtype, float* dinp, float* dweight, float* dbias,
+                       const uint16_t* dout16, const float* dout, const uint16_t* inp,
+                       const uint16_t* weight, int64_t N, int64_t C, int64_t OC, Stream stream) {
+  detail::dispatch16(dtype, "cuda::matmul_backward16", [&](auto tag) {
+    using T = decltype(tag);
+    detail::matmul_backward_t(dinp, dweight, dbias, detail::as_device16<T>(dout16), dout,
+                              detail::as_device16<T>(inp), detail::as_device16<T>(weight), N, C, OC,
+                              detail::to_cuda(stream));
+  });
 }
 
 }  // namespace tessera::kernels::cuda

@@ -75,4 +75,36 @@ void adamw_update(float*, const float*, float*, float*, int64_t, const AdamWPara
   not_compiled("adamw_update");
 }
 
+void gemm16(DType, bool, bool, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t,
+            const uint16_t*, int64_t, float, float*, int64_t, Stream) {
+  not_compiled("gemm16");
+}
+void matmul_forward16(DType, float*, const uint16_t*, const uint16_t*, const float*, int64_t,
+                      int64_t, int64_t, Stream) {
+  not_compiled("matmul_forward16");
+}
+void matmul_backward16(DType, float*, float*, float*, const uint16_t*, const float*,
+                       const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t, Stream) {
+  not_compiled("matmul_backward16");
+}
+double lm_head_cross_entropy16(DType, float*, float*, float*, const uint16_t*, const uint16_t*,
+                               const int32_t*, int64_t, int64_t, int64_t, float, float*, uint16_t*,
+                               Stream) {
+  not_compiled("lm_head_cross_entropy16");
+}
+void embedding_forward16(DType, float*, const int32_t*, const uint16_t*, const uint16_t*, int, int,
+                         int, Stream) {
+  not_compiled("embedding_forward16");
+}
+void to_16(DType, const float*, uint16_t*, int64_t, Stream) { not_compiled("to_16"); }
+void from_16(DType, const uint16_t*, float*, int64_t, Stream) { not_compiled("from_16"); }
+void accumulate_16(DType, uint16_t*, const float*, int64_t, Stream) {
+  not_compiled("accumulate_16");
+}
+double sum_squares16(DType, const uint16_t*, int64_t, Stream) { not_compiled("sum_squares16"); }
+void adamw_update16(DType, float*, uint16_t*, const uint16_t*, float*, float*, int64_t,
+                    const AdamWParams&, Stream) {
+  not_compiled("adamw_update16");
+}
+
 }  // namespace tessera::kernels::cuda
