@@ -12,6 +12,7 @@
 
 #include "runtime/core/error.h"
 #include "runtime/core/settings.h"
+#include "runtime/kernels/cpu_convert.h"
 #include "runtime/engine/tensorboard.h"
 
 namespace tessera::engine {
@@ -53,9 +54,13 @@ double model_flops_utilization(double tokens_per_s, double flops_per_token, int 
   return tokens_per_s * flops_per_token / (world * peak_gflops_per_rank * 1e9);
 }
 
-double peak_gflops_per_rank(int threads) {
+double peak_gflops_per_rank(int threads, DType precision) {
   const std::string v = setting_value("TESSERA_PEAK_GFLOPS");
-  if (v.empty() || v == "auto") return kPeakGflopsPerThread * std::max(threads, 1);
+  if (v.empty() || v == "auto") {
+    const bool bf16_units = precision == DType::BF16 &&
+                            kernels::cpu::best_convert_path() == kernels::cpu::ConvertPath::Avx512Bf16;
+    return kPeakGflopsPerThread * std::max(threads, 1) * (bf16_units ? 2 : 1);
+  }
   char* end = nullptr;
   const double peak = std::strtod(v.c_str(), &end);
   TS_CHECK(end != nullptr && *end == '\0' && std::isfinite(peak) && peak > 0,

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "runtime/core/dtype.h"
 #include "runtime/core/memory_stats.h"
 
 namespace tessera::engine {
@@ -47,9 +48,11 @@ struct StepMetrics {
 double model_flops_utilization(double tokens_per_s, double flops_per_token, int world,
                                double peak_gflops_per_rank);
 
-// One rank's peak fp32 GFLOP/s: TESSERA_PEAK_GFLOPS when set to a number, else
-// kPeakGflopsPerThread x threads (the rank's OpenMP threads, one per core).
-double peak_gflops_per_rank(int threads);
+// One rank's peak GFLOP/s at a working precision: TESSERA_PEAK_GFLOPS when set to a number,
+// else kPeakGflopsPerThread x threads (the rank's OpenMP threads, one per core), doubled for
+// bf16 on a CPU with AVX512_BF16 (its dot products do two multiply-adds per fp32 lane; f16
+// GEMMs are widened to fp32 on a CPU, so their peak is fp32's).
+double peak_gflops_per_rank(int threads, DType precision = DType::F32);
 // The measured AVX-512 FMA peak of one core of the 2-core AMD EPYC (Zen 4) machines tessera
 // is developed on: 115.8 GFLOP/s with 12 independent FMA chains (bench/bench_fma_peak.cc),
 // i.e. 32 fp32 FLOP per cycle at ~3.6 GHz. The same loop gets 65-74 while other jobs share

@@ -279,7 +279,7 @@ void Trainer::run() {
   }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const double flops_per_token = m.flops_per_token(config_.seq_len);
-  const double peak_gflops = peak_gflops_per_rank(omp_get_max_threads());
+  const double peak_gflops = peak_gflops_per_rank(omp_get_max_threads(), config_.precision);
   MetricsOptions metrics_options;
   metrics_options.run_dir = config_.output_dir;
   metrics_options.total_steps = config_.steps;

@@ -119,7 +119,9 @@ TEST(MixedPrecisionCurve, Bf16AndFp16TrackFp32Over200StepsOn1And2Ranks) {
       const double final_ref = mean_of(ref.losses, kSteps - 20, kSteps);
       const double final_got = mean_of(got.losses, kSteps - 20, kSteps);
       EXPECT_NEAR(final_got, final_ref, kFinalTolerance);
-      if (precision == DType::BF16) EXPECT_EQ(got.skipped, 0);  // no scaler, nothing skipped
+      if (precision == DType::BF16) {
+        EXPECT_EQ(got.skipped, 0);  // no scaler, nothing skipped
+      }
       EXPECT_LE(got.skipped, kMaxSkipped);
       std::printf("[mixed curve] %s: last-20 mean %.4f (f32 %.4f), worst step gap %.4f, worst "
                   "20-step gap %.4f after step %d, %lld skipped\n",
