@@ -148,8 +148,13 @@ write_config "$TMP/unknown.json" "$GOOD" "$NANO" '"gradient_cliping": 1.0,'
 expect_error "unknown key" "did you mean 'gradient_clipping'" \
   "$TESSERA" train --config "$TMP/unknown.json"
 
-write_config "$TMP/fp16.json" "$GOOD" "$NANO" '"fp16": {"enabled": true},'
-expect_error "fp16 refused" "not supported yet" "$TESSERA" train --config "$TMP/fp16.json"
+write_config "$TMP/fp16.json" "$GOOD" "$NANO" '"fp16": {"enabled": true}, "bf16": {"enabled": true},'
+expect_error "fp16 and bf16 both" "fp16 and bf16 are both enabled" \
+  "$TESSERA" train --config "$TMP/fp16.json"
+
+write_config "$TMP/hyst.json" "$GOOD" "$NANO" '"fp16": {"enabled": true, "hysteresis": 0},'
+expect_error "bad fp16 key value" "fp16.hysteresis = 0 must be at least 1" \
+  "$TESSERA" train --config "$TMP/hyst.json"
 
 expect_error "missing config file" "cannot read config file" \
   "$TESSERA" train --config "$TMP/no_such_config.json"
