@@ -12,10 +12,11 @@ head -c 60000 "${TESSERA_SOURCE_DIR:-.}/data/tinyshakespeare.txt" > "$work/text.
 # losses RUN_DIR: the per-step losses of a run, one per line.
 losses() { sed -n 's/.*"loss":\([^,]*\).*/\1/p' "$1/metrics.jsonl"; }
 
-# same_losses REFERENCE_DIR RUN_DIR LABEL [STEPS]: every step within 1e-5 relative.
+# same_losses REFERENCE_DIR RUN_DIR LABEL [STEPS] [TOLERANCE]: every step within TOLERANCE
+# relative (default 1e-5).
 same_losses() {
-  paste <(losses "$1") <(losses "$2") | awk -v label="$3" -v steps="${4:-10}" '
+  paste <(losses "$1") <(losses "$2") | awk -v label="$3" -v steps="${4:-10}" -v tol="${5:-1e-5}" '
     { d = $1 - $2; if (d < 0) d = -d
-      if (d > 1e-5 * $1) { printf "step %d: reference %s, %s %s\n", NR, $1, label, $2; bad = 1 } }
+      if (d > tol * $1) { printf "step %d: reference %s, %s %s\n", NR, $1, label, $2; bad = 1 } }
     END { if (NR != steps) { print "expected " steps " steps, got " NR; bad = 1 } exit bad }'
 }
