@@ -19,11 +19,7 @@ namespace {
 
 using tessera::bench::best_seconds;
 
-struct Case {
-  const char* what;
-  bool ta, tb;
-  int M, N, K;
-};
+using Case = tessera::bench::GemmCase;
 
 }  // namespace
 

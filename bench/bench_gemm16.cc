@@ -19,11 +19,7 @@ using tessera::DType;
 using tessera::bench::best_seconds;
 namespace cpu = tessera::kernels::cpu;
 
-struct Case {
-  const char* what;
-  bool ta, tb;
-  int M, N, K;
-};
+using Case = tessera::bench::GemmCase;
 
 }  // namespace
 

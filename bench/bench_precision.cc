@@ -8,14 +8,12 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <map>
 #include <vector>
 
+#include "bench/bench_data.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/memory_stats.h"
-#include "runtime/core/rng.h"
-#include "runtime/engine/token_data.h"
 #include "runtime/engine/trainer.h"
 
 namespace {
@@ -56,17 +54,8 @@ int main(int argc, char** argv) {
   cfg.steps = warmup + steps;
   cfg.threads = threads;
   cfg.loss_scaler.initial_scale_power = 12;  // no skipped steps in a short timing run
-  const auto dir = std::filesystem::temp_directory_path() / "tessera_bench_precision";
-  std::filesystem::create_directories(dir);
-  const std::string data = (dir / "tokens.bin").string();
-  {
-    Rng rng(1);  // random tokens: speed does not depend on the text
-    std::vector<uint16_t> tokens(static_cast<size_t>(batch) * seq * 8 + 1);
-    for (auto& t : tokens) t = static_cast<uint16_t>(rng.below(cfg.model.vocab_size));
-    engine::write_token_file(data, tokens);
-  }
-  cfg.train_files = {data};
-  cfg.output_dir = (dir / "run").string();
+  bench::use_random_tokens(cfg, "tessera_bench_precision",
+                           static_cast<size_t>(batch) * seq * 8 + 1);
 
   const std::vector<DType> precisions = {DType::F32, DType::BF16, DType::F16};
   std::map<DType, Result> results;

@@ -1,5 +1,5 @@
-// Timing for the benchmarks: the best of a few runs after one warm-up, which on a shared
-// machine is the run least disturbed by other work.
+// Timing for the GEMM benchmarks: the best of a few runs after one warm-up, which on a shared
+// machine is the run least disturbed by other work, and the GEMM shape they time.
 #pragma once
 
 #include <algorithm>
@@ -21,5 +21,12 @@ double best_seconds(F&& f, int repeats) {
   }
   return best;
 }
+
+// One GEMM of a table row: C[M,N] = op(A) @ op(B), op = transpose where ta / tb.
+struct GemmCase {
+  const char* what;
+  bool ta, tb;
+  int M, N, K;
+};
 
 }  // namespace tessera::bench

@@ -10,13 +10,11 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <sstream>
 #include <vector>
 
+#include "bench/bench_data.h"
 #include "runtime/core/logging.h"
-#include "runtime/core/rng.h"
-#include "runtime/engine/token_data.h"
 #include "runtime/engine/trainer.h"
 #include "runtime/kernels/cpu_kernels.h"
 
@@ -97,18 +95,7 @@ int main(int argc, char** argv) {
   cfg.seq_len = seq;
   cfg.gradient_clipping = 1.0;
   cfg.steps = warmup + steps;
-  // Random tokens: speed does not depend on the text.
-  const auto dir = std::filesystem::temp_directory_path() / "tessera_bench";
-  std::filesystem::create_directories(dir);
-  const std::string data = (dir / "tokens.bin").string();
-  {
-    tessera::Rng rng(1);
-    std::vector<uint16_t> tokens(static_cast<size_t>(batch) * seq * 4 + 1);
-    for (auto& t : tokens) t = static_cast<uint16_t>(rng.below(cfg.model.vocab_size));
-    engine::write_token_file(data, tokens);
-  }
-  cfg.train_files = {data};
-  cfg.output_dir = (dir / "run").string();
+  bench::use_random_tokens(cfg, "tessera_bench", static_cast<size_t>(batch) * seq * 4 + 1);
 
   const double fpt = cfg.model.flops_per_token(seq);
   std::printf("model %s: %.1fM params, B=%d T=%d, %.3f GFLOP/token (6N + 12LCT)\n", preset.c_str(),

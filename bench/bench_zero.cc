@@ -8,15 +8,13 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <filesystem>
 #include <mutex>
 #include <vector>
 
+#include "bench/bench_data.h"
 #include "parallel/comm/counting_group.h"
 #include "parallel/comm/thread_group.h"
 #include "runtime/core/logging.h"
-#include "runtime/core/rng.h"
-#include "runtime/engine/token_data.h"
 #include "runtime/engine/trainer.h"
 
 int main(int argc, char** argv) {
@@ -42,16 +40,8 @@ int main(int argc, char** argv) {
   cfg.seq_len = seq;
   cfg.gradient_clipping = 1.0;
   cfg.threads = 1;
-  const auto dir = std::filesystem::temp_directory_path() / "tessera_bench_zero";
-  std::filesystem::create_directories(dir);
-  {
-    Rng rng(1);
-    std::vector<uint16_t> tokens(static_cast<size_t>(batch) * seq * ranks * (steps + 2) + 1);
-    for (auto& t : tokens) t = static_cast<uint16_t>(rng.below(cfg.model.vocab_size));
-    engine::write_token_file((dir / "tokens.bin").string(), tokens);
-  }
-  cfg.train_files = {(dir / "tokens.bin").string()};
-  cfg.output_dir = (dir / "run").string();
+  bench::use_random_tokens(cfg, "tessera_bench_zero",
+                           static_cast<size_t>(batch) * seq * ranks * (steps + 2) + 1);
 
   cfg.precision = parse_dtype(dtype);
   cfg.loss_scaler.initial_scale_power = 12;  // no skipped steps in a short timing run

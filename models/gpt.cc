@@ -166,13 +166,13 @@ typename GPT<T>::BlockActs GPT<T>::place_block_acts(T* cursor, int64_t* stride) 
   a.ln1_mean = take(cap);
   a.ln1_rstd = take(cap);
   a.qkv = take(3 * cap * C);
-  a.atty = take(cap * C);
+  if (m) a.atty16 = take16(cap * C); else a.atty = take(cap * C);
   a.lse = take(int64_t{arena_B_} * NH * arena_T_);
   a.residual2 = take(cap * C);
   if (m) a.ln2_16 = take16(cap * C); else a.ln2 = take(cap * C);
   a.ln2_mean = take(cap);
   a.ln2_rstd = take(cap);
-  a.fch = take(4 * cap * C);
+  if (m) a.fch16 = take16(4 * cap * C); else a.fch = take(4 * cap * C);
   if (m) a.fch_gelu16 = take16(4 * cap * C); else a.fch_gelu = take(4 * cap * C);
   a.residual3 = take(cap * C);
   if (stride != nullptr) *stride = off;

@@ -9,7 +9,7 @@
 // Working precision: GPT<float> runs in f32, or in bf16 / f16 mixed precision (gpt_mixed.cc):
 // parameters and gradients reached through ParamAccess are then 16-bit, GEMMs take 16-bit
 // operands and accumulate in fp32, and LayerNorm, GELU, attention's softmax and the residual
-// stream stay fp32; the activations that only feed GEMMs are kept in 16 bits. Each layer's
+// stream stay fp32; the activations around the GEMMs are kept in 16 bits. Each layer's
 // gradients are formed in an fp32 workspace and added into the 16-bit gradients once per
 // micro-batch. GPT<double> (gradient checks) runs in f64 only.
 // Layer numbering, the unit of acquire/release/grads_ready: 0 = embeddings (wte, wpe; wte
@@ -86,13 +86,14 @@ class GPT {
         *fcprojb;
   };
   using BlockParams = BlockOf<T>;
-  // One block's saved activations. In mixed precision the LayerNorm outputs and the GELU
-  // output, which only feed GEMMs, are kept in 16 bits (ln1_16, ln2_16, fch_gelu16) and their
-  // fp32 pointers are null; in f32 / f64 it is the other way round.
+  // One block's saved activations. In mixed precision the GEMM inputs and outputs that
+  // backward reads (LayerNorm outputs, attention output, the MLP's pre- and post-GELU
+  // activations) are kept in 16 bits (the *16 pointers) and their fp32 pointers are null; in
+  // f32 / f64 it is the other way round. qkv and the residual stream stay fp32 in both.
   struct BlockActs {
     T *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *lse, *residual2, *ln2, *ln2_mean, *ln2_rstd, *fch,
         *fch_gelu, *residual3;
-    uint16_t *ln1_16, *ln2_16, *fch_gelu16;
+    uint16_t *ln1_16, *atty16, *ln2_16, *fch16, *fch_gelu16;
   };
   template <typename E>
   BlockOf<E> block_params(E* base) const;
@@ -121,6 +122,8 @@ class GPT {
   void backward16(ParamAccess& params, const int32_t* inputs, int B, int seq_len);
   void block_backward16(const Weights16& w, const BlockOf<float>& g, const BlockActs& a,
                         const float* input, int B, int seq_len);
+  // dinp += GELU'(widen(inp16)) * dout.
+  void gelu_backward16(float* dinp, const uint16_t* inp16, const float* dout, int64_t n);
   // Adds the fp32 workspace's layer gradients into params.grads(layer), then reports them.
   void commit_grads16(ParamAccess& params, int layer, const float* workspace);
   float* arena_f32(int64_t offset) const { return static_cast<float*>(arena_.data()) + offset; }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "models/gpt.h"
 #include "runtime/core/error.h"
@@ -49,22 +50,23 @@ void GPT<T>::block_forward16(const Weights16& w, const BlockActs& a, const float
                              int T_) {
   const int64_t BT = int64_t{B} * T_, C = config_.n_embd;
   const DType dt = dtype_;
-  // fp32 outputs of LayerNorm and GELU pass through backward's scratch on their way to 16 bits.
-  float* ln = arena_f32(dln_);
-  float* gelu = arena_f32(dfch_);
-  uint16_t* atty16 = arena_16(scratch16_);
+  // fp32 outputs on their way to 16 bits pass through backward's scratch buffers.
+  float* out = arena_f32(dln_);  // [BT, C]: LayerNorm, attention
+  float* fch = arena_f32(dfch_);
+  float* gelu = arena_f32(dfch_gelu_);
   const BlockOf<float>& s = w.f32;
-  k::layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, input, s.ln1w, s.ln1b, BT, C);
-  k::to_16(dt, ln, a.ln1_16, BT * C);
+  k::layernorm_forward(out, a.ln1_mean, a.ln1_rstd, input, s.ln1w, s.ln1b, BT, C);
+  k::to_16(dt, out, a.ln1_16, BT * C);
   k::matmul_forward16(dt, a.qkv, a.ln1_16, w.w.qkvw, s.qkvb, BT, C, 3 * C);
-  k::attention_forward(a.atty, a.lse, a.qkv, B, T_, static_cast<int>(C), config_.n_head);
-  k::to_16(dt, a.atty, atty16, BT * C);
-  k::matmul_forward16(dt, a.residual2, atty16, w.w.attprojw, s.attprojb, BT, C, C);
+  k::attention_forward(out, a.lse, a.qkv, B, T_, static_cast<int>(C), config_.n_head);
+  k::to_16(dt, out, a.atty16, BT * C);
+  k::matmul_forward16(dt, a.residual2, a.atty16, w.w.attprojw, s.attprojb, BT, C, C);
   k::residual_forward(a.residual2, a.residual2, input, BT * C);
-  k::layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.residual2, s.ln2w, s.ln2b, BT, C);
-  k::to_16(dt, ln, a.ln2_16, BT * C);
-  k::matmul_forward16(dt, a.fch, a.ln2_16, w.w.fcw, s.fcb, BT, C, 4 * C);
-  k::gelu_forward(gelu, a.fch, 4 * BT * C);
+  k::layernorm_forward(out, a.ln2_mean, a.ln2_rstd, a.residual2, s.ln2w, s.ln2b, BT, C);
+  k::to_16(dt, out, a.ln2_16, BT * C);
+  k::matmul_forward16(dt, fch, a.ln2_16, w.w.fcw, s.fcb, BT, C, 4 * C);
+  k::to_16(dt, fch, a.fch16, 4 * BT * C);
+  k::gelu_forward(gelu, fch, 4 * BT * C);
   k::to_16(dt, gelu, a.fch_gelu16, 4 * BT * C);
   k::matmul_forward16(dt, a.residual3, a.fch_gelu16, w.w.fcprojw, s.fcprojb, BT, 4 * C, C);
   k::residual_forward(a.residual3, a.residual3, a.residual2, BT * C);
@@ -132,9 +134,7 @@ void GPT<T>::block_backward16(const Weights16& w, const BlockOf<float>& g, const
   float* datty = arena_f32(datty_);
   float* dfch = arena_f32(dfch_);
   float* dfch_gelu = arena_f32(dfch_gelu_);
-  // 16-bit copies of a GEMM's output gradient (and, for the projection, of its input).
-  uint16_t* dout16 = arena_16(scratch16_);
-  uint16_t* inp16 = dout16 + BT * C;
+  uint16_t* dout16 = arena_16(scratch16_);  // a GEMM's output gradient, rounded
   const BlockOf<float>& s = w.f32;
   // MLP branch.
   k::to_16(dt, dres, dout16, BT * C);
@@ -142,7 +142,7 @@ void GPT<T>::block_backward16(const Weights16& w, const BlockOf<float>& g, const
   k::matmul_backward16(dt, dfch_gelu, g.fcprojw, g.fcprojb, dout16, dres, a.fch_gelu16,
                        w.w.fcprojw, BT, 4 * C, C);
   std::memset(dfch, 0, sizeof(float) * 4 * BT * C);
-  k::gelu_backward(dfch, a.fch, dfch_gelu, 4 * BT * C);
+  gelu_backward16(dfch, a.fch16, dfch_gelu, 4 * BT * C);
   k::to_16(dt, dfch, dout16, 4 * BT * C);
   std::memset(dln, 0, sizeof(float) * BT * C);
   k::matmul_backward16(dt, dln, g.fcw, g.fcb, dout16, dfch, a.ln2_16, w.w.fcw, BT, C, 4 * C);
@@ -150,17 +150,30 @@ void GPT<T>::block_backward16(const Weights16& w, const BlockOf<float>& g, const
                         BT, C);
   // Attention branch.
   k::to_16(dt, dres, dout16, BT * C);
-  k::to_16(dt, a.atty, inp16, BT * C);
   std::memset(datty, 0, sizeof(float) * BT * C);
-  k::matmul_backward16(dt, datty, g.attprojw, g.attprojb, dout16, dres, inp16, w.w.attprojw, BT,
-                       C, C);
+  k::matmul_backward16(dt, datty, g.attprojw, g.attprojb, dout16, dres, a.atty16, w.w.attprojw,
+                       BT, C, C);
+  float* atty = dln;  // free until the qkv projection's backward below
+  k::from_16(dt, a.atty16, atty, BT * C);
   std::memset(dqkv, 0, sizeof(float) * 3 * BT * C);
-  k::attention_backward(dqkv, datty, a.qkv, a.atty, a.lse, B, T_, static_cast<int>(C),
+  k::attention_backward(dqkv, datty, a.qkv, atty, a.lse, B, T_, static_cast<int>(C),
                         config_.n_head);
   k::to_16(dt, dqkv, dout16, 3 * BT * C);
   std::memset(dln, 0, sizeof(float) * BT * C);
   k::matmul_backward16(dt, dln, g.qkvw, g.qkvb, dout16, dqkv, a.ln1_16, w.w.qkvw, BT, C, 3 * C);
   k::layernorm_backward(dres, g.ln1w, g.ln1b, dln, input, s.ln1w, a.ln1_mean, a.ln1_rstd, BT, C);
+}
+
+template <typename T>
+void GPT<T>::gelu_backward16(float* dinp, const uint16_t* inp16, const float* dout, int64_t n) {
+  // Widen the saved pre-GELU activations a block at a time: no second [4 BT C] fp32 buffer.
+  constexpr int64_t kBlock = int64_t{1} << 18;
+  std::vector<float> inp(static_cast<size_t>(std::min(n, kBlock)));
+  for (int64_t at = 0; at < n; at += kBlock) {
+    const int64_t len = std::min(kBlock, n - at);
+    k::from_16(dtype_, inp16 + at, inp.data(), len);
+    k::gelu_backward(dinp + at, inp.data(), dout + at, len);
+  }
 }
 
 template <typename T>
