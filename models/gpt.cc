@@ -131,7 +131,7 @@ int64_t GPT<T>::layout_activations(int B, int T_) {
   dfch_ = place(4 * BT * C);
   dfch_gelu_ = place(4 * BT * C);
   if (mixed()) {
-    int64_t block_numel = registry_.layer(registry_.num_layers() - 1).numel();
+    int64_t block_numel = 0;  // the largest layer but the embeddings: a block
     for (int l = 1; l < registry_.num_layers(); ++l) {
       block_numel = std::max(block_numel, registry_.layer(l).numel());
     }
@@ -165,7 +165,7 @@ typename GPT<T>::BlockActs GPT<T>::place_block_acts(T* cursor, int64_t* stride) 
   if (m) a.ln1_16 = take16(cap * C); else a.ln1 = take(cap * C);
   a.ln1_mean = take(cap);
   a.ln1_rstd = take(cap);
-  a.qkv = take(3 * cap * C);
+  if (m) a.qkv16 = take16(3 * cap * C); else a.qkv = take(3 * cap * C);
   if (m) a.atty16 = take16(cap * C); else a.atty = take(cap * C);
   a.lse = take(int64_t{arena_B_} * NH * arena_T_);
   a.residual2 = take(cap * C);

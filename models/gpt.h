@@ -87,13 +87,13 @@ class GPT {
   };
   using BlockParams = BlockOf<T>;
   // One block's saved activations. In mixed precision the GEMM inputs and outputs that
-  // backward reads (LayerNorm outputs, attention output, the MLP's pre- and post-GELU
+  // backward reads (LayerNorm outputs, q/k/v, attention output, the MLP's pre- and post-GELU
   // activations) are kept in 16 bits (the *16 pointers) and their fp32 pointers are null; in
-  // f32 / f64 it is the other way round. qkv and the residual stream stay fp32 in both.
+  // f32 / f64 it is the other way round. The residual stream stays fp32 in both.
   struct BlockActs {
     T *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *lse, *residual2, *ln2, *ln2_mean, *ln2_rstd, *fch,
         *fch_gelu, *residual3;
-    uint16_t *ln1_16, *atty16, *ln2_16, *fch16, *fch_gelu16;
+    uint16_t *ln1_16, *qkv16, *atty16, *ln2_16, *fch16, *fch_gelu16;
   };
   template <typename E>
   BlockOf<E> block_params(E* base) const;

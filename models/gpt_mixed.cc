@@ -52,13 +52,18 @@ void GPT<T>::block_forward16(const Weights16& w, const BlockActs& a, const float
   const DType dt = dtype_;
   // fp32 outputs on their way to 16 bits pass through backward's scratch buffers.
   float* out = arena_f32(dln_);  // [BT, C]: LayerNorm, attention
+  float* qkv = arena_f32(dqkv_);
   float* fch = arena_f32(dfch_);
   float* gelu = arena_f32(dfch_gelu_);
   const BlockOf<float>& s = w.f32;
   k::layernorm_forward(out, a.ln1_mean, a.ln1_rstd, input, s.ln1w, s.ln1b, BT, C);
   k::to_16(dt, out, a.ln1_16, BT * C);
-  k::matmul_forward16(dt, a.qkv, a.ln1_16, w.w.qkvw, s.qkvb, BT, C, 3 * C);
-  k::attention_forward(out, a.lse, a.qkv, B, T_, static_cast<int>(C), config_.n_head);
+  k::matmul_forward16(dt, qkv, a.ln1_16, w.w.qkvw, s.qkvb, BT, C, 3 * C);
+  // Attention reads q, k, v as backward will: rounded to 16 bits, so the log-sum-exp it saves
+  // matches the probabilities backward recomputes.
+  k::to_16(dt, qkv, a.qkv16, 3 * BT * C);
+  k::from_16(dt, a.qkv16, qkv, 3 * BT * C);
+  k::attention_forward(out, a.lse, qkv, B, T_, static_cast<int>(C), config_.n_head);
   k::to_16(dt, out, a.atty16, BT * C);
   k::matmul_forward16(dt, a.residual2, a.atty16, w.w.attprojw, s.attprojb, BT, C, C);
   k::residual_forward(a.residual2, a.residual2, input, BT * C);
@@ -153,10 +158,13 @@ void GPT<T>::block_backward16(const Weights16& w, const BlockOf<float>& g, const
   std::memset(datty, 0, sizeof(float) * BT * C);
   k::matmul_backward16(dt, datty, g.attprojw, g.attprojb, dout16, dres, a.atty16, w.w.attprojw,
                        BT, C, C);
-  float* atty = dln;  // free until the qkv projection's backward below
+  // Attention's saved inputs and output, widened into buffers free until further down.
+  float* atty = dln;
+  float* qkv = dfch;
   k::from_16(dt, a.atty16, atty, BT * C);
+  k::from_16(dt, a.qkv16, qkv, 3 * BT * C);
   std::memset(dqkv, 0, sizeof(float) * 3 * BT * C);
-  k::attention_backward(dqkv, datty, a.qkv, atty, a.lse, B, T_, static_cast<int>(C),
+  k::attention_backward(dqkv, datty, qkv, atty, a.lse, B, T_, static_cast<int>(C),
                         config_.n_head);
   k::to_16(dt, dqkv, dout16, 3 * BT * C);
   std::memset(dln, 0, sizeof(float) * BT * C);

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -17,6 +18,26 @@
 namespace tessera::engine {
 
 namespace k = tessera::kernels::cpu;
+
+namespace {
+
+// fp16 holds magnitudes up to 65504: a larger initial weight would become inf in the working
+// copy, and every step would then overflow until the loss scale hit its minimum.
+void check_fp16_range(const ParamRegistry& registry, const float* weights) {
+  constexpr float kMaxF16 = 65504.0f;
+  for (const ParamSpec& p : registry.params()) {
+    const float* w = weights + p.offset;
+    float largest = 0.0f;
+#pragma omp parallel for reduction(max : largest)
+    for (int64_t i = 0; i < p.numel(); ++i) largest = std::max(largest, std::abs(w[i]));
+    TS_CHECK(largest <= kMaxF16,
+             "fp16: initial weight '{}' holds a value of magnitude {}, beyond fp16's largest "
+             "finite value 65504: train in bf16 (bf16.enabled) instead",
+             p.name, largest);
+  }
+}
+
+}  // namespace
 
 Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     : config_(std::move(config)),
@@ -49,6 +70,7 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     // Same seed gives the same init everywhere; the broadcast makes it so by construction.
     dp_->broadcast(initial, static_cast<size_t>(numel), DType::F32)->wait();
   }
+  if (dtype == DType::F16) check_fp16_range(registry, initial);
   if (!sharded) memory::store_working(dtype, initial, state_->params(), numel);
   if (sharded) {
     memory::ZeroOptions options = config_.zero.options();

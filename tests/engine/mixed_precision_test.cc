@@ -21,6 +21,7 @@
 #include "parallel/comm/thread_group.h"
 #include "runtime/core/error.h"
 #include "runtime/engine/token_data.h"
+#include "models/weights_io.h"
 #include "runtime/engine/trainer.h"
 
 namespace tessera::engine {
@@ -124,6 +125,23 @@ Trainer::GradientHook inject(std::set<int64_t> inf_steps, std::set<int64_t> nan_
     auto* g = static_cast<uint16_t*>(shard.grads);
     g[shard.range.numel() / 2] = bits;
   };
+}
+
+TEST(LossScaling, RefusesInitialWeightsBeyondFp16Range) {
+  TrainConfig c = fp16_config();
+  const ParamRegistry registry = models::build_gpt_registry(c.model);
+  std::vector<float> w(registry.numel(), 0.01f);
+  w[registry.find("h.1.mlp.c_fc.weight").offset + 5] = 1e5f;
+  test_util::ScratchDir dir;
+  const std::string path = dir.file("big.safetensors");
+  models::save_gpt_safetensors(path, c.model, registry, w.data());
+  c.init_from = path;
+  const std::string m = test_util::message_of<InvalidArgument>([&] { Trainer t(c); });
+  EXPECT_TRUE(Contains(m, "'h.1.mlp.c_fc.weight'"));
+  EXPECT_TRUE(Contains(m, "beyond fp16's largest finite value 65504"));
+  c.precision = DType::BF16;  // bf16 has fp32's range
+  Trainer t(c);
+  EXPECT_FALSE(t.step().skipped);
 }
 
 struct Outcome {
