@@ -1,6 +1,7 @@
 // GPT-2 forward and backward in bf16 / f16 mixed precision (see gpt.h): the same graph as
-// gpt.cc, with 16-bit parameters and GEMM operands, fp32 everything else, and gradients
-// formed per layer in fp32 before they are added into the 16-bit gradients.
+// gpt.cc, with 16-bit parameters, GEMM operands and saved activations, fp32 arithmetic
+// everywhere else, and gradients formed per layer in fp32 before they are added into the
+// 16-bit gradients.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
