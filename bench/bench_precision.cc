@@ -44,13 +44,7 @@ int main(int argc, char** argv) {
   setenv("TESSERA_LOG_LEVEL", "warn", 0);
   init_logging();
 
-  engine::TrainConfig cfg;
-  cfg.model = models::gpt_preset(preset);
-  cfg.model.block_size = std::max(cfg.model.block_size, seq);
-  cfg.micro_batch_size = batch;
-  cfg.gradient_accumulation_steps = 1;
-  cfg.seq_len = seq;
-  cfg.gradient_clipping = 1.0;
+  engine::TrainConfig cfg = bench::step_config(preset, batch, seq);
   cfg.steps = warmup + steps;
   cfg.threads = threads;
   cfg.loss_scaler.initial_scale_power = 12;  // no skipped steps in a short timing run

@@ -86,14 +86,8 @@ int main(int argc, char** argv) {
   setenv("TESSERA_LOG_LEVEL", "warn", 0);
   init_logging();
 
-  engine::TrainConfig cfg;
-  cfg.model = models::gpt_preset(preset);
+  engine::TrainConfig cfg = bench::step_config(preset, batch, seq);
   if (vocab > 0) cfg.model.vocab_size = vocab;
-  cfg.model.block_size = std::max(cfg.model.block_size, seq);
-  cfg.micro_batch_size = batch;
-  cfg.gradient_accumulation_steps = 1;
-  cfg.seq_len = seq;
-  cfg.gradient_clipping = 1.0;
   cfg.steps = warmup + steps;
   bench::use_random_tokens(cfg, "tessera_bench", static_cast<size_t>(batch) * seq * 4 + 1);
 

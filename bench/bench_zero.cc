@@ -33,12 +33,7 @@ int main(int argc, char** argv) {
   setenv("TESSERA_LOG_LEVEL", "warn", 0);
   init_logging();
 
-  engine::TrainConfig cfg;
-  cfg.model = models::gpt_preset(preset);
-  cfg.micro_batch_size = batch;
-  cfg.gradient_accumulation_steps = 1;
-  cfg.seq_len = seq;
-  cfg.gradient_clipping = 1.0;
+  engine::TrainConfig cfg = bench::step_config(preset, batch, seq);
   cfg.threads = 1;
   bench::use_random_tokens(cfg, "tessera_bench_zero",
                            static_cast<size_t>(batch) * seq * ranks * (steps + 2) + 1);
