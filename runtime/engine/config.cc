@@ -323,6 +323,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     LossScaler check(c.loss_scaler);  // names the key of an unusable value
     if (enabled) c.precision = DType::F16;
   }
+  std::string enabled_block = c.precision == DType::F16 ? "fp16" : "";
   for (const char* key : {"bf16", "bfloat16"}) {  // DeepSpeed accepts both spellings
     if (!root.has(key)) continue;
     Block b = root.child(key);
@@ -330,9 +331,10 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     b.get("enabled", enabled);
     b.reject_unknown();
     if (!enabled) continue;
-    TS_CHECK(c.precision == DType::F32,
-             "{}: fp16 and {} are both enabled: enable one of them (bf16 needs no loss scaling)",
-             source, key);
+    TS_CHECK(enabled_block.empty(),
+             "{}: '{}' and '{}' are both enabled: enable one of them (bf16 needs no loss scaling)",
+             source, enabled_block, key);
+    enabled_block = key;
     c.precision = DType::BF16;
   }
   if (root.has("zero_optimization")) {

@@ -73,7 +73,9 @@ TEST(MixedPrecisionConfig, RefusesWhatItCannotHonour) {
     return test_util::message_of<InvalidArgument>([&] { parse(extra); });
   };
   EXPECT_TRUE(Contains(error({{"fp16", {{"enabled", true}}}, {"bf16", {{"enabled", true}}}}),
-                       "fp16 and bf16 are both enabled"));
+                       "'fp16' and 'bf16' are both enabled"));
+  EXPECT_TRUE(Contains(error({{"bf16", {{"enabled", true}}}, {"bfloat16", {{"enabled", true}}}}),
+                       "'bf16' and 'bfloat16' are both enabled"));
   EXPECT_TRUE(Contains(error({{"fp16", {{"enabled", true}, {"hysteresis", 0}}}}), "hysteresis"));
   EXPECT_TRUE(Contains(error({{"fp16", {{"enabled", true}, {"loss_scale_windw", 10}}}}),
                        "did you mean 'fp16.loss_scale_window'"));

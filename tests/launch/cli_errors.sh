@@ -149,7 +149,7 @@ expect_error "unknown key" "did you mean 'gradient_clipping'" \
   "$TESSERA" train --config "$TMP/unknown.json"
 
 write_config "$TMP/fp16.json" "$GOOD" "$NANO" '"fp16": {"enabled": true}, "bf16": {"enabled": true},'
-expect_error "fp16 and bf16 both" "fp16 and bf16 are both enabled" \
+expect_error "fp16 and bf16 both" "'fp16' and 'bf16' are both enabled" \
   "$TESSERA" train --config "$TMP/fp16.json"
 
 write_config "$TMP/hyst.json" "$GOOD" "$NANO" '"fp16": {"enabled": true, "hysteresis": 0},'

@@ -61,8 +61,9 @@ void matmul_forward16(DType dtype, float* out, const uint16_t* inp, const uint16
 void matmul_backward16(DType dtype, float* dinp, float* dweight, float* dbias,
                        const uint16_t* dout16, const float* dout, const uint16_t* inp,
                        const uint16_t* weight, int64_t N, int64_t C, int64_t OC) {
-  if (dinp != nullptr)
+  if (dinp != nullptr) {
     gemm16(dtype, false, false, N, C, OC, 1.0f, dout16, OC, weight, C, 1.0f, dinp, C);
+  }
   if (dweight != nullptr) {
     gemm16(dtype, true, false, OC, C, N, 1.0f, dout16, OC, inp, C, 1.0f, dweight, C);
   }
