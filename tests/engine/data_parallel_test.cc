@@ -1,37 +1,20 @@
 // Data parallelism (ZeRO stage 0) reproduces single-rank training: the same global batch
 // split over 2 or 4 thread ranks gives the same losses, step by step, in fp32.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <mutex>
 #include <vector>
 
+#include "engine_test_util.h"
 #include "parallel/comm/thread_group.h"
-#include "runtime/core/rng.h"
-#include "runtime/engine/token_data.h"
 #include "runtime/engine/trainer.h"
 
 namespace tessera::engine {
 namespace {
 
 // Tokens with some structure (a noisy repeating pattern) so that the loss moves.
-std::string make_tokens(const std::string& name) {
-  // One folder per process: ctest runs these tests in parallel processes.
-  const auto dir =
-      std::filesystem::path(testing::TempDir()) / ("tessera_dp_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  const std::string path = (dir / name).string();
-  Rng rng(11);
-  std::vector<uint16_t> tokens(20000);
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<uint16_t>(rng.below(8) == 0 ? rng.below(256) : (i * 7) % 61);
-  }
-  write_token_file(path, tokens);
-  return path;
-}
-
 TrainConfig base_config(int micro_batch, int accumulation, bool clip) {
   TrainConfig c;
   c.model = models::gpt_preset("nano");
@@ -43,7 +26,7 @@ TrainConfig base_config(int micro_batch, int accumulation, bool clip) {
   c.steps = 10;
   c.threads = 1;
   c.zero.reduce_bucket_size = 4000;  // several buckets even for nano
-  c.train_files = {make_tokens("tokens.bin")};
+  c.train_files = {test_util::synthetic_token_file("dp_tokens.bin")};
   c.output_dir = (std::filesystem::path(testing::TempDir()) / "tessera_dp_run").string();
   return c;
 }

@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "runtime/core/rng.h"
+#include "runtime/engine/token_data.h"
+
 namespace tessera::engine::test_util {
 
 // A fresh folder under $TMPDIR, removed when the object goes away.
@@ -34,6 +37,23 @@ class ScratchDir {
  private:
   std::filesystem::path path_;
 };
+
+// A token file of 20,000 tokens below 256: a period-61 pattern (learnable in a few steps)
+// with one token in eight random. It lives in a folder of this process's own, because ctest
+// runs tests in parallel processes; `name` keeps callers' files apart.
+inline std::string synthetic_token_file(const std::string& name) {
+  const auto dir = std::filesystem::path(testing::TempDir()) /
+                   ("tessera_engine_tokens_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / name).string();
+  Rng rng(11);
+  std::vector<uint16_t> tokens(20000);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<uint16_t>(rng.below(8) == 0 ? rng.below(256) : (i * 7) % 61);
+  }
+  write_token_file(path, tokens);
+  return path;
+}
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -7,7 +7,6 @@
 // - an overflow on one rank only is agreed by all ranks, at every ZeRO stage.
 // The loss curves of bf16 and fp16 against fp32 are in slow/mixed_precision_curve_test.cc.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -20,7 +19,6 @@
 #include "engine_test_util.h"
 #include "parallel/comm/thread_group.h"
 #include "runtime/core/error.h"
-#include "runtime/engine/token_data.h"
 #include "models/weights_io.h"
 #include "runtime/engine/trainer.h"
 
@@ -85,20 +83,6 @@ TEST(MixedPrecisionConfig, RefusesWhatItCannotHonour) {
 
 // --- overflow handling ----------------------------------------------------------------------
 
-std::string tokens_file() {
-  static const std::string path = [] {
-    const auto dir = std::filesystem::path(testing::TempDir()) /
-                     ("tessera_mixed_test_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(dir);
-    std::vector<uint16_t> tokens(20000);
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>((i * 7) % 61);
-    const std::string p = (dir / "tokens.bin").string();
-    write_token_file(p, tokens);
-    return p;
-  }();
-  return path;
-}
-
 TrainConfig fp16_config() {
   TrainConfig c;
   c.model = models::gpt_preset("nano");
@@ -112,7 +96,7 @@ TrainConfig fp16_config() {
   c.loss_scaler.loss_scale_window = 3;
   c.loss_scaler.hysteresis = 2;
   c.zero.reduce_bucket_size = 4000;
-  c.train_files = {tokens_file()};
+  c.train_files = {test_util::synthetic_token_file("mixed_tokens.bin")};
   c.output_dir = (std::filesystem::path(testing::TempDir()) / "tessera_mixed_run").string();
   return c;
 }

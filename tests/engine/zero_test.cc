@@ -9,7 +9,6 @@
 //   buffers (docs/ZERO.md) are subtracted;
 // - the zero_optimization block reads DeepSpeed's keys and defaults.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -22,29 +21,12 @@
 
 #include "engine_test_util.h"
 #include "parallel/comm/thread_group.h"
-#include "runtime/core/rng.h"
-#include "runtime/engine/token_data.h"
 #include "runtime/engine/trainer.h"
 
 namespace tessera::engine {
 namespace {
 
 using test_util::Contains;
-
-std::string make_tokens() {
-  // One folder per process: ctest runs these tests in parallel processes.
-  const auto dir =
-      std::filesystem::path(testing::TempDir()) / ("tessera_zero_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  const std::string path = (dir / "tokens.bin").string();
-  Rng rng(11);
-  std::vector<uint16_t> tokens(20000);
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    tokens[i] = static_cast<uint16_t>(rng.below(8) == 0 ? rng.below(256) : (i * 7) % 61);
-  }
-  write_token_file(path, tokens);
-  return path;
-}
 
 // nano: layer 0 (wte + wpe) 9216 elements, each block 12704, the final LayerNorm 64.
 constexpr int64_t kNanoBlock = 12704;
@@ -65,7 +47,7 @@ TrainConfig zero_config(int stage, int accumulation) {
   c.zero.stage3_param_persistence_threshold = 100;
   c.zero.stage3_prefetch_bucket_size = kNanoBlock;
   c.zero.stage3_max_live_parameters = 3 * kNanoBlock;
-  c.train_files = {make_tokens()};
+  c.train_files = {test_util::synthetic_token_file("zero_tokens.bin")};
   c.output_dir = (std::filesystem::path(testing::TempDir()) / "tessera_zero_run").string();
   return c;
 }

@@ -58,6 +58,17 @@ __device__ float row_dot_global(const T* a, const T* b, int hs, int lane) {
   return warp_sum(part);
 }
 
+// Where a block works: batch blockIdx.z, head blockIdx.y, the tile of rows starting at
+// blockIdx.x * kTile, and this thread's warp and lane.
+struct BlockPlace {
+  int b, h, tile0, warp, lane;
+};
+__device__ BlockPlace block_place() {
+  return {static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.y),
+          static_cast<int>(blockIdx.x) * kTile, static_cast<int>(threadIdx.x) / kWarpSize,
+          static_cast<int>(threadIdx.x) % kWarpSize};
+}
+
 // One (batch, head) pair's slices, for the block's blockIdx.z (batch) and blockIdx.y (head):
 // q, k and v rows have stride 3C, out and dout rows stride C, lse holds the T log-sum-exps.
 template <typename T>
@@ -85,6 +96,17 @@ struct HeadSlices {
     lse = lse_all != nullptr ? lse_all + (int64_t{b} * NH + h) * T_ : nullptr;
   }
 };
+
+// Keys and values [k0, k0 + kTile) of the block's head into shared memory, once every thread
+// is done with the previous tile (and, the first time, has its query tile loaded).
+template <typename T>
+__device__ void stage_key_tile(float* sk, float* sv, const HeadSlices<T>& head, int k0, int T_,
+                               int hs, int ld) {
+  __syncthreads();
+  load_tile(sk, ld, head.k, head.ld_qkv, k0, T_, hs);
+  load_tile(sv, ld, head.v, head.ld_qkv, k0, T_, hs);
+  __syncthreads();
+}
 
 // dst[d] += factor * acc[k] for the dimensions d = lane + k * 32 this lane owns.
 template <typename T>
@@ -121,11 +143,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   float* sq = smem;             // [kTile][hs]: read by the whole warp at once
   float* sk = sq + kTile * hs;  // [kTile][ld]: one key per lane
   float* sv = sk + kTile * ld;  // [kTile][ld]
-  const int b = blockIdx.z;
-  const int h = blockIdx.y;
-  const int q0 = blockIdx.x * kTile;
-  const int warp = threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
+  const auto [b, h, q0, warp, lane] = block_place();
   const HeadSlices<T> head(qkv, nullptr, nullptr, nullptr, T_, C, NH);
 
   load_tile(sq, hs, head.q, head.ld_qkv, q0, T_, hs);
@@ -146,10 +164,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   // and the running maximum is finite after the first.
   const int key_end = min(q0 + kTile, T_);
   for (int k0 = 0; k0 < key_end; k0 += kTile) {
-    __syncthreads();  // the previous tile is consumed (and sq is loaded, the first time)
-    load_tile(sk, ld, head.k, head.ld_qkv, k0, T_, hs);
-    load_tile(sv, ld, head.v, head.ld_qkv, k0, T_, hs);
-    __syncthreads();
+    stage_key_tile(sk, sv, head, k0, T_, hs, ld);
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp * kRowsPerWarp + rr;
@@ -201,11 +216,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   float* sdo = sq + kTile * hs;  // [kTile][hs]
   float* sk = sdo + kTile * hs;  // [kTile][ld]
   float* sv = sk + kTile * ld;   // [kTile][ld]
-  const int b = blockIdx.z;
-  const int h = blockIdx.y;
-  const int q0 = blockIdx.x * kTile;
-  const int warp = threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
+  const auto [b, h, q0, warp, lane] = block_place();
   const HeadSlices<T> head(qkv, out, dout, lse, T_, C, NH);
 
   load_tile(sq, hs, head.q, head.ld_qkv, q0, T_, hs);
@@ -227,10 +238,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
   const int key_end = min(q0 + kTile, T_);
   for (int k0 = 0; k0 < key_end; k0 += kTile) {
-    __syncthreads();
-    load_tile(sk, ld, head.k, head.ld_qkv, k0, T_, hs);
-    load_tile(sv, ld, head.v, head.ld_qkv, k0, T_, hs);
-    __syncthreads();
+    stage_key_tile(sk, sv, head, k0, T_, hs, ld);
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp * kRowsPerWarp + rr;
@@ -276,11 +284,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   float* sdo = sq + kTile * ld;    // [kTile][ld]
   float* slse = sdo + kTile * ld;  // [kTile]
   float* sdelta = slse + kTile;    // [kTile]
-  const int b = blockIdx.z;
-  const int h = blockIdx.y;
-  const int k0 = blockIdx.x * kTile;
-  const int warp = threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
+  const auto [b, h, k0, warp, lane] = block_place();
   const HeadSlices<T> head(qkv, out, dout, lse, T_, C, NH);
 
   load_tile(sk, hs, head.k, head.ld_qkv, k0, T_, hs);
