@@ -29,9 +29,10 @@ struct GenerateOptions {
   std::string weights;
   std::string prompt;
   int max_new_tokens = 200;
-  float temperature = 1.0f;
-  int top_k = 0;
+  float temperature = 0.8f;
+  int top_k = 40;
   uint64_t seed = 1337;
+  bool raw = false;  // write the bytes as generated instead of escaping unprintable ones
 };
 int run_generate(const GenerateOptions& opts);
 

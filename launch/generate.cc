@@ -5,6 +5,7 @@
 
 #include "launch/byte_tokenizer.h"
 #include "launch/commands.h"
+#include "launch/printable.h"
 #include "models/sampler.h"
 #include "models/weights_io.h"
 #include "runtime/core/error.h"
@@ -36,7 +37,8 @@ int run_generate(const GenerateOptions& opts) {
   so.seed = opts.seed;
   const std::string prompt = opts.prompt.empty() ? "\n" : opts.prompt;
   const std::vector<int32_t> out = models::sample_tokens(config, access, encode_bytes(prompt), so);
-  std::cout << prompt << decode_bytes(out) << std::endl;
+  const std::string text = prompt + decode_bytes(out);
+  std::cout << (opts.raw ? text : printable_text(text)) << std::endl;
   return 0;
 }
 

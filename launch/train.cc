@@ -8,6 +8,7 @@
 
 #include "launch/byte_tokenizer.h"
 #include "launch/commands.h"
+#include "launch/printable.h"
 #include "launch/rank_env.h"
 #include "models/sampler.h"
 #include "parallel/comm/mpi_group.h"
@@ -30,11 +31,14 @@ void train_one_rank(const engine::TrainConfig& config, parallel::ProcessGroup* d
     LocalParamAccess whole(trainer.model().registry(), weights.data(), nullptr, sizeof(float));
     models::SampleOptions so;
     so.max_new_tokens = c.sample_tokens;
+    so.temperature = c.sample_temperature;
+    so.top_k = c.sample_top_k;
     so.seed = c.seed;
     const std::vector<int32_t> out =
         models::sample_tokens(c.model, whole, encode_bytes(c.sample_prompt), so);
-    log_rank0("sample ({} tokens, temperature {}):", out.size(), so.temperature);
-    std::cout << c.sample_prompt << decode_bytes(out) << std::endl;
+    log_rank0("sample ({} tokens, temperature {}, top-k {}):", out.size(), so.temperature,
+              so.top_k);
+    std::cout << printable_text(c.sample_prompt + decode_bytes(out)) << std::endl;
   }
 }
 

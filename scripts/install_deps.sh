@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   cmake g++ make pkg-config
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
-  libgtest-dev libdnnl-dev
+  libgtest-dev libdnnl-dev ocl-icd-opencl-dev
   libopenmpi-dev openmpi-bin
   procps
 )

@@ -1,5 +1,6 @@
 #include "runtime/engine/config.h"
 
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -160,24 +161,43 @@ void TrainConfig::resolve_batch(int dp_world) {
   const int64_t world = dp_world;
   const bool have_total = train_batch_size > 0, have_micro = micro_batch_size > 0,
              have_accum = gradient_accumulation_steps > 0;
+  // micro x accumulation x world of two positive ints and the world size can pass int64.
+  auto product = [&] {
+    int64_t p = 0;
+    TS_CHECK(!__builtin_mul_overflow(int64_t{micro_batch_size} * gradient_accumulation_steps,
+                                     world, &p),
+             "train_micro_batch_size_per_gpu {} x gradient_accumulation_steps {} x data-parallel "
+             "size {} overflows a 64-bit count: lower the batch sizes",
+             micro_batch_size, gradient_accumulation_steps, world);
+    return p;
+  };
+  // A quotient of train_batch_size must fit the int it is stored in: 2^32 + 1 must not
+  // become a micro batch of 1.
+  auto narrow = [&](int64_t v, const char* key) {
+    TS_CHECK(v <= std::numeric_limits<int>::max(),
+             "train_batch_size {} makes {} = {}, more than {}: lower train_batch_size or set {}",
+             train_batch_size, key, v, std::numeric_limits<int>::max(), key);
+    return static_cast<int>(v);
+  };
   if (have_total && have_micro && have_accum) {
-    TS_CHECK(train_batch_size == int64_t{micro_batch_size} * gradient_accumulation_steps * world,
+    TS_CHECK(train_batch_size == product(),
              "train_batch_size {} != train_micro_batch_size_per_gpu {} x "
              "gradient_accumulation_steps {} x data-parallel size {} = {}: fix one of them",
-             train_batch_size, micro_batch_size, gradient_accumulation_steps, world,
-             int64_t{micro_batch_size} * gradient_accumulation_steps * world);
+             train_batch_size, micro_batch_size, gradient_accumulation_steps, world, product());
   } else if (have_total && have_micro) {
     TS_CHECK(train_batch_size % (int64_t{micro_batch_size} * world) == 0,
              "train_batch_size {} is not divisible by train_micro_batch_size_per_gpu {} x "
              "data-parallel size {}",
              train_batch_size, micro_batch_size, world);
-    gradient_accumulation_steps = static_cast<int>(train_batch_size / (micro_batch_size * world));
+    gradient_accumulation_steps = narrow(train_batch_size / (micro_batch_size * world),
+                                         "gradient_accumulation_steps");
   } else if (have_total && have_accum) {
     TS_CHECK(train_batch_size % (int64_t{gradient_accumulation_steps} * world) == 0,
              "train_batch_size {} is not divisible by gradient_accumulation_steps {} x "
              "data-parallel size {}",
              train_batch_size, gradient_accumulation_steps, world);
-    micro_batch_size = static_cast<int>(train_batch_size / (gradient_accumulation_steps * world));
+    micro_batch_size = narrow(train_batch_size / (gradient_accumulation_steps * world),
+                              "train_micro_batch_size_per_gpu");
   } else if (have_micro) {
     if (!have_accum) gradient_accumulation_steps = 1;
   } else if (have_total) {
@@ -185,7 +205,7 @@ void TrainConfig::resolve_batch(int dp_world) {
     TS_CHECK(train_batch_size % world == 0,
              "train_batch_size {} is not divisible by the data-parallel size {}", train_batch_size,
              world);
-    micro_batch_size = static_cast<int>(train_batch_size / world);
+    micro_batch_size = narrow(train_batch_size / world, "train_micro_batch_size_per_gpu");
   } else {
     TS_THROW(InvalidArgument,
              "no batch size: set train_micro_batch_size_per_gpu (and optionally "
@@ -194,13 +214,23 @@ void TrainConfig::resolve_batch(int dp_world) {
   TS_CHECK(micro_batch_size >= 1 && gradient_accumulation_steps >= 1,
            "batch sizes must be positive (micro batch {}, accumulation {})", micro_batch_size,
            gradient_accumulation_steps);
-  train_batch_size = int64_t{micro_batch_size} * gradient_accumulation_steps * world;
+  train_batch_size = product();
 }
 
 std::string apply_overrides(const std::string& json_text, const std::vector<std::string>& overrides) {
   if (overrides.empty()) return json_text;
-  json root = json::parse(json_text);
+  json root = json::parse(json_text);  // a nlohmann exception here: load_train_config reports it
+  TS_CHECK(root.is_object(), "--set '{}': the config is a JSON {}, not an object of settings; fix "
+           "the config file", overrides.front(), root.type_name());
   for (const std::string& o : overrides) {
+    // JSON text is UTF-8; a key or bare-word value that is not would fail in dump() below,
+    // far from the override that brought it.
+    try {
+      (void)json(o).dump();
+    } catch (const json::type_error&) {
+      TS_THROW(InvalidArgument, "--set {} is not valid UTF-8: write keys and values as UTF-8",
+               json(o).dump(-1, ' ', true, json::error_handler_t::replace));
+    }
     const size_t eq = o.find('=');
     TS_CHECK(eq != std::string::npos && eq > 0, "--set '{}' must look like key.path=value", o);
     const std::string path = o.substr(0, eq), text = o.substr(eq + 1);
@@ -209,6 +239,9 @@ std::string apply_overrides(const std::string& json_text, const std::vector<std:
       value = json::parse(text);
     } catch (const json::parse_error&) {
       value = text;  // bare words are strings: --set data.train=foo.bin
+    } catch (const json::out_of_range&) {  // 1e999: nlohmann's number overflow
+      TS_THROW(InvalidArgument, "--set '{}': {} is out of range for a number; give a finite value",
+               o, text);
     }
     json* node = &root;
     size_t start = 0;
@@ -369,7 +402,12 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     for (const char* key : {"offload_optimizer", "offload_param"}) {
       if (!z.has(key)) continue;
       const nlohmann::json& v = z.raw(key);
-      // DeepSpeed's "device": "none" means off.
+      // DeepSpeed's "device": "none" means off. (value() below throws nlohmann's type_error
+      // for a device that is not a string.)
+      TS_CHECK(!v.is_object() || !v.contains("device") || v["device"].is_string(),
+               "{}: zero_optimization.{}.device must be a string (\"none\", \"cpu\" or \"nvme\"), "
+               "got {}",
+               source, key, v["device"].dump());
       const bool off = v.is_null() || (v.is_object() && v.value("device", "none") == "none");
       TS_CHECK(off,
                "{}: zero_optimization.{} is not supported yet (CPU/NVMe offload arrives with a "
@@ -427,10 +465,17 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     t.get("eval_iters", c.eval_iters);
     t.get("sample_tokens", c.sample_tokens);
     t.get("sample_prompt", c.sample_prompt);
+    t.get("sample_temperature", c.sample_temperature);
+    t.get("sample_top_k", c.sample_top_k);
     t.reject_unknown();
     TS_CHECK(c.steps >= 0, "{}: training.steps must be >= 0", source);
     TS_CHECK(c.threads >= 0, "{}: training.threads must be >= 0 (0 = all cores)", source);
     TS_CHECK(c.eval_iters >= 1, "{}: training.eval_iters must be >= 1", source);
+    TS_CHECK(std::isfinite(c.sample_temperature) && c.sample_temperature >= 0,
+             "{}: training.sample_temperature must be a finite number >= 0 (0 = greedy), got {}",
+             source, c.sample_temperature);
+    TS_CHECK(c.sample_top_k >= 0, "{}: training.sample_top_k must be >= 0 (0 = no cut), got {}",
+             source, c.sample_top_k);
   }
   if (root.has("output")) {
     Block o = root.child("output");
@@ -450,8 +495,9 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
   if (!overrides.empty()) {
     try {
       text = apply_overrides(text, overrides);
-    } catch (const nlohmann::json::parse_error&) {
-      // Report the file's own syntax error below, not the override's.
+    } catch (const nlohmann::json::exception&) {
+      // The file itself is not JSON (a parse_error, or out_of_range for 1e999; overrides
+      // throw only InvalidArgument): report the file's own error below, not the override's.
     }
   }
   return parse_train_config(text, path);

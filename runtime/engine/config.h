@@ -92,6 +92,8 @@ struct TrainConfig {
   int eval_iters = 10;
   int sample_tokens = 0;  // > 0: print a sample of this many tokens after training
   std::string sample_prompt = "\n";
+  float sample_temperature = 0.8f;  // 0: greedy
+  int sample_top_k = 40;            // 0: the whole vocabulary
   std::string output_dir = "runs/default";
 
   // Fills the batch triple from the data-parallel size (dp_world); throws with the

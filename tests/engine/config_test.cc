@@ -65,6 +65,8 @@ TEST(ConfigDefaults, MinimalConfigFillsTheDocumentedDefaults) {
   EXPECT_EQ(c.eval_iters, 10);
   EXPECT_EQ(c.sample_tokens, 0);
   EXPECT_EQ(c.sample_prompt, "\n");
+  EXPECT_FLOAT_EQ(c.sample_temperature, 0.8f);
+  EXPECT_EQ(c.sample_top_k, 40);
   EXPECT_EQ(c.output_dir, "runs/default");
 }
 
@@ -101,7 +103,8 @@ TEST(ConfigParse, ReadsEveryBlock) {
     "model": {"n_layer": 3, "n_head": 4, "n_embd": 64, "vocab_size": 300, "block_size": 48},
     "data": {"train": ["a.bin", "b.bin"], "val": "v.bin", "seq_len": 16, "shuffle": true},
     "training": {"steps": 12, "seed": 7, "threads": 2, "eval_interval": 3, "eval_iters": 2,
-                 "sample_tokens": 5, "sample_prompt": "ROMEO:"},
+                 "sample_tokens": 5, "sample_prompt": "ROMEO:", "sample_temperature": 0.5,
+                 "sample_top_k": 7},
     "output": {"dir": "out/x"}
   })");
   const TrainConfig c = parse(j);
@@ -139,6 +142,8 @@ TEST(ConfigParse, ReadsEveryBlock) {
   EXPECT_EQ(c.eval_iters, 2);
   EXPECT_EQ(c.sample_tokens, 5);
   EXPECT_EQ(c.sample_prompt, "ROMEO:");
+  EXPECT_FLOAT_EQ(c.sample_temperature, 0.5f);
+  EXPECT_EQ(c.sample_top_k, 7);
   EXPECT_EQ(c.output_dir, "out/x");
 }
 
@@ -376,6 +381,12 @@ TEST(ConfigValues, OutOfRangeValuesAreRefused) {
   j = minimal();
   j["data"]["train"] = json::array();
   EXPECT_TRUE(Contains(parse_error(j), "data.train names no token file"));
+  j = minimal();
+  j["training"] = {{"sample_temperature", -0.5}};
+  EXPECT_TRUE(Contains(parse_error(j), "training.sample_temperature must be a finite number >= 0"));
+  j = minimal();
+  j["training"] = {{"sample_top_k", -1}};
+  EXPECT_TRUE(Contains(parse_error(j), "training.sample_top_k must be >= 0"));
 }
 
 // --- malformed JSON and missing blocks -------------------------------------------------------
