@@ -12,6 +12,12 @@
 #include "runtime/core/logging.h"
 
 namespace tessera::launch {
+namespace {
+
+// Far above any real host (mpirun places ranks, one per slot), far below INT_MAX.
+constexpr long kMaxSlots = 1 << 20;
+
+}  // namespace
 
 std::vector<HostSlots> parse_hostfile(const std::string& path) {
   std::ifstream in(path);
@@ -31,8 +37,9 @@ std::vector<HostSlots> parse_hostfile(const std::string& path) {
       const std::string n = slots_word.substr(6);
       char* end = nullptr;
       const long v = std::strtol(n.c_str(), &end, 10);
-      TS_CHECK(!n.empty() && *end == '\0' && v >= 1, "{}:{}: slots must be a positive integer, "
-               "got '{}'", path, lineno, n);
+      // Capped so the int cannot wrap: slots=4294967296 must not become 0 slots.
+      TS_CHECK(!n.empty() && *end == '\0' && v >= 1 && v <= kMaxSlots,
+               "{}:{}: slots must be an integer in [1, {}], got '{}'", path, lineno, kMaxSlots, n);
       h.slots = static_cast<int>(v);
     }
     std::string extra;
@@ -95,7 +102,7 @@ std::vector<std::string> mpirun_command(const LaunchOptions& opts) {
   TS_CHECK(!opts.command.empty(), "nothing to launch: put the command after --, e.g. "
            "`tessera launch -n 2 -- tessera train --config c.json`");
   std::vector<std::string> cmd = {opts.mpirun, "-np", std::to_string(opts.ranks)};
-  int slots = static_cast<int>(std::thread::hardware_concurrency());
+  int64_t slots = std::thread::hardware_concurrency();  // summed over hosts: int64, not int
   if (!opts.hostfile.empty()) {
     const auto hosts = filter_hosts(parse_hostfile(opts.hostfile), opts.include, opts.exclude);
     std::string list;

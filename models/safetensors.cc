@@ -157,7 +157,7 @@ void SafetensorsFile::parse_header(std::string_view header, int64_t data_size) {
   nlohmann::json root;
   try {
     root = nlohmann::json::parse(header.begin(), header.end(), on_event);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for 1e999
     TS_THROW(InvalidArgument,
              "safetensors {}: header is not valid JSON ({}): the file is corrupt or not "
              "safetensors; re-download or re-save it",
@@ -352,7 +352,9 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
 void encode_floats(const float* src, int64_t count, DType dtype, std::byte* bytes) {
   switch (dtype) {
     case DType::F32:
-      std::memcpy(bytes, src, static_cast<size_t>(count) * 4);
+      // memcpy with a null pointer is undefined even for 0 bytes, and an empty tensor's
+      // buffer (an empty std::vector's data()) may well be null.
+      if (count > 0) std::memcpy(bytes, src, static_cast<size_t>(count) * 4);
       return;
     case DType::F16:
       for (int64_t i = 0; i < count; ++i) {
@@ -375,7 +377,7 @@ void encode_floats(const float* src, int64_t count, DType dtype, std::byte* byte
 void decode_floats(const std::byte* bytes, int64_t count, DType dtype, float* dst) {
   switch (dtype) {
     case DType::F32:
-      std::memcpy(dst, bytes, static_cast<size_t>(count) * 4);
+      if (count > 0) std::memcpy(dst, bytes, static_cast<size_t>(count) * 4);  // see encode_floats
       return;
     case DType::F16:
       for (int64_t i = 0; i < count; ++i) {

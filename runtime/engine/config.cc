@@ -67,6 +67,9 @@ class Block {
         }
       } else if constexpr (std::is_floating_point_v<T>) {
         TS_CHECK(v.is_number(), "not a number");
+        // 1e300 would silently become an infinite learning rate in a float.
+        const double d = v.get<double>();
+        TS_CHECK(std::isfinite(d) && std::abs(d) <= std::numeric_limits<T>::max(), "out of range");
       } else if constexpr (std::is_same_v<T, std::string>) {
         TS_CHECK(v.is_string(), "not a string");
       }
@@ -119,6 +122,8 @@ class Block {
   static std::string range_word() {
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       return fmt::format(" in [{}, {}]", std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
+    } else if constexpr (std::is_floating_point_v<T>) {
+      return fmt::format(" of magnitude at most {:g}", std::numeric_limits<T>::max());
     } else {
       return "";
     }
@@ -164,11 +169,11 @@ void TrainConfig::resolve_batch(int dp_world) {
   // micro x accumulation x world of two positive ints and the world size can pass int64.
   auto product = [&] {
     int64_t p = 0;
-    TS_CHECK(!__builtin_mul_overflow(int64_t{micro_batch_size} * gradient_accumulation_steps,
-                                     world, &p),
-             "train_micro_batch_size_per_gpu {} x gradient_accumulation_steps {} x data-parallel "
-             "size {} overflows a 64-bit count: lower the batch sizes",
-             micro_batch_size, gradient_accumulation_steps, world);
+    TS_CHECK(
+        !__builtin_mul_overflow(int64_t{micro_batch_size} * gradient_accumulation_steps, world, &p),
+        "train_micro_batch_size_per_gpu {} x gradient_accumulation_steps {} x data-parallel "
+        "size {} overflows a 64-bit count: lower the batch sizes",
+        micro_batch_size, gradient_accumulation_steps, world);
     return p;
   };
   // A quotient of train_batch_size must fit the int it is stored in: 2^32 + 1 must not
@@ -189,8 +194,8 @@ void TrainConfig::resolve_batch(int dp_world) {
              "train_batch_size {} is not divisible by train_micro_batch_size_per_gpu {} x "
              "data-parallel size {}",
              train_batch_size, micro_batch_size, world);
-    gradient_accumulation_steps = narrow(train_batch_size / (micro_batch_size * world),
-                                         "gradient_accumulation_steps");
+    gradient_accumulation_steps =
+        narrow(train_batch_size / (micro_batch_size * world), "gradient_accumulation_steps");
   } else if (have_total && have_accum) {
     TS_CHECK(train_batch_size % (int64_t{gradient_accumulation_steps} * world) == 0,
              "train_batch_size {} is not divisible by gradient_accumulation_steps {} x "
@@ -220,8 +225,9 @@ void TrainConfig::resolve_batch(int dp_world) {
 std::string apply_overrides(const std::string& json_text, const std::vector<std::string>& overrides) {
   if (overrides.empty()) return json_text;
   json root = json::parse(json_text);  // a nlohmann exception here: load_train_config reports it
-  TS_CHECK(root.is_object(), "--set '{}': the config is a JSON {}, not an object of settings; fix "
-           "the config file", overrides.front(), root.type_name());
+  TS_CHECK(root.is_object(),
+           "--set '{}': the config is a JSON {}, not an object of settings; fix the config file",
+           overrides.front(), root.type_name());
   for (const std::string& o : overrides) {
     // JSON text is UTF-8; a key or bare-word value that is not would fail in dump() below,
     // far from the override that brought it.
@@ -239,7 +245,8 @@ std::string apply_overrides(const std::string& json_text, const std::vector<std:
       value = json::parse(text);
     } catch (const json::parse_error&) {
       value = text;  // bare words are strings: --set data.train=foo.bin
-    } catch (const json::out_of_range&) {  // 1e999: nlohmann's number overflow
+    } catch (const json::out_of_range&) {
+      // 1e999: nlohmann's number overflow, not a parse_error.
       TS_THROW(InvalidArgument, "--set '{}': {} is out of range for a number; give a finite value",
                o, text);
     }

@@ -516,6 +516,35 @@ TEST(ConfigOverrides, MalformedOverridesThrow) {
                        "'a' is not an object"));
 }
 
+// Found by tests/fuzz/fuzz_config.cc: each escaped as a nlohmann exception, or was accepted.
+TEST(ConfigOverrides, FuzzFindingsAreOneLineErrors) {
+  EXPECT_TRUE(Contains(message_of<InvalidArgument>([] { apply_overrides("[1]", {"a=1"}); }),
+                       "the config is a JSON array, not an object of settings"));
+  EXPECT_TRUE(Contains(message_of<InvalidArgument>([] { apply_overrides("{}", {"a=\xff"}); }),
+                       "is not valid UTF-8"));
+  EXPECT_TRUE(Contains(message_of<InvalidArgument>([] { apply_overrides("{}", {"a=1e999"}); }),
+                       "1e999 is out of range for a number"));
+}
+
+TEST(ConfigValues, FuzzFindingsAreOneLineErrors) {
+  json j = minimal();
+  j["zero_optimization"] = {{"offload_optimizer", {{"device", 3}}}};
+  EXPECT_TRUE(Contains(parse_error(j), "zero_optimization.offload_optimizer.device must be a string"));
+  j = minimal();
+  j["optimizer"] = {{"params", {{"lr", 1e300}}}};  // an infinite float otherwise
+  EXPECT_TRUE(Contains(parse_error(j), "optimizer.params.lr' must be a number of magnitude at most"));
+  j = minimal();
+  j.erase("train_micro_batch_size_per_gpu");
+  j["train_batch_size"] = 4294967297LL;  // 2^32 + 1: its quotient does not fit an int
+  EXPECT_TRUE(Contains(message_of<InvalidArgument>([&] { parse(j).resolve_batch(1); }),
+                       "lower train_batch_size"));
+  j = minimal();
+  j["train_micro_batch_size_per_gpu"] = 2147483647;
+  j["gradient_accumulation_steps"] = 2147483647;
+  EXPECT_TRUE(Contains(message_of<InvalidArgument>([&] { parse(j).resolve_batch(1 << 30); }),
+                       "overflows a 64-bit count"));
+}
+
 TEST(ConfigOverrides, LoadAppliesOverridesBeforeParsing) {
   test_util::ScratchDir dir;
   const std::string path = dir.file("c.json");
