@@ -6,7 +6,9 @@ set -euo pipefail
 packages=(
   cmake g++ make pkg-config
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
-  libgtest-dev libdnnl-dev ocl-icd-opencl-dev
+  libgtest-dev libdnnl-dev
+  ocl-icd-opencl-dev         # Debian's oneDNN CMake config requires OpenCL (only "recommended")
+  clang libclang-rt-14-dev   # libFuzzer for scripts/fuzz.sh
   libopenmpi-dev openmpi-bin
   procps
 )
