@@ -8,7 +8,7 @@ packages=(
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libdnnl-dev
   ocl-icd-opencl-dev         # Debian's oneDNN CMake config requires OpenCL (only "recommended")
-  clang libclang-rt-14-dev   # libFuzzer for scripts/fuzz.sh
+  clang libclang-rt-14-dev libomp-14-dev  # scripts/fuzz.sh: libFuzzer, and OpenMP for clang
   libopenmpi-dev openmpi-bin
   procps
 )
