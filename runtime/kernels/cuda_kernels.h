@@ -45,6 +45,9 @@ void synchronize(Stream stream);
 // finished, so host buffers may be pageable and reused at once.
 void copy_to_device(void* device_dst, const void* host_src, size_t bytes, Stream stream = nullptr);
 void copy_to_host(void* host_dst, const void* device_src, size_t bytes, Stream stream = nullptr);
+// Asynchronous on `stream`: bytes of device memory set to zero, or copied within the device.
+void zero_async(void* device_ptr, size_t bytes, Stream stream);
+void copy_on_device_async(void* device_dst, const void* device_src, size_t bytes, Stream stream);
 
 // ---- ops ------------------------------------------------------------------------------------
 

@@ -154,6 +154,17 @@ void copy_to_host(void* host_dst, const void* device_src, size_t bytes, Stream s
   TS_CUDA_CHECK(cudaStreamSynchronize(detail::to_cuda(stream)));
 }
 
+void zero_async(void* device_ptr, size_t bytes, Stream stream) {
+  if (bytes == 0) return;
+  TS_CUDA_CHECK(cudaMemsetAsync(device_ptr, 0, bytes, detail::to_cuda(stream)));
+}
+
+void copy_on_device_async(void* device_dst, const void* device_src, size_t bytes, Stream stream) {
+  if (bytes == 0) return;
+  TS_CUDA_CHECK(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice,
+                                detail::to_cuda(stream)));
+}
+
 namespace detail {
 
 cublasHandle_t cublas_handle(cudaStream_t stream) {

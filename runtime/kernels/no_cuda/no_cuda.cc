@@ -21,6 +21,10 @@ void destroy_stream(Stream) { not_compiled("destroy_stream"); }
 void synchronize(Stream) { not_compiled("synchronize"); }
 void copy_to_device(void*, const void*, size_t, Stream) { not_compiled("copy_to_device"); }
 void copy_to_host(void*, const void*, size_t, Stream) { not_compiled("copy_to_host"); }
+void zero_async(void*, size_t, Stream) { not_compiled("zero_async"); }
+void copy_on_device_async(void*, const void*, size_t, Stream) {
+  not_compiled("copy_on_device_async");
+}
 
 void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
           int64_t, float, float*, int64_t, Stream) {

@@ -1,0 +1,420 @@
+#include "models/stage.h"
+
+#include <algorithm>
+
+#include "runtime/core/error.h"
+
+namespace tessera::models {
+
+template <typename T>
+Stage<T>::Stage(const GPTConfig& config, const ParamRegistry& registry, kernels::Ops<T>& ops,
+                int first, int last)
+    : config_(config), registry_(registry), ops_(ops), first_(first), last_(last) {
+  const int layers = config.n_layer + 2;
+  TS_CHECK(0 <= first && first < last && last <= layers,
+           "stage layers [{}, {}) are not a range of the model's {} layers", first, last, layers);
+  TS_CHECK(!has_head() || has_embedding(),
+           "stage [{}, {}) holds the head but not the word embedding it is tied to (layer 0)",
+           first, last);
+}
+
+template <typename T>
+int Stage<T>::first_block() const {
+  return std::max(first_, 1);
+}
+
+template <typename T>
+int Stage<T>::last_block() const {
+  return std::min(last_, config_.n_layer + 1);
+}
+
+template <typename T>
+int64_t Stage<T>::stored_elems(int64_t n) const {
+  const int64_t bytes = n * static_cast<int64_t>(ops_.storage_size());
+  return (bytes + static_cast<int64_t>(sizeof(T)) - 1) / static_cast<int64_t>(sizeof(T));
+}
+
+template <typename T>
+int64_t Stage<T>::place_block(T* base, int B, int seq_len, BlockActs* out) const {
+  const int64_t C = config_.n_embd, cap = int64_t{B} * seq_len;
+  int64_t off = 0;
+  // 64-byte aligned for float; a smaller batch uses each buffer's prefix.
+  auto take = [&](int64_t elems) {
+    T* at = base == nullptr ? nullptr : base + off;
+    off += (elems + 15) / 16 * 16;
+    return at;
+  };
+  auto take_stored = [&](int64_t n) { return static_cast<void*>(take(stored_elems(n))); };
+  BlockActs a{};
+  a.ln1 = take_stored(cap * C);
+  a.ln1_mean = take(cap);
+  a.ln1_rstd = take(cap);
+  a.qkv = take_stored(3 * cap * C);
+  a.atty = take_stored(cap * C);
+  a.lse = take(int64_t{B} * config_.n_head * seq_len);
+  a.residual2 = take(cap * C);
+  a.ln2 = take_stored(cap * C);
+  a.ln2_mean = take(cap);
+  a.ln2_rstd = take(cap);
+  a.fch = take_stored(4 * cap * C);
+  a.fch_gelu = take_stored(4 * cap * C);
+  a.residual3 = take(cap * C);
+  if (out != nullptr) *out = a;
+  return off;
+}
+
+template <typename T>
+typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
+  TS_CHECK(slots >= 1 && B >= 1 && seq_len >= 1, "activation shape {} slot(s) of {}x{} must be positive",
+           slots, B, seq_len);
+  TS_CHECK(seq_len <= config_.block_size,
+           "sequence length {} exceeds the model's block_size {}: lower data.seq_len or raise "
+           "model.block_size",
+           seq_len, config_.block_size);
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  Layout l;
+  l.slots = slots;
+  l.B = B;
+  l.seq = seq_len;
+  int64_t off = 0;
+  auto place = [&](int64_t n) {
+    const int64_t at = off;
+    off += (n + 15) / 16 * 16;
+    return at;
+  };
+  auto place_stored = [&](int64_t n) { return place(stored_elems(n)); };
+  // One slot.
+  l.input = place(BT * C);
+  l.block_stride = place_block(nullptr, B, seq_len, nullptr);
+  l.blocks = place(int64_t{num_blocks()} * l.block_stride);
+  if (has_head()) {
+    l.lnf = place_stored(BT * C);
+    l.lnf_mean = place(BT);
+    l.lnf_rstd = place(BT);
+    l.losses = place(BT);
+  }
+  l.slot_stride = off;
+  // Shared.
+  off = int64_t{slots} * l.slot_stride;
+  l.shared = off;
+  const int64_t head_rows = std::min<int64_t>(BT, ops_.head_chunk_rows());
+  if (has_head()) l.head_scratch = place(head_rows * V);
+  l.dres = place(BT * C);
+  l.dln = place(BT * C);
+  l.dqkv = place(3 * BT * C);
+  l.datty = place(BT * C);
+  l.dfch = place(4 * BT * C);
+  l.dfch_gelu = place(4 * BT * C);
+  if (ops_.stages_gradients()) {
+    int64_t block_numel = 0;  // the largest gradient workspace but layer 0's: a block
+    for (int layer = std::max(first_, 1); layer < last_; ++layer) {
+      block_numel = std::max(block_numel, registry_.layer(layer).numel());
+    }
+    if (has_head()) l.lnf_wide = place(BT * C);
+    l.dout16 = place_stored(4 * BT * C);
+    if (has_head()) l.head_scratch16 = place_stored(head_rows * V);
+    l.grad_ws = place(block_numel);
+    if (has_embedding()) l.grad_ws0 = place(registry_.layer(0).numel());
+    l.small = place(13 * C);
+  }
+  l.total = off;
+  return l;
+}
+
+template <typename T>
+void Stage<T>::allocate(int slots, int B, int seq_len) {
+  layout_ = plan(slots, B, seq_len);
+  arena_ = Storage(static_cast<size_t>(layout_.total) * sizeof(T), MemCategory::Activations,
+                   ops_.device());
+}
+
+template <typename T>
+int64_t Stage<T>::activation_bytes_for(int slots, int B, int seq_len) const {
+  return plan(slots, B, seq_len).total * static_cast<int64_t>(sizeof(T));
+}
+
+template <typename T>
+void Stage<T>::check_batch(int slot, int B, int seq_len) const {
+  TS_CHECK(arena_.data() != nullptr, "the stage's activations are not allocated: call allocate()");
+  TS_CHECK(slot >= 0 && slot < layout_.slots, "micro-batch slot {} is outside the {} allocated",
+           slot, layout_.slots);
+  TS_CHECK(B >= 1 && seq_len >= 1 && B <= layout_.B && seq_len <= layout_.seq,
+           "batch {}x{} exceeds the activation arena sized for {}x{}", B, seq_len, layout_.B,
+           layout_.seq);
+}
+
+template <typename T>
+typename Stage<T>::BlockActs Stage<T>::block_acts(int slot, int layer) {
+  BlockActs a;
+  const int64_t index = layer - first_block();
+  place_block(slot_buf(slot, layout_.blocks + index * layout_.block_stride), layout_.B, layout_.seq,
+              &a);
+  return a;
+}
+
+template <typename T>
+T* Stage<T>::input(int slot) {
+  return slot_buf(slot, layout_.input);
+}
+
+template <typename T>
+const T* Stage<T>::output(int slot) {
+  return num_blocks() > 0 ? block_acts(slot, last_block() - 1).residual3 : input(slot);
+}
+
+template <typename T>
+typename Stage<T>::BlockOffsets Stage<T>::block_offsets() const {
+  const int64_t C = config_.n_embd;
+  BlockOffsets o{};
+  int64_t at = 0;
+  auto take = [&](int64_t n) {
+    const int64_t here = at;
+    at += n;
+    return here;
+  };
+  // Registry order (build_gpt_registry).
+  o.ln1w = take(C);
+  o.ln1b = take(C);
+  o.qkvw = take(3 * C * C);
+  o.qkvb = take(3 * C);
+  o.attprojw = take(C * C);
+  o.attprojb = take(C);
+  o.ln2w = take(C);
+  o.ln2b = take(C);
+  o.fcw = take(4 * C * C);
+  o.fcb = take(4 * C);
+  o.fcprojw = take(4 * C * C);
+  o.fcprojb = take(C);
+  return o;
+}
+
+template <typename T>
+typename Stage<T>::BlockWeights Stage<T>::block_weights(const void* base) {
+  const int64_t C = config_.n_embd;
+  const BlockOffsets o = block_offsets();
+  BlockWeights w{};
+  w.qkvw = ops_.at(base, o.qkvw);
+  w.attprojw = ops_.at(base, o.attprojw);
+  w.fcw = ops_.at(base, o.fcw);
+  w.fcprojw = ops_.at(base, o.fcprojw);
+  T* cursor = buf(layout_.small);  // 13 C elements, used only by tables with 16-bit storage
+  auto small = [&](int64_t at, int64_t n) {
+    const T* v = ops_.view(ops_.at(base, at), cursor, n);
+    cursor += n;
+    return v;
+  };
+  w.ln1w = small(o.ln1w, C);
+  w.ln1b = small(o.ln1b, C);
+  w.qkvb = small(o.qkvb, 3 * C);
+  w.attprojb = small(o.attprojb, C);
+  w.ln2w = small(o.ln2w, C);
+  w.ln2b = small(o.ln2b, C);
+  w.fcb = small(o.fcb, 4 * C);
+  w.fcprojb = small(o.fcprojb, C);
+  return w;
+}
+
+template <typename T>
+typename Stage<T>::BlockGrads Stage<T>::block_grads(T* base) const {
+  const BlockOffsets o = block_offsets();  // gradients share the parameters' layout
+  return {base + o.ln1w,     base + o.ln1b,     base + o.qkvw, base + o.qkvb,
+          base + o.attprojw, base + o.attprojb, base + o.ln2w, base + o.ln2b,
+          base + o.fcw,      base + o.fcb,      base + o.fcprojw, base + o.fcprojb};
+}
+
+template <typename T>
+T* Stage<T>::open_grads(ParamAccess& params, int layer, T* workspace) {
+  if (!ops_.stages_gradients()) return static_cast<T*>(params.grads(layer));
+  ops_.zero(workspace, registry_.layer(layer).numel());
+  return workspace;
+}
+
+template <typename T>
+void Stage<T>::close_grads(ParamAccess& params, int layer, T* workspace) {
+  if (ops_.stages_gradients()) {
+    ops_.accumulate(params.grads(layer), workspace, registry_.layer(layer).numel());
+  }
+  params.grads_ready(layer);
+}
+
+template <typename T>
+void Stage<T>::block_forward(const BlockWeights& w, const BlockActs& a, const T* input, int B,
+                             int seq_len) {
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  kernels::Ops<T>& o = ops_;
+  // Results kept in 16 bits are computed in backward's scratch buffers first.
+  T* ln1 = o.target(a.ln1, buf(layout_.dln));
+  o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln1w, w.ln1b, BT, C);
+  o.save(a.ln1, ln1, BT * C);
+  T* qkv = o.target(a.qkv, buf(layout_.dqkv));
+  o.linear_forward(qkv, a.ln1, w.qkvw, w.qkvb, BT, C, 3 * C);
+  o.save(a.qkv, qkv, 3 * BT * C);
+  // Attention reads q, k, v as backward will, as stored: the log-sum-exp it saves then
+  // matches the probabilities backward recomputes.
+  const T* qkv_stored = o.view(a.qkv, qkv, 3 * BT * C);
+  T* atty = o.target(a.atty, buf(layout_.dln));
+  o.attention_forward(atty, a.lse, qkv_stored, B, seq_len, static_cast<int>(C), config_.n_head);
+  o.save(a.atty, atty, BT * C);
+  // The projection is written straight into the residual stream and the input added in
+  // place: backward never needs the projection's output on its own.
+  o.linear_forward(a.residual2, a.atty, w.attprojw, w.attprojb, BT, C, C);
+  o.residual_forward(a.residual2, a.residual2, input, BT * C);
+  T* ln2 = o.target(a.ln2, buf(layout_.dln));
+  o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln2w, w.ln2b, BT, C);
+  o.save(a.ln2, ln2, BT * C);
+  T* fch = o.target(a.fch, buf(layout_.dfch));
+  o.linear_forward(fch, a.ln2, w.fcw, w.fcb, BT, C, 4 * C);
+  o.save(a.fch, fch, 4 * BT * C);
+  T* gelu = o.target(a.fch_gelu, buf(layout_.dfch_gelu));
+  o.gelu_forward(gelu, fch, 4 * BT * C);
+  o.save(a.fch_gelu, gelu, 4 * BT * C);
+  o.linear_forward(a.residual3, a.fch_gelu, w.fcprojw, w.fcprojb, BT, 4 * C, C);
+  o.residual_forward(a.residual3, a.residual3, a.residual2, BT * C);
+}
+
+template <typename T>
+void Stage<T>::block_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
+                              const T* input, int B, int seq_len) {
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  kernels::Ops<T>& o = ops_;
+  T* dres = buf(layout_.dres);  // dL/d(block output) on entry, dL/d(input) on exit
+  T* dln = buf(layout_.dln);
+  T* dqkv = buf(layout_.dqkv);
+  T* datty = buf(layout_.datty);
+  T* dfch = buf(layout_.dfch);
+  T* dfch_gelu = buf(layout_.dfch_gelu);
+  void* dout16 = buf(layout_.dout16);  // a GEMM's output gradient, rounded (16-bit storage)
+  // MLP branch: residual3 = residual2 + mlp(ln2(residual2)); the residual stream's gradient
+  // passes through unchanged and the branch adds its part.
+  o.zero(dfch_gelu, 4 * BT * C);
+  o.linear_backward(dfch_gelu, g.fcprojw, g.fcprojb, dres, dout16, a.fch_gelu, w.fcprojw, BT,
+                    4 * C, C);
+  o.zero(dfch, 4 * BT * C);
+  o.gelu_backward(dfch, a.fch, dfch_gelu, 4 * BT * C);
+  o.zero(dln, BT * C);
+  o.linear_backward(dln, g.fcw, g.fcb, dfch, dout16, a.ln2, w.fcw, BT, C, 4 * C);
+  o.layernorm_backward(dres, g.ln2w, g.ln2b, dln, a.residual2, w.ln2w, a.ln2_mean, a.ln2_rstd,
+                       BT, C);
+  // Attention branch: residual2 = input + proj(attn(ln1(input))).
+  o.zero(datty, BT * C);
+  o.linear_backward(datty, g.attprojw, g.attprojb, dres, dout16, a.atty, w.attprojw, BT, C, C);
+  // Attention's saved input and output in T: widened on 16-bit tables into buffers that are
+  // free until further down.
+  const T* atty = o.view(a.atty, dln, BT * C);
+  const T* qkv = o.view(a.qkv, dfch, 3 * BT * C);
+  o.zero(dqkv, 3 * BT * C);
+  o.attention_backward(dqkv, datty, qkv, atty, a.lse, B, seq_len, static_cast<int>(C),
+                       config_.n_head);
+  o.zero(dln, BT * C);
+  o.linear_backward(dln, g.qkvw, g.qkvb, dqkv, dout16, a.ln1, w.qkvw, BT, C, 3 * C);
+  o.layernorm_backward(dres, g.ln1w, g.ln1b, dln, input, w.ln1w, a.ln1_mean, a.ln1_rstd, BT, C);
+}
+
+template <typename T>
+void Stage<T>::forward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len) {
+  check_batch(slot, B, seq_len);
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  T* x = input(slot);
+  if (has_embedding()) {
+    TS_CHECK(tokens != nullptr, "the first stage's forward needs the input tokens");
+    const void* emb = params.acquire(0);
+    ops_.embedding_forward(x, tokens, emb, ops_.at(emb, V * C), B, seq_len, static_cast<int>(C));
+    params.release(0);
+  }
+  const T* h = x;
+  for (int layer = first_block(); layer < last_block(); ++layer) {
+    const BlockWeights w = block_weights(params.acquire(layer));
+    const BlockActs a = block_acts(slot, layer);
+    block_forward(w, a, h, B, seq_len);
+    params.release(layer);
+    h = a.residual3;
+  }
+  if (has_head()) {
+    const int lnf_layer = config_.n_layer + 1;
+    const void* stored = params.acquire(lnf_layer);
+    const T* lnf_w = ops_.view(stored, buf(layout_.small), 2 * C);
+    void* lnf = slot_buf(slot, layout_.lnf);
+    T* out = ops_.target(lnf, buf(layout_.lnf_wide));
+    ops_.layernorm_forward(out, slot_buf(slot, layout_.lnf_mean), slot_buf(slot, layout_.lnf_rstd),
+                           h, lnf_w, lnf_w + C, BT, C);
+    params.release(lnf_layer);
+    ops_.save(lnf, out, BT * C);
+  }
+}
+
+template <typename T>
+double Stage<T>::head(ParamAccess& params, int slot, const int32_t* targets, int B, int seq_len,
+                      bool backward, double grad_scale) {
+  check_batch(slot, B, seq_len);
+  TS_CHECK(has_head(), "head() runs on the last stage only");
+  TS_CHECK(targets != nullptr, "the loss needs targets");
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  T* dlnf = nullptr;
+  T* dwte = nullptr;
+  const void* wte = params.acquire(0);
+  if (backward) {
+    dlnf = buf(layout_.dln);
+    ops_.zero(dlnf, BT * C);
+    // Layer 0's gradients stay open through backward: the head adds wte's gradient now, the
+    // embedding its rows at the end.
+    dwte = open_grads(params, 0, buf(layout_.grad_ws0));
+    ws0_open_ = true;
+  }
+  const double loss_sum = ops_.lm_head_cross_entropy(
+      dlnf, dwte, slot_buf(slot, layout_.losses), slot_buf(slot, layout_.lnf), wte, targets, BT, C,
+      V, grad_scale / static_cast<double>(BT), buf(layout_.head_scratch),
+      buf(layout_.head_scratch16));
+  params.release(0);
+  return loss_sum;
+}
+
+template <typename T>
+void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len) {
+  check_batch(slot, B, seq_len);
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  T* dres = buf(layout_.dres);
+  T* ws = buf(layout_.grad_ws);
+  if (has_head()) {
+    TS_CHECK(ws0_open_, "the last stage's backward needs head(..., backward = true) first");
+    const int lnf_layer = config_.n_layer + 1;
+    const T* lnf_w = ops_.view(params.acquire(lnf_layer), buf(layout_.small), 2 * C);
+    T* g = open_grads(params, lnf_layer, ws);
+    ops_.zero(dres, BT * C);
+    ops_.layernorm_backward(dres, g, g + C, buf(layout_.dln), output(slot), lnf_w,
+                            slot_buf(slot, layout_.lnf_mean), slot_buf(slot, layout_.lnf_rstd),
+                            BT, C);
+    params.release(lnf_layer);
+    close_grads(params, lnf_layer, ws);
+  }
+  for (int layer = last_block() - 1; layer >= first_block(); --layer) {
+    const BlockWeights w = block_weights(params.acquire(layer));
+    const BlockGrads g = block_grads(open_grads(params, layer, ws));
+    const T* in = layer > first_block() ? block_acts(slot, layer - 1).residual3 : input(slot);
+    block_backward(w, g, block_acts(slot, layer), in, B, seq_len);
+    params.release(layer);
+    close_grads(params, layer, ws);
+  }
+  if (has_embedding()) {
+    TS_CHECK(tokens != nullptr, "the first stage's backward needs the input tokens");
+    T* ws0 = buf(layout_.grad_ws0);
+    T* demb = ws0_open_ && ops_.stages_gradients() ? ws0 : open_grads(params, 0, ws0);
+    ops_.embedding_backward(demb, demb + V * C, dres, tokens, B, seq_len, static_cast<int>(C));
+    ws0_open_ = false;
+    close_grads(params, 0, ws0);
+  }
+}
+
+template <typename T>
+void Stage<T>::logits_at(ParamAccess& params, int slot, int b, int t, int seq_len, T* out) {
+  TS_CHECK(has_head(), "logits come from the last stage");
+  const int64_t C = config_.n_embd, V = config_.vocab_size;
+  const int64_t row = (int64_t{b} * seq_len + t) * C;
+  const void* wte = params.acquire(0);
+  ops_.linear_forward(out, ops_.at(slot_buf(slot, layout_.lnf), row), wte, nullptr, 1, C, V);
+  params.release(0);
+}
+
+template class Stage<float>;
+template class Stage<double>;
+
+}  // namespace tessera::models

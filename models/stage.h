@@ -1,0 +1,144 @@
+// The GPT graph, written once: a pipeline stage owning the model's layers [first, last),
+// running every precision and device through an ops table (runtime/kernels/ops.h).
+//
+// Layer numbering, the unit of acquire / release / grads_ready: 0 = embeddings (wte, wpe; wte
+// is also the head), 1..n_layer = blocks, n_layer + 1 = final LayerNorm. The first stage
+// (first == 0) adds the token and position embeddings; the last (last == n_layer + 2) adds the
+// final LayerNorm, the head and the loss. A whole model is one stage holding every layer.
+//
+// Activations are kept per (micro-batch slot, layer): a stage can hold `slots` micro-batches
+// in flight (a pipeline schedule's forwards ahead of their backwards). Backward's scratch, the
+// gradient workspaces and the head's logits chunk are shared by all slots.
+//
+// A block's forward and backward (block_forward / block_backward in stage.cc) are where a
+// kernel's backward is called; the stored (16-bit) and compute (fp32) sides of a buffer meet
+// only in the table's target / save / view.
+#pragma once
+
+#include <cstdint>
+
+#include "models/gpt_config.h"
+#include "runtime/core/params.h"
+#include "runtime/core/storage.h"
+#include "runtime/kernels/ops.h"
+
+namespace tessera::models {
+
+template <typename T>
+class Stage {
+ public:
+  // The head is tied to the word embedding (layer 0): a stage holding the head must hold
+  // layer 0 too.
+  Stage(const GPTConfig& config, const ParamRegistry& registry, kernels::Ops<T>& ops, int first,
+        int last);
+
+  int first() const { return first_; }
+  int last() const { return last_; }
+  bool has_embedding() const { return first_ == 0; }
+  bool has_head() const { return last_ == config_.n_layer + 2; }
+
+  // Sizes the activations for `slots` micro-batches of up to B x seq_len tokens
+  // (seq_len <= block_size); charged to MemCategory::Activations on the table's device.
+  void allocate(int slots, int B, int seq_len);
+  int64_t activation_bytes() const { return static_cast<int64_t>(arena_.bytes()); }
+  // What allocate(slots, B, seq_len) would take, without allocating.
+  int64_t activation_bytes_for(int slots, int B, int seq_len) const;
+
+  // Forward of micro-batch `slot`: from `tokens` [B, T] on the first stage, else from
+  // input(slot), which the caller fills with the previous stage's output.
+  void forward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len);
+  // Last stage, after forward(slot): the summed cross-entropy over the B x T targets. With
+  // backward, also the head's gradients (scaled by grad_scale / (B T)): the final LayerNorm
+  // output's in backward's scratch, wte's into layer 0's gradients.
+  double head(ParamAccess& params, int slot, const int32_t* targets, int B, int seq_len,
+              bool backward, double grad_scale);
+  // Backward of micro-batch `slot`, accumulating into params.grads(layer) and reporting each
+  // layer with grads_ready. On the last stage head(..., backward = true) runs first; on the
+  // others the caller fills output_grad() first. tokens: the first stage's inputs.
+  void backward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len);
+  // Logits [V] of position (b, t) of `slot` after forward (last stage).
+  void logits_at(ParamAccess& params, int slot, int b, int t, int seq_len, T* out);
+
+  // [B, T, C] entering the stage (the embeddings' output on the first stage).
+  T* input(int slot);
+  // [B, T, C] leaving a stage without the head: its last block's output.
+  const T* output(int slot);
+  // dL/d(output), written by the caller before backward(); after backward, dL/d(input).
+  // Shared by all slots: valid until the next backward.
+  T* output_grad() { return buf(layout_.dres); }
+  const T* input_grad() { return buf(layout_.dres); }
+
+ private:
+  // A block's weights: GEMM matrices as stored, small tensors (gains, biases) in T.
+  struct BlockWeights {
+    const void *qkvw, *attprojw, *fcw, *fcprojw;
+    const T *ln1w, *ln1b, *qkvb, *attprojb, *ln2w, *ln2b, *fcb, *fcprojb;
+  };
+  // A block's gradients in T, in registry order.
+  struct BlockGrads {
+    T *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
+        *fcprojb;
+  };
+  // One block's saved activations for one slot: the GEMM operands as stored (void*), the
+  // LayerNorm statistics, attention's log-sum-exp and the residual stream in T.
+  struct BlockActs {
+    void *ln1, *qkv, *atty, *ln2, *fch, *fch_gelu;
+    T *ln1_mean, *ln1_rstd, *lse, *residual2, *ln2_mean, *ln2_rstd, *residual3;
+  };
+  // Offsets, in elements of T, within the activation arena.
+  struct Layout {
+    int slots = 0, B = 0, seq = 0;
+    int64_t slot_stride = 0;  // one slot's saved activations
+    // Within a slot.
+    int64_t input = 0, blocks = 0, block_stride = 0, lnf = 0, lnf_mean = 0, lnf_rstd = 0,
+            losses = 0;
+    // Shared by all slots: backward's scratch, head scratch; with staged gradients, the fp32
+    // final LayerNorm output, rounded GEMM output gradients, the gradient workspaces (a block,
+    // layer 0) and a block's small parameters widened.
+    int64_t shared = 0;
+    int64_t dres = 0, dln = 0, dqkv = 0, datty = 0, dfch = 0, dfch_gelu = 0, head_scratch = 0;
+    int64_t lnf_wide = 0, dout16 = 0, head_scratch16 = 0, grad_ws = 0, grad_ws0 = 0, small = 0;
+    int64_t total = 0;
+  };
+
+  Layout plan(int slots, int B, int seq_len) const;
+  // Lays one block's activations out from `base` for a B x T capacity; returns the stride.
+  int64_t place_block(T* base, int B, int seq_len, BlockActs* out) const;
+  BlockActs block_acts(int slot, int layer);
+  int num_blocks() const { return last_block() - first_block(); }
+  int first_block() const;  // layer number of the stage's first block
+  int last_block() const;   // one past its last block
+  void check_batch(int slot, int B, int seq_len) const;
+  T* buf(int64_t offset) const { return static_cast<T*>(arena_.data()) + offset; }
+  T* slot_buf(int slot, int64_t offset) const {
+    return buf(int64_t{slot} * layout_.slot_stride + offset);
+  }
+  // Stored elements of n values of the storage dtype, in elements of T (rounded up).
+  int64_t stored_elems(int64_t n) const;
+
+  // Element offsets of a block's tensors from the block's first element (registry order).
+  struct BlockOffsets {
+    int64_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+  };
+  BlockOffsets block_offsets() const;
+  BlockWeights block_weights(const void* base);
+  BlockGrads block_grads(T* base) const;
+  // Where backward accumulates `layer`'s gradients: params.grads(layer) itself, or a zeroed
+  // T workspace when the table stages gradients. close_grads adds the workspace in and
+  // reports the layer.
+  T* open_grads(ParamAccess& params, int layer, T* workspace);
+  void close_grads(ParamAccess& params, int layer, T* workspace);
+  void block_forward(const BlockWeights& w, const BlockActs& a, const T* input, int B, int seq_len);
+  void block_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
+                      const T* input, int B, int seq_len);
+
+  const GPTConfig& config_;
+  const ParamRegistry& registry_;
+  kernels::Ops<T>& ops_;
+  int first_, last_;
+  Layout layout_;
+  Storage arena_;
+  bool ws0_open_ = false;  // layer 0's workspace holds the head's wte gradient
+};
+
+}  // namespace tessera::models

@@ -1,0 +1,96 @@
+// The ops table: every kernel the model graph calls, chosen at run time by device and
+// precision. The graph (models/) is written once against it; what differs between fp32 and
+// bf16 / fp16, and between the CPU and CUDA, lives here and in the buffers.
+//
+// T is the compute type: float (fp32, bf16, fp16 tables) or double (gradient checks).
+// `storage()` is the dtype of parameters, gradients and the GEMM operands kept for backward:
+// T itself, or a 16-bit type for the mixed tables. A "stored" pointer (void*) holds
+// storage() elements; every other pointer holds T. LayerNorm, GELU, attention's softmax, the
+// residual stream and all accumulation stay in T.
+//
+// On a 16-bit table a GEMM takes 16-bit operands and accumulates in fp32, a block's
+// gradients are formed in a T workspace and added into the 16-bit gradients once per
+// micro-batch (stages_gradients()), and small parameters are widened to T before use.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "runtime/core/device.h"
+#include "runtime/core/dtype.h"
+
+namespace tessera::kernels {
+
+template <typename T>
+class Ops {
+ public:
+  virtual ~Ops() = default;
+
+  virtual Device device() const = 0;
+  virtual DType storage() const = 0;
+  size_t storage_size() const { return dtype_size(storage()); }
+  // Stored buffers are T itself: saving is a no-op and gradients go straight to their slot.
+  bool same_storage() const { return storage() == dtype_of<T>(); }
+  // Gradients are formed in a T workspace and added into the stored gradients afterwards.
+  bool stages_gradients() const { return !same_storage(); }
+  // `stored` advanced by n elements of storage().
+  void* at(void* stored, int64_t n) const {
+    return static_cast<char*>(stored) + n * static_cast<int64_t>(storage_size());
+  }
+  const void* at(const void* stored, int64_t n) const {
+    return static_cast<const char*>(stored) + n * static_cast<int64_t>(storage_size());
+  }
+
+  // --- Moving between T and storage.
+  virtual void zero(T* x, int64_t n) = 0;
+  // Where a result that will be kept in `stored` is computed: `stored` itself when the
+  // storage is T, else `scratch` (n elements of T), to be narrowed by save().
+  T* target(void* stored, T* scratch) const {
+    return same_storage() ? static_cast<T*>(stored) : scratch;
+  }
+  // Keeps `value` (n elements, the pointer target() gave) in `stored`: rounds on 16-bit tables.
+  virtual void save(void* stored, const T* value, int64_t n) = 0;
+  // A T view of a stored buffer: the buffer itself, or widened into `scratch`.
+  virtual const T* view(const void* stored, T* scratch, int64_t n) = 0;
+  // grads (stored) += workspace (T), for tables that stage gradients.
+  virtual void accumulate(void* grads, const T* workspace, int64_t n) = 0;
+
+  // --- The model's kernels (forward and backward; see cpu_kernels.h for each contract).
+  // Backward kernels ACCUMULATE into their parameter-gradient outputs.
+  virtual void linear_forward(T* out, const void* inp, const void* weight, const T* bias,
+                              int64_t N, int64_t C, int64_t OC) = 0;
+  // dout16: room for N x OC stored elements, where 16-bit tables round dout for the GEMMs.
+  virtual void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, void* dout16,
+                               const void* inp, const void* weight, int64_t N, int64_t C,
+                               int64_t OC) = 0;
+  virtual void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight,
+                                 const T* bias, int64_t N, int64_t C) = 0;
+  virtual void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                                  const T* weight, const T* mean, const T* rstd, int64_t N,
+                                  int64_t C) = 0;
+  virtual void gelu_forward(T* out, const T* inp, int64_t n) = 0;
+  // dinp += GELU'(inp) * dout, inp as stored.
+  virtual void gelu_backward(T* dinp, const void* inp, const T* dout, int64_t n) = 0;
+  virtual void residual_forward(T* out, const T* a, const T* b, int64_t n) = 0;
+  virtual void attention_forward(T* out, T* lse, const T* qkv, int B, int T_, int C, int NH) = 0;
+  virtual void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out,
+                                  const T* lse, int B, int T_, int C, int NH) = 0;
+  virtual void embedding_forward(T* out, const int32_t* tokens, const void* wte, const void* wpe,
+                                 int B, int T_, int C) = 0;
+  virtual void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B,
+                                  int T_, int C) = 0;
+  // Rows of the head processed at once: the logits scratch holds head_chunk_rows() x V.
+  virtual int64_t head_chunk_rows() const = 0;
+  // The fused head: summed cross-entropy; with dx, dx and dwte get the gradients.
+  // scratch: head_chunk_rows() x V of T; scratch16: as many stored elements (16-bit tables).
+  virtual double lm_head_cross_entropy(T* dx, T* dwte, T* losses, const void* x, const void* wte,
+                                       const int32_t* targets, int64_t N, int64_t C, int64_t V,
+                                       double grad_scale, T* scratch, void* scratch16) = 0;
+};
+
+// The table for `storage` on `device`: T = float with f32, bf16 or f16; T = double with f64.
+// Throws NotCompiled for CUDA in a build without it, InvalidArgument for other pairs.
+template <typename T>
+std::unique_ptr<Ops<T>> make_ops(Device device, DType storage);
+
+}  // namespace tessera::kernels
