@@ -1,5 +1,7 @@
 #include "memory/zero/replicated_access.h"
 
+#include <cstring>
+
 #include "memory/zero/zero_plan.h"
 #include "runtime/core/error.h"
 
@@ -34,7 +36,11 @@ void ReplicatedParamAccess::grads_ready(int layer) {
                                          dtype_, opts));
 }
 
-void ReplicatedParamAccess::finish() {
+void ReplicatedParamAccess::zero_grads() {
+  std::memset(grads_, 0, static_cast<size_t>(registry_.numel()) * dtype_size(dtype_));
+}
+
+void ReplicatedParamAccess::finish_gradients() {
   for (auto& w : in_flight_) w->wait();
   in_flight_.clear();
   for (Bucket& b : buckets_) {

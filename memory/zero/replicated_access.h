@@ -28,12 +28,13 @@ class ReplicatedParamAccess final : public ParamAccess {
   void* grads(int layer) override { return at(grads_, registry_.layer(layer).begin); }
   void grads_ready(int layer) override;
 
-  // Off for the micro-batches of an accumulation window but the last: gradients then only
-  // accumulate locally, and one reduction per optimizer step averages the sum.
-  void set_sync(bool sync) { sync_ = sync; }
+  void zero_grads() override;
+  // Only the last micro-batch of an accumulation window reduces: the others accumulate
+  // locally, and one reduction per optimizer step averages the sum.
+  void begin_micro_batch(bool /*training*/, bool last) override { sync_ = last; }
   // Blocks until every launched reduction finished (rethrowing a communication failure);
   // gradients are then averaged across ranks and identical on all of them.
-  void finish();
+  void finish_gradients() override;
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
   // Elements all-reduced per optimizer step (for the communication accounting).

@@ -252,7 +252,7 @@ void* ShardedParamAccess::grads(int layer) {
 char* ShardedParamAccess::bucket_grads(int b) {
   Bucket& bucket = buckets_[b];
   if (bucket.slot < 0 && b == bucket_of_layer_[0]) {
-    bucket.slot = 0;  // its own slot, free again by the next pass (begin_pass drains)
+    bucket.slot = 0;  // its own slot, free again by the next pass (begin_micro_batch drains)
     std::memset(slots_[0].data(), 0, (bucket.end - bucket.begin) * elem_size_);
   } else if (bucket.slot < 0) {
     while (free_slots_.empty()) {
@@ -306,7 +306,7 @@ void ShardedParamAccess::complete(const InFlight& f) {
 
 // --- step boundaries ----------------------------------------------------------------------
 
-void ShardedParamAccess::begin_pass(bool training, bool sync) {
+void ShardedParamAccess::begin_micro_batch(bool training, bool sync) {
   // A bucket's slot is reused by the next pass: its previous reduction must have landed.
   drain();
   sync_ = sync;
@@ -331,7 +331,7 @@ void ShardedParamAccess::drain() {
   }
 }
 
-void ShardedParamAccess::finish() {
+void ShardedParamAccess::finish_gradients() {
   drain();
   if (options_.stage == 3) {
     recording_ = false;

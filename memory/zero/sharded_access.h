@@ -49,20 +49,20 @@ class ShardedParamAccess final : public ParamAccess {
   void* grads(int layer) override;
   void grads_ready(int layer) override;
 
-  // Before each forward or forward-backward pass. training: the pass runs backward (only
+  // Before each micro-batch's forward (ParamAccess's lifecycle). training: the pass runs backward (only
   // training passes record and prefetch along the stage-3 acquire order). sync: this micro-batch's gradients
   // are reduced now; stage 1 keeps full gradients and reduces once per accumulation window
   // (sync only on the last micro-batch), stages 2-3 keep only a shard and so reduce every
   // micro-batch whatever sync says.
-  void begin_pass(bool training, bool sync);
+  void begin_micro_batch(bool training, bool sync) override;
   // Waits for every launched reduction; the owned gradient shard then holds the average
   // over ranks of the accumulated gradients.
-  void finish();
-  void zero_grads();
+  void finish_gradients() override;
+  void zero_grads() override;
   OptimizerShard shard();
   // After the optimizer changed the owned parameter shard: stages 1-2 all-gather the shards
   // into every rank's full parameters; stage 3 refreshes its whole (persistent) layers.
-  void after_update();
+  void after_update() override;
   // Collective: the full fp32 parameters (the master weights when training in 16 bits) into
   // out (registry.numel() elements) on every rank.
   void gather_full(float* out);

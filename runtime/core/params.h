@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,20 @@ class ParamAccess {
   virtual void* grads(int layer) = 0;
   // The layer's backward has finished writing its gradients for this micro-batch.
   virtual void grads_ready(int layer) = 0;
+
+  // The step's lifecycle, called by the engine (never by a layer), so the engine never needs
+  // to know which ZeRO stage or data-parallel layout it drives.
+  // Before a step's first micro-batch: the gradients this rank accumulates start at zero.
+  virtual void zero_grads() = 0;
+  // Before each micro-batch's forward. training: its backward follows. last: the last
+  // micro-batch of the optimizer step (layouts that reduce once per step reduce in it).
+  virtual void begin_micro_batch(bool /*training*/, bool /*last*/) {}
+  // After the step's last backward: waits for every gradient reduction (rethrowing a
+  // communication failure); the gradients the optimizer reads are then final.
+  virtual void finish_gradients() {}
+  // After the optimizer changed this rank's parameters: layouts that keep copies of other
+  // ranks' parameters refresh them.
+  virtual void after_update() {}
 };
 
 // Stage 0 on one rank: whole flat buffers, nothing to gather or reduce.
@@ -80,6 +95,9 @@ class LocalParamAccess final : public ParamAccess {
   void release(int) override {}
   void* grads(int layer) override { return grads_ + registry_.layer(layer).begin * elem_size_; }
   void grads_ready(int) override {}
+  void zero_grads() override {
+    std::memset(grads_, 0, static_cast<size_t>(registry_.numel()) * elem_size_);
+  }
 
  private:
   const ParamRegistry& registry_;

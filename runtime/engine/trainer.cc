@@ -18,6 +18,7 @@
 namespace tessera::engine {
 
 namespace k = tessera::kernels::cpu;
+namespace pp = tessera::parallel::pp;
 
 namespace {
 
@@ -92,8 +93,12 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
                                                config_.seq_len, config_.model.vocab_size,
                                                dp_rank(), dp_size(), config_.shuffle, config_.seed,
                                                parse_token_format(config_.data_format));
-  model_.allocate_activations(config_.micro_batch_size, config_.seq_len);
-  const size_t n = static_cast<size_t>(config_.micro_batch_size) * config_.seq_len;
+  schedule_ = pp::one_stage(config_.gradient_accumulation_steps);
+  pp::validate(schedule_);
+  slots_ = pp::assign_slots(schedule_.programs[0]);
+  const int slots = pp::slots_needed(schedule_.programs[0]);
+  model_.stage().allocate(slots, config_.micro_batch_size, config_.seq_len);
+  const size_t n = static_cast<size_t>(slots) * config_.micro_batch_size * config_.seq_len;
   inputs_.resize(n);
   targets_.resize(n);
 }
@@ -178,7 +183,7 @@ void Trainer::optimizer_step(double lr, double grad_scale) {
                         s.exp_avg_sq + at, part.numel(), a);
     }
   }
-  if (sharded_ != nullptr) sharded_->after_update();
+  access_->after_update();
 }
 
 std::vector<float> Trainer::full_params() {
@@ -195,25 +200,51 @@ StepStats Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
   const int accum = config_.gradient_accumulation_steps;
   const int B = config_.micro_batch_size, T = config_.seq_len;
-  if (sharded_ != nullptr) {
-    sharded_->zero_grads();
-  } else {
-    state_->zero_grads();
-  }
+  const size_t tokens = static_cast<size_t>(B) * T;
+  models::Stage<float>& stage = model_.stage();
+  const pp::StageProgram& program = schedule_.programs[0];
+  access_->zero_grads();
   // fp16 scales the loss (so the gradients) up to keep small gradients representable.
   const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
   double loss = 0.0;
-  for (int micro = 0; micro < accum; ++micro) {
-    if (replicated_ != nullptr) replicated_->set_sync(micro == accum - 1);
-    if (sharded_ != nullptr) sharded_->begin_pass(/*training=*/true, micro == accum - 1);
-    train_loader_->next(inputs_.data(), targets_.data());
-    loss += model_.forward_backward(*access_, inputs_.data(), targets_.data(), B, T,
-                                    loss_scale / accum);
+  std::optional<StepStats> stats;
+  for (size_t i = 0; i < program.size(); ++i) {
+    const pp::Step& s = program[i];
+    const int slot = slots_[i];
+    int32_t* inputs = inputs_.data() + slot * tokens;
+    int32_t* targets = targets_.data() + slot * tokens;
+    switch (s.kind) {
+      case pp::StepKind::Forward:
+        access_->begin_micro_batch(/*training=*/true, /*last=*/s.micro_batch == accum - 1);
+        train_loader_->next(inputs, targets);
+        stage.forward(*access_, slot, inputs, B, T);
+        break;
+      case pp::StepKind::Backward:
+        loss += stage.head(*access_, slot, targets, B, T, /*backward=*/true, loss_scale / accum) /
+                static_cast<double>(tokens);
+        stage.backward(*access_, slot, inputs, B, T);
+        break;
+      case pp::StepKind::ReduceGrads:
+        access_->finish_gradients();
+        break;
+      case pp::StepKind::OptimizerStep:
+        stats = finish_step(loss / accum, loss_scale);
+        break;
+      default:
+        TS_THROW(InvalidArgument, "schedule '{}' moves activations between pipeline stages: "
+                 "this engine runs one stage", schedule_.name);
+    }
   }
-  if (replicated_ != nullptr) replicated_->finish();
-  if (sharded_ != nullptr) sharded_->finish();
+  TS_CHECK(stats.has_value(), "schedule '{}' has no optimizer step", schedule_.name);
+  stats->ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  stats->tokens_per_s = static_cast<double>(accum) * B * T * dp_size() / (stats->ms / 1000.0);
+  return *stats;
+}
+
+StepStats Trainer::finish_step(double local_loss, double loss_scale) {
   if (gradient_hook_) gradient_hook_(steps_done_ + 1, optimizer_shard());
-  loss = dp_mean(loss / accum);
+  const double loss = dp_mean(local_loss);
   const double scaled_norm = grad_norm();
   const double norm = scaled_norm / loss_scale;
   // An inf or nan in any rank's gradients: every rank must take the same decision.
@@ -241,14 +272,10 @@ StepStats Trainer::step() {
     ++updates_done_;
   }
   ++steps_done_;
-  const double ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   s.step = steps_done_;
   s.loss = loss;
   s.lr = lr;
   s.grad_norm = norm;
-  s.ms = ms;
-  s.tokens_per_s = static_cast<double>(accum) * B * T * dp_size() / (ms / 1000.0);
   return s;
 }
 
@@ -261,7 +288,7 @@ double Trainer::evaluate() {
   double sum = 0.0;
   for (int i = 0; i < iters; ++i) {
     val.next(inputs_.data(), targets_.data());
-    if (sharded_ != nullptr) sharded_->begin_pass(/*training=*/false, false);
+    access_->begin_micro_batch(/*training=*/false, /*last=*/false);
     sum += model_.forward(*access_, inputs_.data(), targets_.data(), B, T);
   }
   return sum / iters;

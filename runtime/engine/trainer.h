@@ -14,6 +14,7 @@
 #include "memory/zero/replicated_access.h"
 #include "memory/zero/sharded_access.h"
 #include "parallel/comm/process_group.h"
+#include "parallel/pp/schedule.h"
 #include "models/gpt.h"
 #include "runtime/engine/config.h"
 #include "runtime/engine/loss_scaler.h"
@@ -76,6 +77,10 @@ class Trainer {
   int dp_size() const { return dp_ != nullptr ? dp_->size() : 1; }
 
  private:
+  // The schedule's OptimizerStep: the mean loss over ranks, the gradient norm, fp16's
+  // overflow decision, clipping and the update. local_loss: this rank's mean over its
+  // micro-batches.
+  StepStats finish_step(double local_loss, double loss_scale);
   // grad_scale multiplies the gradients first: clipping and fp16's unscaling.
   void optimizer_step(double lr, double grad_scale);
   // What this rank's optimizer updates: the whole model at stage 0, the owned shard else.
@@ -96,10 +101,15 @@ class Trainer {
   std::optional<LossScaler> scaler_;        // fp16 only
   GradientHook gradient_hook_;
   std::unique_ptr<ParamAccess> access_;
-  memory::ReplicatedParamAccess* replicated_ = nullptr;  // access_ at stage 0, data-parallel
-  memory::ShardedParamAccess* sharded_ = nullptr;        // access_ at stages 1-3
+  // access_ seen as what it is, for logging and the optimizer's shard; the step's lifecycle
+  // goes through access_ alone.
+  memory::ReplicatedParamAccess* replicated_ = nullptr;  // stage 0, data-parallel
+  memory::ShardedParamAccess* sharded_ = nullptr;        // stages 1-3
   std::unique_ptr<DataLoader> train_loader_;
-  std::vector<int32_t> inputs_, targets_;
+  // The step as data: gradient accumulation on one stage, with each step's activation slot.
+  parallel::pp::Schedule schedule_;
+  std::vector<int> slots_;
+  std::vector<int32_t> inputs_, targets_;  // per slot: micro_batch_size x seq_len tokens
   int64_t steps_done_ = 0;
   int64_t updates_done_ = 0;  // Adam's step count and the lr schedule's: skipped steps excluded
 };
