@@ -24,6 +24,21 @@ ShardRange intersect(ShardRange a, ShardRange b) {
   return begin < end ? ShardRange{begin, end} : ShardRange{begin, begin};
 }
 
+ShardLayout::ShardLayout(int64_t model_numel, int this_rank, int world_size)
+    : numel(model_numel),
+      padded(padded_numel(model_numel, world_size)),
+      rank(this_rank),
+      world(world_size),
+      shard(shard_range(model_numel, this_rank, world_size)) {}
+
+std::vector<size_t> ShardLayout::counts(int64_t begin, int64_t end) const {
+  std::vector<size_t> out(world);
+  for (int r = 0; r < world; ++r) {
+    out[r] = static_cast<size_t>(intersect({begin, end}, shard_range(numel, r, world)).numel());
+  }
+  return out;
+}
+
 FlatState::FlatState(DType dtype, int64_t numel, ShardRange optimizer_range)
     : dtype_(dtype),
       numel_(numel),

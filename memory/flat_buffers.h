@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "memory/precision.h"
 #include "runtime/core/storage.h"
@@ -24,6 +25,24 @@ int64_t padded_numel(int64_t numel, int world, int64_t align = 16);
 ShardRange shard_range(int64_t numel, int rank, int world, int64_t align = 16);
 // Intersection of two ranges (empty when disjoint).
 ShardRange intersect(ShardRange a, ShardRange b);
+
+// How `world` ranks split a flat model of numel elements, seen from `rank`: the ZeRO parts
+// (gradient buckets, the stage-3 gatherer, the optimizer shard) all cut ranges by it, so
+// they agree on who owns which element.
+struct ShardLayout {
+  ShardLayout(int64_t model_numel, int this_rank, int world_size);
+  int64_t numel = 0;
+  int64_t padded = 0;  // padded_numel(numel, world)
+  int rank = 0, world = 1;
+  ShardRange shard;  // shard_range(numel, rank, world): may reach into the padding
+  // The shard clipped to the model (may be empty on the last ranks of a tiny model).
+  ShardRange owned() const { return intersect(shard, {0, numel}); }
+  // [begin, end) of the model intersected with this rank's shard.
+  ShardRange piece(int64_t begin, int64_t end) const { return intersect({begin, end}, owned()); }
+  // Elements of [begin, end) each rank owns, in rank order: the counts of a reduce_scatter_v
+  // or all_gather_v over that range.
+  std::vector<size_t> counts(int64_t begin, int64_t end) const;
+};
 
 // One rank's replicated model state (ZeRO stage 0): parameters and gradients over the whole
 // model in the working dtype (f32, bf16 or f16), and the optimizer's fp32 state over

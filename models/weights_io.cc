@@ -231,21 +231,26 @@ void save_gpt_safetensors(const std::string& path, const GPTConfig& config,
   write_hf_config(std::filesystem::path(path).parent_path() / "config.json", config, dtype);
 }
 
-void load_gpt_safetensors(const std::string& path, const GPTConfig& config,
-                          const ParamRegistry& registry, float* flat) {
-  config.validate();
-  check_registry(config, registry);
-  TS_CHECK(flat != nullptr, "load weights {}: null parameter buffer", path);
-  const SafetensorsFile file(path);
-  const FileDims dims = infer_dims(file);
+namespace {
 
-  std::map<std::string, const SafetensorsTensor*> by_name;
+// A checked file: each parameter with its tensor, and the tied head if the file has one.
+struct LoadPlan {
+  std::vector<std::pair<const ParamSpec*, const SafetensorsTensor*>> tensors;
   const SafetensorsTensor* lm_head = nullptr;
+};
+
+// Everything a load can reject, checked from the header alone (no tensor data is read), so a
+// rejected file leaves the output intact and every rank reading any slice sees the same error.
+LoadPlan plan_load(const std::string& path, const GPTConfig& config, const ParamRegistry& registry,
+                   const SafetensorsFile& file) {
+  const FileDims dims = infer_dims(file);
+  std::map<std::string, const SafetensorsTensor*> by_name;
+  LoadPlan plan;
   for (const SafetensorsTensor& t : file.tensors()) {
     const std::string name = strip_prefix(t.name);
     if (is_mask_buffer(name)) continue;
     if (name == "lm_head.weight") {
-      lm_head = &t;
+      plan.lm_head = &t;
       continue;
     }
     const auto [it, inserted] = by_name.emplace(name, &t);
@@ -254,9 +259,6 @@ void load_gpt_safetensors(const std::string& path, const GPTConfig& config,
              "without the 'transformer.' prefix",
              path, name, it->second->name, t.name);
   }
-
-  // Validate everything before writing anything, so a rejected file leaves `flat` intact.
-  std::vector<std::pair<const ParamSpec*, const SafetensorsTensor*>> plan;
   for (const ParamSpec& spec : registry.params()) {
     const auto it = by_name.find(spec.name);
     TS_CHECK(it != by_name.end(),
@@ -277,7 +279,7 @@ void load_gpt_safetensors(const std::string& path, const GPTConfig& config,
                path, t.name, shape_str(t.shape), shape_str(want),
                is_conv1d_weight(spec.name) ? " (HF Conv1D layout [in, out])" : "", cause);
     }
-    plan.emplace_back(&spec, &t);
+    plan.tensors.emplace_back(&spec, &t);
     by_name.erase(it);
   }
   if (!by_name.empty()) {
@@ -288,40 +290,94 @@ void load_gpt_safetensors(const std::string& path, const GPTConfig& config,
         "model ({} unexpected in all); likely cause: {}",
         path, extra.name, shape_str(extra.shape), by_name.size(), likely_cause(dims, config));
   }
-  if (lm_head != nullptr) {
+  if (plan.lm_head != nullptr) {
     const ParamSpec& wte = registry.find("wte.weight");
     TS_CHECK(
-        lm_head->shape == wte.shape,
+        plan.lm_head->shape == wte.shape,
         "load weights {}: tensor '{}' has shape {} but tessera ties the head to wte.weight {}; "
         "drop lm_head.weight from the file",
-        path, lm_head->name, shape_str(lm_head->shape), shape_str(wte.shape));
+        path, plan.lm_head->name, shape_str(plan.lm_head->shape), shape_str(wte.shape));
   }
+  return plan;
+}
 
-  for (const auto& [spec, t] : plan) {
-    float* dst = flat + spec->offset;
+// Elements [a, b) of tessera's [rows, cols] layout of a Conv1D weight whose file tensor is
+// [cols, rows], into dst[0, b - a). Only the tessera rows the slice touches are read: for
+// each file row, the contiguous run of those rows' columns.
+void read_conv1d_slice(const SafetensorsTensor& t, int64_t rows, int64_t cols, int64_t a, int64_t b,
+                       float* dst) {
+  const int64_t r0 = a / cols, r1 = (b - 1) / cols + 1, nr = r1 - r0;
+  const size_t esize = dtype_size(t.dtype);
+  std::vector<float> file_part(static_cast<size_t>(cols * nr));  // [cols, nr]
+  for (int64_t c = 0; c < cols; ++c) {
+    decode_floats(t.data + (c * rows + r0) * static_cast<int64_t>(esize), nr, t.dtype,
+                  file_part.data() + c * nr);
+  }
+  if (a == r0 * cols && b == r1 * cols) {
+    transpose(file_part.data(), cols, nr, dst);  // whole rows: straight into place
+    return;
+  }
+  std::vector<float> tile(static_cast<size_t>(nr * cols));  // rows [r0, r1), tessera layout
+  transpose(file_part.data(), cols, nr, tile.data());
+  std::memcpy(dst, tile.data() + (a - r0 * cols), static_cast<size_t>(b - a) * sizeof(float));
+}
+
+}  // namespace
+
+void load_gpt_safetensors_range(const std::string& path, const GPTConfig& config,
+                                const ParamRegistry& registry, int64_t begin, int64_t end,
+                                float* out) {
+  config.validate();
+  check_registry(config, registry);
+  TS_CHECK(0 <= begin && begin <= end && end <= registry.numel(),
+           "load weights {}: [{}, {}) is not a range of the model's {} parameters", path, begin,
+           end, registry.numel());
+  TS_CHECK(out != nullptr || begin == end, "load weights {}: null parameter buffer", path);
+  const SafetensorsFile file(path);
+  const LoadPlan plan = plan_load(path, config, registry, file);
+
+  for (const auto& [spec, t] : plan.tensors) {
+    // The parameter's elements [a, b) inside the slice.
+    const int64_t a = std::max<int64_t>(begin - spec->offset, 0);
+    const int64_t b = std::min<int64_t>(end - spec->offset, spec->numel());
+    if (a >= b) continue;
+    float* dst = out + (spec->offset + a - begin);
     if (is_conv1d_weight(spec->name)) {
-      // The file holds [in, out] = [cols, rows] of tessera's [out, in] = [rows, cols].
-      const int64_t rows = spec->shape[0], cols = spec->shape[1];
-      std::vector<float> tmp(static_cast<size_t>(rows * cols));
-      decode_floats(t->data, rows * cols, t->dtype, tmp.data());
-      transpose(tmp.data(), cols, rows, dst);
+      read_conv1d_slice(*t, spec->shape[0], spec->shape[1], a, b, dst);
     } else {
-      decode_floats(t->data, spec->numel(), t->dtype, dst);
+      decode_floats(t->data + a * static_cast<int64_t>(dtype_size(t->dtype)), b - a, t->dtype, dst);
     }
   }
 
-  if (lm_head != nullptr) {
-    // Checked after loading wte so both go through the same conversion. Bitwise: a head
-    // that differs at all would make tessera's logits differ from the checkpoint's.
+  if (plan.lm_head != nullptr) {
+    // Checked after loading wte so both go through the same conversion, and over the slice's
+    // part of wte only (ranks that load the whole model between them check all of it).
+    // Bitwise: a head that differs at all would make tessera's logits differ from the
+    // checkpoint's.
     const ParamSpec& wte = registry.find("wte.weight");
-    std::vector<float> head(static_cast<size_t>(wte.numel()));
-    decode_floats(lm_head->data, wte.numel(), lm_head->dtype, head.data());
-    TS_CHECK(std::memcmp(head.data(), flat + wte.offset, head.size() * sizeof(float)) == 0,
-             "load weights {}: '{}' differs from wte.weight, but tessera always ties the output "
-             "head to the token embedding: this untied checkpoint cannot be represented; use a "
-             "GPT-2 checkpoint with tied embeddings",
-             path, lm_head->name);
+    const int64_t a = std::max<int64_t>(begin - wte.offset, 0);
+    const int64_t b = std::min<int64_t>(end - wte.offset, wte.numel());
+    constexpr int64_t kChunk = int64_t{1} << 16;
+    std::vector<float> head(static_cast<size_t>(std::min(kChunk, std::max<int64_t>(b - a, 0))));
+    const size_t esize = dtype_size(plan.lm_head->dtype);
+    for (int64_t at = a; at < b; at += kChunk) {
+      const int64_t n = std::min(kChunk, b - at);
+      decode_floats(plan.lm_head->data + at * static_cast<int64_t>(esize), n, plan.lm_head->dtype,
+                    head.data());
+      TS_CHECK(std::memcmp(head.data(), out + (wte.offset + at - begin),
+                           static_cast<size_t>(n) * sizeof(float)) == 0,
+               "load weights {}: '{}' differs from wte.weight, but tessera always ties the "
+               "output head to the token embedding: this untied checkpoint cannot be "
+               "represented; use a GPT-2 checkpoint with tied embeddings",
+               path, plan.lm_head->name);
+    }
   }
+}
+
+void load_gpt_safetensors(const std::string& path, const GPTConfig& config,
+                          const ParamRegistry& registry, float* flat) {
+  TS_CHECK(flat != nullptr, "load weights {}: null parameter buffer", path);
+  load_gpt_safetensors_range(path, config, registry, 0, registry.numel(), flat);
 }
 
 GPTConfig read_hf_config(const std::string& config_json_path) {

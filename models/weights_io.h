@@ -8,6 +8,7 @@
 // (embeddings, LayerNorms, biases) is stored as is.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "models/gpt_config.h"
@@ -35,6 +36,15 @@ void save_gpt_safetensors(const std::string& path, const GPTConfig& config,
 // checkpoint's own dimensions (e.g. "the file looks like gpt2-350M ...").
 void load_gpt_safetensors(const std::string& path, const GPTConfig& config,
                           const ParamRegistry& registry, float* flat);
+// Elements [begin, end) of what load_gpt_safetensors writes, into out[0, end - begin),
+// bit for bit. The whole header is checked as above (a bad file gives every caller the same
+// error, whatever its slice), but only the slice's tensor bytes are read from the mapping, so
+// a ZeRO rank loads its shard without the whole model in memory (Conv1D weights are read
+// row-run by row-run, with at most two extra tessera rows of scratch). The tied-head check
+// covers the slice's part of wte.
+void load_gpt_safetensors_range(const std::string& path, const GPTConfig& config,
+                                const ParamRegistry& registry, int64_t begin, int64_t end,
+                                float* out);
 
 // Parses a Hugging Face GPT-2 config.json (n_positions becomes block_size). Settings that
 // would change the model's arithmetic away from what tessera computes (another activation,

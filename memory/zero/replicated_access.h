@@ -1,16 +1,14 @@
 // ZeRO stage 0 across data-parallel ranks: parameters, gradients and optimizer state are
 // replicated; gradients are averaged by bucketed all-reduces launched from grads_ready() as
 // soon as every layer of a bucket has finished backward, so communication overlaps the rest
-// of backward (llm.c / PyTorch DDP style).
-//
-// Buckets are runs of consecutive layers taken in backward order (last layer first) until
-// they reach `bucket_elems`; since layers are contiguous in the flat buffer, a bucket is one
-// contiguous range and one collective.
+// of backward (llm.c / PyTorch DDP style). The buckets are GradBuckets (grad_buckets.h), the
+// same code ZeRO stages 1-3 reduce-scatter with, here all-reducing in place.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "memory/zero/grad_buckets.h"
 #include "parallel/comm/process_group.h"
 #include "runtime/core/params.h"
 
@@ -25,7 +23,7 @@ class ReplicatedParamAccess final : public ParamAccess {
 
   void* acquire(int layer) override { return at(params_, registry_.layer(layer).begin); }
   void release(int) override {}
-  void* grads(int layer) override { return at(grads_, registry_.layer(layer).begin); }
+  void* grads(int layer) override { return buckets_.grads(layer); }
   void grads_ready(int layer) override;
 
   void zero_grads() override;
@@ -36,27 +34,18 @@ class ReplicatedParamAccess final : public ParamAccess {
   // gradients are then averaged across ranks and identical on all of them.
   void finish_gradients() override;
 
-  int num_buckets() const { return static_cast<int>(buckets_.size()); }
+  int num_buckets() const { return buckets_.num_buckets(); }
   // Elements all-reduced per optimizer step (for the communication accounting).
   int64_t elems_per_sync() const { return registry_.numel(); }
 
  private:
-  struct Bucket {
-    int64_t begin = 0, end = 0;
-    int layers = 0;   // layers in the bucket
-    int pending = 0;  // layers not ready yet in this backward pass
-  };
-
   char* at(char* base, int64_t elem) const { return base + elem * dtype_size(dtype_); }
 
   const ParamRegistry& registry_;
   DType dtype_;
   char* params_;
   char* grads_;
-  parallel::ProcessGroup& group_;
-  std::vector<Bucket> buckets_;
-  std::vector<int> bucket_of_layer_;
-  std::vector<parallel::WorkPtr> in_flight_;
+  GradBuckets buckets_;
   bool sync_ = true;
 };
 

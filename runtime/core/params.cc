@@ -1,5 +1,8 @@
 #include "runtime/core/params.h"
 
+#include <algorithm>
+
+#include "runtime/core/error.h"
 #include "runtime/core/rng.h"
 
 namespace tessera {
@@ -27,30 +30,44 @@ const ParamSpec& ParamRegistry::find(const std::string& name) const {
 }
 
 template <typename T>
-void init_params(const ParamRegistry& registry, T* flat, uint64_t seed) {
+void init_params_range(const ParamRegistry& registry, T* out, uint64_t seed, int64_t begin,
+                       int64_t end) {
+  TS_CHECK(0 <= begin && begin <= end && end <= registry.numel(),
+           "init_params_range: [{}, {}) is not a range of the model's {} elements", begin, end,
+           registry.numel());
   const auto& params = registry.params();
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& p = params[i];
-    T* out = flat + p.offset;
-    const int64_t n = p.numel();
+    // The part of parameter i inside [begin, end), as indices j into the parameter.
+    const int64_t j0 = std::max<int64_t>(begin - p.offset, 0);
+    const int64_t j1 = std::min<int64_t>(end - p.offset, p.numel());
+    if (j0 >= j1) continue;
+    T* dst = out + (p.offset + j0 - begin);
     switch (p.init) {
       case ParamInit::Zeros:
-        for (int64_t j = 0; j < n; ++j) out[j] = T(0);
+        for (int64_t j = j0; j < j1; ++j) dst[j - j0] = T(0);
         break;
       case ParamInit::Ones:
-        for (int64_t j = 0; j < n; ++j) out[j] = T(1);
+        for (int64_t j = j0; j < j1; ++j) dst[j - j0] = T(1);
         break;
       case ParamInit::Normal:
 #pragma omp parallel for schedule(static)
-        for (int64_t j = 0; j < n; ++j) {
-          out[j] = static_cast<T>(p.init_std * normal_at(seed, i, j));
+        for (int64_t j = j0; j < j1; ++j) {
+          dst[j - j0] = static_cast<T>(p.init_std * normal_at(seed, i, j));
         }
         break;
     }
   }
 }
 
+template <typename T>
+void init_params(const ParamRegistry& registry, T* flat, uint64_t seed) {
+  init_params_range(registry, flat, seed, 0, registry.numel());
+}
+
 template void init_params<float>(const ParamRegistry&, float*, uint64_t);
 template void init_params<double>(const ParamRegistry&, double*, uint64_t);
+template void init_params_range<float>(const ParamRegistry&, float*, uint64_t, int64_t, int64_t);
+template void init_params_range<double>(const ParamRegistry&, double*, uint64_t, int64_t, int64_t);
 
 }  // namespace tessera

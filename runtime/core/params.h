@@ -56,6 +56,12 @@ class ParamRegistry {
 // deterministically from `seed`: the same seed gives the same model on any rank count.
 template <typename T>
 void init_params(const ParamRegistry& registry, T* flat, uint64_t seed);
+// Elements [begin, end) of what init_params writes, into out[0, end - begin): bit for bit
+// the same values (each element depends only on (seed, parameter, index), see rng.h), so a
+// ZeRO rank builds its shard without ever holding the whole model.
+template <typename T>
+void init_params_range(const ParamRegistry& registry, T* out, uint64_t seed, int64_t begin,
+                       int64_t end);
 
 // How a layer reaches its parameters and gradient slots. Pointers are to the layer's range,
 // laid out as in the flat buffer (element 0 = the layer's first parameter).

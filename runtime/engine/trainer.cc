@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "models/weights_io.h"
+#include "parallel/comm/agree.h"
 #include "runtime/core/logging.h"
 #include "runtime/engine/lr_schedule.h"
 #include "runtime/engine/metrics.h"
@@ -23,18 +24,35 @@ namespace pp = tessera::parallel::pp;
 namespace {
 
 // fp16 holds magnitudes up to 65504: a larger initial weight would become inf in the working
-// copy, and every step would then overflow until the loss scale hit its minimum.
-void check_fp16_range(const ParamRegistry& registry, const float* weights) {
+// copy, and every step would then overflow until the loss scale hit its minimum. `weights`
+// holds elements [range.begin, range.end) of the flat model; with a group, each rank passes
+// its own shard and one all-reduce (max) of every parameter's largest magnitude gives every
+// rank the whole model's, so they all fail together, with the same message.
+void check_fp16_range(const ParamRegistry& registry, const float* weights, memory::ShardRange range,
+                      parallel::ProcessGroup* group) {
   constexpr float kMaxF16 = 65504.0f;
-  for (const ParamSpec& p : registry.params()) {
-    const float* w = weights + p.offset;
-    float largest = 0.0f;
-#pragma omp parallel for reduction(max : largest)
-    for (int64_t i = 0; i < p.numel(); ++i) largest = std::max(largest, std::abs(w[i]));
-    TS_CHECK(largest <= kMaxF16,
+  const std::vector<ParamSpec>& params = registry.params();
+  std::vector<float> largest(params.size(), 0.0f);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamSpec& p = params[i];
+    const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, range);
+    if (part.numel() == 0) continue;
+    const float* w = weights + (part.begin - range.begin);
+    float m = 0.0f;
+#pragma omp parallel for reduction(max : m)
+    for (int64_t j = 0; j < part.numel(); ++j) m = std::max(m, std::abs(w[j]));
+    largest[i] = m;
+  }
+  if (group != nullptr) {
+    parallel::AllreduceOptions opts;
+    opts.op = parallel::ReduceOp::Max;
+    group->all_reduce(largest.data(), largest.size(), DType::F32, opts)->wait();
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    TS_CHECK(largest[i] <= kMaxF16,
              "fp16: initial weight '{}' holds a value of magnitude {}, beyond fp16's largest "
              "finite value 65504: train in bf16 (bf16.enabled) instead",
-             p.name, largest);
+             params[i].name, largest[i]);
   }
 }
 
@@ -50,44 +68,63 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
   const DType dtype = config_.precision;
   const ParamRegistry& registry = model_.registry();
   const int64_t numel = registry.numel();
-  // The initial parameters, whole, fp32, identical on every rank. Stages 1-3 take their part
-  // of this buffer and drop it, so it is charged to "other", not to the model state; stage 0
-  // builds them in its fp32 weights (the master copy when training in 16 bits).
   const bool sharded = dp_ != nullptr && config_.zero.stage >= 1;
   state_ = std::make_unique<memory::FlatState>(dtype, sharded ? 0 : numel,
                                                memory::ShardRange{0, sharded ? 0 : numel});
-  Storage initial_storage;
-  float* initial = state_->master();
   if (sharded) {
-    initial_storage = Storage(numel * sizeof(float), MemCategory::Other);
-    initial = static_cast<float*>(initial_storage.data());
-  }
-  if (config_.init_from.empty()) {
-    init_params(registry, initial, config_.seed);
-  } else if (dp_rank() == 0) {
-    models::load_gpt_safetensors(config_.init_from, config_.model, registry, initial);
-  }
-  if (dp_ != nullptr) {
-    // Same seed gives the same init everywhere; the broadcast makes it so by construction.
-    dp_->broadcast(initial, static_cast<size_t>(numel), DType::F32)->wait();
-  }
-  if (dtype == DType::F16) check_fp16_range(registry, initial);
-  if (!sharded) memory::store_working(dtype, initial, state_->params(), numel);
-  if (sharded) {
+    // Stages 1-3: every rank builds only its own shard, from the seed or by reading its slice
+    // of the checkpoint (every rank opens the file, as DeepSpeed's ranks do, and reads only
+    // its part of the mapping); no rank ever holds the whole fp32 model. Stages 1-2 then
+    // all-gather the working copy from the shards.
     memory::ZeroOptions options = config_.zero.options();
     options.dtype = dtype;
-    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_, options, initial);
+    const memory::ShardInit init = [&](memory::ShardRange range, float* out) {
+      if (config_.init_from.empty()) {
+        init_params_range(registry, out, config_.seed, range.begin, range.end);
+      } else {
+        models::load_gpt_safetensors_range(config_.init_from, config_.model, registry, range.begin,
+                                           range.end, out);
+      }
+    };
+    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_, options, init);
     sharded_ = access.get();
     access_ = std::move(access);
-  } else if (dp_ != nullptr) {
-    auto replicated = std::make_unique<memory::ReplicatedParamAccess>(
-        registry, dtype, state_->params(), state_->grads(), *dp_,
-        config_.zero.overlap_comm ? config_.zero.reduce_bucket_size : numel);
-    replicated_ = replicated.get();
-    access_ = std::move(replicated);
+    if (dtype == DType::F16) {
+      const memory::OptimizerShard shard = sharded_->shard();
+      check_fp16_range(registry, shard.master, shard.range, dp_);
+    }
   } else {
-    access_ = std::make_unique<LocalParamAccess>(registry, state_->params(), state_->grads(),
-                                                 dtype_size(dtype));
+    // Stage 0 keeps the whole model: build it straight in its fp32 weights (the master copy
+    // when training in 16 bits). The seed gives every rank the same model, so there is
+    // nothing to send; a checkpoint is read by rank 0 alone (one reader, and the file need
+    // exist only where rank 0 runs) and broadcast, agreed so a bad file fails every rank
+    // with rank 0's message.
+    float* weights = state_->master();
+    if (config_.init_from.empty()) {
+      init_params(registry, weights, config_.seed);
+    } else if (dp_ == nullptr) {
+      models::load_gpt_safetensors(config_.init_from, config_.model, registry, weights);
+    } else {
+      parallel::run_agreed(*dp_, [&] {
+        if (dp_->rank() == 0) {
+          models::load_gpt_safetensors(config_.init_from, config_.model, registry, weights);
+        }
+      });
+      dp_->broadcast(weights, static_cast<size_t>(numel), DType::F32)->wait();
+    }
+    // Identical on every rank: each checks the whole model alone and all agree.
+    if (dtype == DType::F16) check_fp16_range(registry, weights, {0, numel}, nullptr);
+    memory::store_working(dtype, weights, state_->params(), numel);
+    if (dp_ != nullptr) {
+      auto replicated = std::make_unique<memory::ReplicatedParamAccess>(
+          registry, dtype, state_->params(), state_->grads(), *dp_,
+          config_.zero.overlap_comm ? config_.zero.reduce_bucket_size : numel);
+      replicated_ = replicated.get();
+      access_ = std::move(replicated);
+    } else {
+      access_ = std::make_unique<LocalParamAccess>(registry, state_->params(), state_->grads(),
+                                                   dtype_size(dtype));
+    }
   }
   train_loader_ = std::make_unique<DataLoader>(config_.train_files, config_.micro_batch_size,
                                                config_.seq_len, config_.model.vocab_size,

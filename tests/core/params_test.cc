@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "runtime/core/error.h"
 #include "runtime/core/params.h"
+#include "runtime/core/rng.h"
 
 namespace tessera {
 namespace {
@@ -155,6 +157,55 @@ TEST(InitParamsTest, ValuesDoNotDependOnLaterParameters) {
   init_params(full, a.data(), 7);
   init_params(prefix, b.data(), 7);
   for (int64_t i = 0; i < prefix.numel(); ++i) EXPECT_EQ(a[i], b[i]) << i;
+}
+
+// The values init_params has always written, computed here without it: each element from
+// (seed, parameter index, element index) alone.
+template <typename T>
+std::vector<T> reference_init(const ParamRegistry& r, uint64_t seed) {
+  std::vector<T> out(r.numel());
+  for (size_t i = 0; i < r.params().size(); ++i) {
+    const ParamSpec& p = r.params()[i];
+    for (int64_t j = 0; j < p.numel(); ++j) {
+      out[p.offset + j] = p.init == ParamInit::Ones ? T(1)
+                          : p.init == ParamInit::Zeros
+                              ? T(0)
+                              : static_cast<T>(p.init_std * normal_at(seed, i, j));
+    }
+  }
+  return out;
+}
+
+template <typename T>
+void expect_ranges_match_the_whole_init() {
+  const ParamRegistry r = tiny_model();  // 136 elements; parameters start at 0, 40, 72, ...
+  const std::vector<T> whole = reference_init<T>(r, 31);
+  std::vector<T> full(r.numel());
+  init_params(r, full.data(), 31);
+  ASSERT_EQ(std::memcmp(full.data(), whole.data(), whole.size() * sizeof(T)), 0);
+  // Ranges starting and ending inside parameters, on their borders, spanning several, one
+  // element, empty, the whole model, and ZeRO-like shards of 3 ranks (48 elements each).
+  const std::vector<std::pair<int64_t, int64_t>> ranges = {
+      {0, 136}, {0, 1},     {5, 5},     {3, 37}, {39, 41}, {40, 72},  {41, 131},
+      {77, 78}, {100, 136}, {135, 136}, {0, 48}, {48, 96}, {96, 136}, {17, 129}};
+  for (const auto& [begin, end] : ranges) {
+    std::vector<T> part(static_cast<size_t>(end - begin) + 1, T(-7));  // one sentinel past
+    init_params_range(r, part.data(), 31, begin, end);
+    for (int64_t i = begin; i < end; ++i) {
+      ASSERT_EQ(std::memcmp(&part[i - begin], &whole[i], sizeof(T)), 0)
+          << "[" << begin << ", " << end << ") element " << i;
+    }
+    EXPECT_EQ(part.back(), T(-7)) << "[" << begin << ", " << end << ") wrote past its end";
+  }
+  std::vector<T> scratch(200);
+  EXPECT_THROW(init_params_range(r, scratch.data(), 31, 10, 5), InvalidArgument);
+  EXPECT_THROW(init_params_range(r, scratch.data(), 31, 0, 137), InvalidArgument);
+  EXPECT_THROW(init_params_range(r, scratch.data(), 31, -1, 3), InvalidArgument);
+}
+
+TEST(InitParamsTest, RangesAreBitIdenticalToTheWholeInit) {
+  expect_ranges_match_the_whole_init<float>();
+  expect_ranges_match_the_whole_init<double>();
 }
 
 TEST(InitParamsTest, NormalHasTheRequestedStd) {

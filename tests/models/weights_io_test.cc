@@ -599,5 +599,103 @@ TEST_F(WeightsIoTest, ReadsHfConfigAndRejectsUnsupportedSettings) {
   bad("not json", "not valid JSON");
 }
 
+// ---------------------------------------------------------------- loading a slice
+
+// Cuts through every kind of parameter: Conv1D weights mid-row and mid-column, embeddings,
+// biases; the shards of 2-7 ZeRO ranks; one element; empty; the whole model.
+std::vector<std::pair<int64_t, int64_t>> slices(const ParamRegistry& reg) {
+  const int64_t n = reg.numel();
+  std::vector<std::pair<int64_t, int64_t>> out = {{0, n}, {0, 1}, {n - 1, n}, {7, 7}};
+  for (const char* name : {"h.0.attn.c_attn.weight", "h.1.mlp.c_proj.weight", "wpe.weight"}) {
+    const ParamSpec& p = reg.find(name);
+    const int64_t cols = p.shape.back();
+    out.push_back({p.offset + 3, p.offset + 5});                    // inside one row
+    out.push_back({p.offset + cols - 2, p.offset + 2 * cols + 1});  // across rows
+    out.push_back({p.offset + 1, p.offset + p.numel() - 1});        // all but the ends
+    out.push_back({p.offset - 3, p.offset + p.numel() + 3});        // into both neighbours
+  }
+  for (int world = 2; world <= 7; ++world) {
+    const int64_t per = (n + world - 1) / world;
+    for (int r = 0; r < world; ++r)
+      out.push_back({std::min(n, r * per), std::min(n, (r + 1) * per)});
+  }
+  return out;
+}
+
+TEST_F(WeightsIoTest, RangeLoadsAreSlicesOfTheFullLoad) {
+  const GPTConfig cfg = tiny_config();
+  const ParamRegistry reg = build_gpt_registry(cfg);
+  const std::vector<float> flat = distinct_params(reg);
+  const ParamSpec& wte = reg.find("wte.weight");
+  save_gpt_safetensors(file("f32.safetensors"), cfg, reg, flat.data());
+  save_gpt_safetensors(file("f16.safetensors"), cfg, reg, flat.data(), DType::F16);
+  save_gpt_safetensors(file("bf16.safetensors"), cfg, reg, flat.data(), DType::BF16);
+  // HF's own layout: prefixed names and a tied head saved twice.
+  rewrite(file("f32.safetensors"), file("hf.safetensors"),
+          [](const std::string& n) { return "transformer." + n; },
+          {{"lm_head.weight", DType::F32, wte.shape,
+            [&](std::byte* o) { std::memcpy(o, flat.data() + wte.offset, wte.numel() * 4); }}});
+  for (const char* name : {"f32", "f16", "bf16", "hf"}) {
+    SCOPED_TRACE(name);
+    const std::string path = file(std::string(name) + ".safetensors");
+    std::vector<float> full(flat.size());
+    load_gpt_safetensors(path, cfg, reg, full.data());
+    if (std::string(name) == "f32" || std::string(name) == "hf") {
+      EXPECT_EQ(full, flat);
+    }
+    for (const auto& [begin, end] : slices(reg)) {
+      std::vector<float> part(static_cast<size_t>(end - begin) + 1, -42.0f);  // one sentinel
+      load_gpt_safetensors_range(path, cfg, reg, begin, end, part.data());
+      ASSERT_EQ(std::memcmp(part.data(), full.data() + begin, (end - begin) * sizeof(float)), 0)
+          << "[" << begin << ", " << end << ")";
+      EXPECT_EQ(part.back(), -42.0f) << "[" << begin << ", " << end << ") wrote past its end";
+    }
+  }
+  std::vector<float> scratch(flat.size() + 1);
+  expect_invalid(
+      [&] { load_gpt_safetensors_range(file("f32.safetensors"), cfg, reg, 5, 3, scratch.data()); },
+      {"[5, 3) is not a range of the model's"});
+  expect_invalid(
+      [&] {
+        load_gpt_safetensors_range(file("f32.safetensors"), cfg, reg, 0, reg.numel() + 1,
+                                   scratch.data());
+      },
+      {"is not a range of the model's"});
+}
+
+TEST_F(WeightsIoTest, RangeLoadsCheckTheWholeHeaderButTheTiedHeadOnTheirSliceOnly) {
+  const GPTConfig cfg = tiny_config();
+  const ParamRegistry reg = build_gpt_registry(cfg);
+  const std::vector<float> flat = distinct_params(reg);
+  const ParamSpec& wte = reg.find("wte.weight");
+  save_gpt_safetensors(file("model.safetensors"), cfg, reg, flat.data());
+  // The head differs from wte in its last element only.
+  rewrite(file("model.safetensors"), file("untied.safetensors"),
+          [](const std::string& n) { return n; },
+          {{"lm_head.weight", DType::F32, wte.shape, [&](std::byte* o) {
+              std::memcpy(o, flat.data() + wte.offset, wte.numel() * 4);
+              const float other = 123.0f;
+              std::memcpy(o + (wte.numel() - 1) * 4, &other, 4);
+            }}});
+  std::vector<float> part(static_cast<size_t>(reg.numel()));
+  const int64_t last = wte.offset + wte.numel() - 1;
+  expect_invalid(
+      [&] {
+        load_gpt_safetensors_range(file("untied.safetensors"), cfg, reg, last, last + 1,
+                                   part.data());
+      },
+      {"'lm_head.weight' differs from wte.weight"});
+  // A slice that misses the differing element cannot see it; the ranks holding it do.
+  EXPECT_NO_THROW(
+      load_gpt_safetensors_range(file("untied.safetensors"), cfg, reg, 0, last, part.data()));
+  // A header problem fails every slice, even one that reads no bad tensor.
+  rewrite(file("model.safetensors"), file("extra.safetensors"),
+          [](const std::string& n) { return n; },
+          {{"h.9.extra", DType::F32, {2}, [&](std::byte* o) { std::memset(o, 0, 8); }}});
+  expect_invalid(
+      [&] { load_gpt_safetensors_range(file("extra.safetensors"), cfg, reg, 0, 1, part.data()); },
+      {"unexpected tensor 'h.9.extra'"});
+}
+
 }  // namespace
 }  // namespace tessera::models

@@ -1,0 +1,178 @@
+// GradBuckets on a fake backward walk over thread ranks: the plan groups layers in backward
+// order up to the size, a bucket's collective launches exactly when its last layer reports,
+// and after the drain the gradients hold the average over ranks (whole buffer for the
+// all-reduce, the rank's own piece for the reduce-scatter, the shard for the slots, summed
+// over passes there), for every mode x world size x dtype x overlap.
+#include "memory/zero/grad_buckets.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <tuple>
+#include <vector>
+
+#include "parallel/comm/thread_group.h"
+#include "runtime/core/error.h"
+#include "tests/memory/fake_model.h"
+
+namespace tessera::memory {
+namespace {
+
+using test_util::fake_model;
+using test_util::fake_value;
+
+// Layers 3 + 2 (5 + 23) fit in 75 elements, adding layer 1 (50) would not; 1 and 0 (37) are
+// alone: buckets {3, 2}, {1}, {0}.
+constexpr int64_t kBucketElems = 75;
+
+enum class Mode { AllReduce, ReduceScatterInPlace, ReduceScatterSlots };
+
+std::string mode_name(Mode m) {
+  switch (m) {
+    case Mode::AllReduce:
+      return "all_reduce";
+    case Mode::ReduceScatterInPlace:
+      return "reduce_scatter_in_place";
+    case Mode::ReduceScatterSlots:
+      return "reduce_scatter_slots";
+  }
+  return "?";
+}
+
+// Adds this rank's fake gradients of `layer` into g (working dtype).
+void write_layer_grads(const ParamRegistry& registry, int layer, int rank, DType dtype, void* g) {
+  const LayerRange& r = registry.layer(layer);
+  std::vector<float> v(static_cast<size_t>(r.numel()));
+  for (int64_t i = 0; i < r.numel(); ++i) v[i] = fake_value(r.begin + i, rank);
+  std::vector<char> working(v.size() * dtype_size(dtype));
+  store_working(dtype, v.data(), working.data(), r.numel());
+  accumulate_working(dtype, g, working.data(), r.numel());
+}
+
+// The average over `world` ranks of fake_value(elem, rank), times `passes`.
+float expected_average(int64_t elem, int world, int passes) {
+  float sum = 0.0f;
+  for (int r = 0; r < world; ++r) sum += fake_value(elem, r);
+  return passes * sum / static_cast<float>(world);
+}
+
+using Param = std::tuple<Mode, int, DType, bool>;
+class GradBucketsWalk : public testing::TestWithParam<Param> {};
+
+TEST_P(GradBucketsWalk, LaunchOnLastLayerAndHoldTheAverage) {
+  const auto [mode, world, dtype, overlap] = GetParam();
+  const ParamRegistry registry = fake_model();
+  const int64_t numel = registry.numel();
+  const size_t es = dtype_size(dtype);
+  parallel::spawn_ranks(world, [&](parallel::ProcessGroup& group) {
+    const ShardLayout layout(numel, group.rank(), world);
+    GradBucketOptions o;
+    o.dtype = dtype;
+    o.bucket_elems = kBucketElems;
+    o.reduction = mode == Mode::AllReduce ? GradReduction::AllReduce : GradReduction::ReduceScatter;
+    o.slots = mode == Mode::ReduceScatterSlots;
+    o.overlap_comm = overlap;
+    std::vector<char> full(static_cast<size_t>(numel) * es, 0);
+    std::vector<char> shard(static_cast<size_t>(layout.shard.numel()) * es, 0);
+    GradBuckets buckets(registry, group, o, o.slots ? nullptr : full.data(),
+                        o.slots ? shard.data() : nullptr);
+
+    ASSERT_EQ(buckets.num_buckets(), 3);
+    EXPECT_EQ(buckets.bucket_of_layer(3), 0);
+    EXPECT_EQ(buckets.bucket_of_layer(2), 0);
+    EXPECT_EQ(buckets.bucket_of_layer(1), 1);
+    EXPECT_EQ(buckets.bucket_of_layer(0), 2);
+    EXPECT_EQ(buckets.bucket_range(0).begin, registry.layer(2).begin);
+    EXPECT_EQ(buckets.bucket_range(0).end, numel);
+    if (o.slots) {
+      // Layer 0's own slot, plus two shared (one) of the largest other bucket with (without)
+      // overlap.
+      EXPECT_EQ(buckets.num_slots(), overlap ? 3 : 2);
+      EXPECT_EQ(buckets.slot_bytes(), static_cast<int64_t>((37 + (overlap ? 2 : 1) * 50) * es));
+    } else {
+      EXPECT_EQ(buckets.num_slots(), 0);
+      EXPECT_EQ(buckets.slot_bytes(), 0);
+    }
+
+    const int passes = o.slots ? 2 : 1;  // slots accumulate passes into the shard
+    for (int pass = 0; pass < passes; ++pass) {
+      // Reductions launched after each layer (3, 2, 1, 0) reports: none for layer 3, whose
+      // bucket still waits for layer 2.
+      const int launched_after[4] = {3, 2, 1, 0};  // indexed by layer
+      for (int layer = registry.num_layers() - 1; layer >= 0; --layer) {
+        write_layer_grads(registry, layer, group.rank(), dtype, buckets.grads(layer));
+        buckets.ready(layer);
+        EXPECT_EQ(buckets.reductions_in_flight(), overlap ? launched_after[layer] : 0)
+            << "after layer " << layer << ", pass " << pass;
+      }
+      buckets.drain(/*complete_pass=*/true);
+      EXPECT_EQ(buckets.reductions_in_flight(), 0);
+    }
+
+    const ShardRange owned = layout.owned();
+    if (mode == Mode::AllReduce) {
+      const std::vector<float> got = test_util::from_working(dtype, full.data(), numel);
+      for (int64_t i = 0; i < numel; ++i) {
+        ASSERT_FLOAT_EQ(got[i], expected_average(i, world, 1)) << "element " << i;
+      }
+    } else if (mode == Mode::ReduceScatterInPlace) {
+      // The rank's own piece of every bucket, i.e. of the model, in place.
+      const std::vector<float> got = test_util::from_working(dtype, full.data(), numel);
+      for (int64_t i = owned.begin; i < owned.end; ++i) {
+        ASSERT_FLOAT_EQ(got[i], expected_average(i, world, 1)) << "element " << i;
+      }
+    } else {
+      const std::vector<float> got =
+          test_util::from_working(dtype, shard.data(), layout.shard.numel());
+      for (int64_t i = 0; i < layout.shard.numel(); ++i) {
+        const int64_t elem = layout.shard.begin + i;
+        // The padding past the model receives nothing.
+        const float want = elem < numel ? expected_average(elem, world, passes) : 0.0f;
+        ASSERT_FLOAT_EQ(got[i], want) << "element " << elem;
+      }
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ThreadRanks, GradBucketsWalk,
+    testing::Combine(testing::Values(Mode::AllReduce, Mode::ReduceScatterInPlace,
+                                     Mode::ReduceScatterSlots),
+                     testing::Values(1, 2, 4, 5), testing::Values(DType::F32, DType::BF16),
+                     testing::Bool()),
+    [](const testing::TestParamInfo<Param>& info) {
+      return fmt::format("{}_w{}_{}_{}", mode_name(std::get<0>(info.param)),
+                         std::get<1>(info.param), dtype_name(std::get<2>(info.param)),
+                         std::get<3>(info.param) ? "overlap" : "no_overlap");
+    });
+
+TEST(GradBuckets, SkippedPassesAreFineButHalfABucketOrATwiceReportedLayerIsNot) {
+  const ParamRegistry registry = fake_model();
+  parallel::spawn_ranks(2, [&](parallel::ProcessGroup& group) {
+    std::vector<float> full(static_cast<size_t>(registry.numel()), 0.0f);
+    GradBucketOptions o;
+    o.bucket_elems = kBucketElems;
+    GradBuckets buckets(registry, group, o, full.data(), nullptr);
+    // A pass that reports nothing (forward only, or accumulating without reducing).
+    EXPECT_NO_THROW(buckets.drain(/*complete_pass=*/false));
+    EXPECT_THROW(buckets.drain(/*complete_pass=*/true), InvalidArgument);
+    // Layer 3 twice must not launch bucket {3, 2} in layer 2's stead.
+    buckets.ready(3);
+    EXPECT_THROW(buckets.ready(3), InvalidArgument);
+    EXPECT_EQ(buckets.reductions_in_flight(), 0);
+    buckets.ready(1);  // bucket {1}: launches
+    EXPECT_EQ(buckets.reductions_in_flight(), 1);
+    EXPECT_THROW(buckets.ready(1), InvalidArgument);
+    // Bucket {3, 2} is half reported: even a non-completing drain refuses that.
+    try {
+      buckets.drain(/*complete_pass=*/false);
+      ADD_FAILURE() << "a half-reported bucket drained";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("left 1 of 2 layer(s)"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(buckets.reductions_in_flight(), 0);  // bucket {1}'s reduction was waited for
+  });
+}
+
+}  // namespace
+}  // namespace tessera::memory
