@@ -45,6 +45,8 @@ struct EstimateOptions {
   std::string offload = "none";
   int batch = 0;  // > 0: add the activations of one micro-batch
   int seq = 0;
+  std::string recompute = "none";  // activation checkpointing: none, full or selective
+  int recompute_num_layers = 1;     // full: blocks per checkpointed group
   int64_t reduce_bucket_size = 25'000'000;
 };
 int run_estimate(const EstimateOptions& opts);

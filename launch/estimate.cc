@@ -35,6 +35,15 @@ int run_estimate(const EstimateOptions& o) {
   TS_CHECK(o.dtype == "f32" || o.dtype == "bf16" || o.dtype == "f16",
            "--dtype {} is unknown: use f32, bf16 or f16", o.dtype);
   TS_CHECK(o.model.empty() != (o.params <= 0), "give exactly one of --model PRESET or --params N");
+  TS_CHECK(o.recompute == "none" || o.recompute == "full" || o.recompute == "selective",
+           "--recompute {} is unknown: use none, full or selective", o.recompute);
+  TS_CHECK(o.recompute_num_layers >= 1, "--recompute-num-layers must be >= 1, got {}",
+           o.recompute_num_layers);
+  models::RecomputePolicy recompute;
+  recompute.granularity = o.recompute == "full"        ? models::RecomputeGranularity::Full
+                          : o.recompute == "selective" ? models::RecomputeGranularity::Selective
+                                                       : models::RecomputeGranularity::None;
+  recompute.num_layers = o.recompute_num_layers;
   memory::ZeroOptions z;
   z.stage = o.stage;
   z.dtype = parse_dtype(o.dtype);
@@ -84,8 +93,10 @@ int run_estimate(const EstimateOptions& o) {
   if (o.batch > 0) {
     const int seq = o.seq > 0 ? o.seq : config.block_size;
     const int64_t acts =
-        models::GPT<float>::activation_bytes_for(config, o.batch, seq, z.dtype);
-    row("activations", acts, fmt::format("(micro-batch {} x {})", o.batch, seq));
+        models::GPT<float>::activation_bytes_for(config, o.batch, seq, z.dtype, recompute);
+    row("activations", acts,
+        fmt::format("(micro-batch {} x {}{})", o.batch, seq,
+                    o.recompute == "none" ? "" : ", recompute " + o.recompute));
     total += acts;
   }
   if (o.stage == 3 && o.ranks > 1) {

@@ -82,6 +82,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   est_cmd->add_option("--batch", est.batch, "micro-batch size: adds activations");
   est_cmd->add_option("--seq", est.seq, "sequence length (default: block size)");
+  est_cmd->add_option("--recompute", est.recompute,
+                      "activation checkpointing: none, full or selective")
+      ->capture_default_str();
+  est_cmd->add_option("--recompute-num-layers", est.recompute_num_layers,
+                      "full: blocks per checkpointed group")
+      ->capture_default_str();
   est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size, "elements per bucket")
       ->capture_default_str();
 

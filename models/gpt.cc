@@ -53,8 +53,10 @@ GPT<T>::GPT(const GPTConfig& config, DType dtype, Device device)
       stage_(config_, registry_, *ops_, 0, config_.n_layer + 2) {}
 
 template <typename T>
-int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_, DType dtype) {
+int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_, DType dtype,
+                                     const RecomputePolicy& recompute) {
   GPT<T> planner(config, dtype);
+  planner.stage_.set_recompute(recompute);
   return planner.stage_.activation_bytes_for(1, B, T_);
 }
 
@@ -84,13 +86,22 @@ typename GPT<T>::KvCache GPT<T>::make_kv_cache() const {
   const size_t C = config_.n_embd;
   KvCache cache;
   const size_t per_layer = static_cast<size_t>(config_.block_size) * C;
-  cache.k.assign(per_layer * config_.n_layer, T(0));
-  cache.v.assign(per_layer * config_.n_layer, T(0));
-  cache.x.resize(C);
-  cache.buf.resize(C);
-  cache.qkv.resize(3 * C);
-  cache.att.resize(std::max<size_t>(config_.block_size, C));
-  cache.fc.resize(8 * C);
+  const size_t att = std::max<size_t>(config_.block_size, C);
+  const size_t total = 2 * per_layer * config_.n_layer + C + C + 3 * C + att + 8 * C;
+  cache.memory = Storage(total * sizeof(T), MemCategory::Activations);
+  T* cur = static_cast<T*>(cache.memory.data());
+  auto take = [&](size_t n) {
+    T* at = cur;
+    cur += n;
+    return at;
+  };
+  cache.k = take(per_layer * config_.n_layer);
+  cache.v = take(per_layer * config_.n_layer);
+  cache.x = take(C);
+  cache.buf = take(C);
+  cache.qkv = take(3 * C);
+  cache.att = take(att);
+  cache.fc = take(8 * C);
   return cache;
 }
 
@@ -104,7 +115,7 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
   kernels::Ops<T>& o = *ops_;
   TS_CHECK(pos < config_.block_size, "the KV cache is full ({} positions = block_size)", pos);
   TS_CHECK(token >= 0 && token < V, "token {} is outside the vocabulary of {}", token, V);
-  T* x = cache.x.data();
+  T* x = cache.x;
   {
     const T* emb = static_cast<T*>(params.acquire(0));
     for (int64_t c = 0; c < C; ++c) x[c] = emb[token * C + c] + emb[V * C + pos * C + c];
@@ -127,19 +138,19 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
     const T* fcb = fcw + 4 * C * C;
     const T* fcprojw = fcb + 4 * C;
     const T* fcprojb = fcprojw + 4 * C * C;
-    T* kc = cache.k.data() + static_cast<size_t>(l) * config_.block_size * C;
-    T* vc = cache.v.data() + static_cast<size_t>(l) * config_.block_size * C;
-    T* h = cache.buf.data();
+    T* kc = cache.k + static_cast<size_t>(l) * config_.block_size * C;
+    T* vc = cache.v + static_cast<size_t>(l) * config_.block_size * C;
+    T* h = cache.buf;
     o.layernorm_forward(h, &mean, &rstd, x, ln1w, ln1b, 1, C);
-    o.linear_forward(cache.qkv.data(), h, qkvw, qkvb, 1, C, 3 * C);
-    std::copy(cache.qkv.begin() + C, cache.qkv.begin() + 2 * C, kc + pos * C);
-    std::copy(cache.qkv.begin() + 2 * C, cache.qkv.begin() + 3 * C, vc + pos * C);
+    o.linear_forward(cache.qkv, h, qkvw, qkvb, 1, C, 3 * C);
+    std::copy(cache.qkv + C, cache.qkv + 2 * C, kc + pos * C);
+    std::copy(cache.qkv + 2 * C, cache.qkv + 3 * C, vc + pos * C);
     // One query against the cached keys, head by head: the same softmax as the full
     // forward, without the block tiling.
     T* y = h;  // ln1 output is no longer needed
     for (int64_t hd = 0; hd < NH; ++hd) {
-      const T* q = cache.qkv.data() + hd * hs;
-      T* w = cache.att.data();
+      const T* q = cache.qkv + hd * hs;
+      T* w = cache.att;
       T mx = -std::numeric_limits<T>::infinity();
       for (int j = 0; j <= pos; ++j) {
         T dot = 0;
@@ -155,12 +166,12 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
         for (int64_t d = 0; d < hs; ++d) y[hd * hs + d] += pj * vc[j * C + hd * hs + d];
       }
     }
-    T* proj = cache.fc.data();
+    T* proj = cache.fc;
     o.linear_forward(proj, y, attprojw, attprojb, 1, C, C);
     for (int64_t c = 0; c < C; ++c) x[c] += proj[c];
     o.layernorm_forward(h, &mean, &rstd, x, ln2w, ln2b, 1, C);
-    T* fc = cache.fc.data();
-    T* fc_gelu = cache.fc.data() + 4 * C;
+    T* fc = cache.fc;
+    T* fc_gelu = cache.fc + 4 * C;
     o.linear_forward(fc, h, fcw, fcb, 1, C, 4 * C);
     o.gelu_forward(fc_gelu, fc, 4 * C);
     o.linear_forward(h, fc_gelu, fcprojw, fcprojb, 1, 4 * C, C);
@@ -168,10 +179,10 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
     params.release(l + 1);
   }
   const T* lnf = static_cast<T*>(params.acquire(config_.n_layer + 1));
-  o.layernorm_forward(cache.buf.data(), &mean, &rstd, x, lnf, lnf + C, 1, C);
+  o.layernorm_forward(cache.buf, &mean, &rstd, x, lnf, lnf + C, 1, C);
   params.release(config_.n_layer + 1);
   const T* wte = static_cast<T*>(params.acquire(0));
-  o.linear_forward(logits, cache.buf.data(), wte, nullptr, 1, C, V);
+  o.linear_forward(logits, cache.buf, wte, nullptr, 1, C, V);
   params.release(0);
   cache.length = pos + 1;
 }

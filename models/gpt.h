@@ -24,6 +24,7 @@
 #include "models/stage.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/params.h"
+#include "runtime/core/storage.h"
 #include "runtime/kernels/ops.h"
 
 namespace tessera::models {
@@ -54,7 +55,8 @@ class GPT {
   int64_t activation_bytes() const { return stage_.activation_bytes(); }
   // What allocate_activations(B, T) would allocate, without allocating (for the estimator).
   static int64_t activation_bytes_for(const GPTConfig& config, int B, int seq_len,
-                                      DType dtype = dtype_of<T>());
+                                      DType dtype = dtype_of<T>(),
+                                      const RecomputePolicy& recompute = {});
 
   // Forward over inputs [B,T]; with targets, returns the mean cross-entropy loss over the
   // B*T positions (else 0). Keeps what backward needs.
@@ -73,10 +75,12 @@ class GPT {
 
   // Keys and values of every position decoded so far, per layer: generation runs one token
   // at a time against it instead of re-running the whole context.
+  // One tracked allocation (category activations), carved into:
   struct KvCache {
-    int length = 0;      // positions filled
-    std::vector<T> k, v;  // [n_layer, block_size, C]
-    std::vector<T> x, buf, qkv, att, fc;  // one position's activations (scratch)
+    int length = 0;  // positions filled
+    Storage memory;
+    T *k = nullptr, *v = nullptr;  // [n_layer, block_size, C]
+    T *x = nullptr, *buf = nullptr, *qkv = nullptr, *att = nullptr, *fc = nullptr;  // scratch
   };
   KvCache make_kv_cache() const;
   // Appends `token` at position cache.length and writes the logits [V] predicting the next

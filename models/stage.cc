@@ -16,6 +16,34 @@ Stage<T>::Stage(const GPTConfig& config, const ParamRegistry& registry, kernels:
   TS_CHECK(!has_head() || has_embedding(),
            "stage [{}, {}) holds the head but not the word embedding it is tied to (layer 0)",
            first, last);
+  set_recompute(RecomputePolicy{});
+}
+
+template <typename T>
+void Stage<T>::set_recompute(const RecomputePolicy& policy) {
+  TS_CHECK(!policy.cpu_checkpointing || policy.granularity == RecomputeGranularity::Full,
+           "activation_checkpointing: cpu_checkpointing keeps full checkpoints on the host; set "
+           "recompute_granularity to full");
+  groups_ = plan_block_groups(policy, num_blocks());
+  recompute_ = policy;
+  kept_index_.assign(num_blocks(), -1);
+  int kept = 0;
+  for (const BlockGroup& g : groups_) {
+    if (g.recompute) continue;
+    for (int b = g.first; b < g.first + g.count; ++b) kept_index_[b] = kept++;
+  }
+}
+
+template <typename T>
+typename Stage<T>::Dropped Stage<T>::selective_drops() const {
+  Dropped d;
+  if (recompute_.granularity == RecomputeGranularity::Selective) {
+    d.ln = true;
+    // The forward computes GELU from the unrounded pre-activation; only when that is what is
+    // stored does recomputing from the stored one give the same bits.
+    d.gelu = ops_.same_storage();
+  }
+  return d;
 }
 
 template <typename T>
@@ -35,7 +63,7 @@ int64_t Stage<T>::stored_elems(int64_t n) const {
 }
 
 template <typename T>
-int64_t Stage<T>::place_block(T* base, int B, int seq_len, BlockActs* out) const {
+int64_t Stage<T>::place_block(T* base, int B, int seq_len, Dropped dropped, BlockActs* out) const {
   const int64_t C = config_.n_embd, cap = int64_t{B} * seq_len;
   int64_t off = 0;
   // 64-byte aligned for float; a smaller batch uses each buffer's prefix.
@@ -44,34 +72,39 @@ int64_t Stage<T>::place_block(T* base, int B, int seq_len, BlockActs* out) const
     off += (elems + 15) / 16 * 16;
     return at;
   };
-  auto take_stored = [&](int64_t n) { return static_cast<void*>(take(stored_elems(n))); };
+  auto take_stored = [&](int64_t n, bool drop) {
+    return drop ? nullptr : static_cast<void*>(take(stored_elems(n)));
+  };
   BlockActs a{};
-  a.ln1 = take_stored(cap * C);
+  a.ln1 = take_stored(cap * C, dropped.ln);
   a.ln1_mean = take(cap);
   a.ln1_rstd = take(cap);
-  a.qkv = take_stored(3 * cap * C);
-  a.atty = take_stored(cap * C);
+  a.qkv = take_stored(3 * cap * C, false);
+  a.atty = take_stored(cap * C, false);
   a.lse = take(int64_t{B} * config_.n_head * seq_len);
   a.residual2 = take(cap * C);
-  a.ln2 = take_stored(cap * C);
+  a.ln2 = take_stored(cap * C, dropped.ln);
   a.ln2_mean = take(cap);
   a.ln2_rstd = take(cap);
-  a.fch = take_stored(4 * cap * C);
-  a.fch_gelu = take_stored(4 * cap * C);
+  a.fch = take_stored(4 * cap * C, false);
+  a.fch_gelu = take_stored(4 * cap * C, dropped.gelu);
   a.residual3 = take(cap * C);
+  a.recompute_ln = dropped.ln;
+  a.recompute_gelu = dropped.gelu;
   if (out != nullptr) *out = a;
   return off;
 }
 
 template <typename T>
 typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
-  TS_CHECK(slots >= 1 && B >= 1 && seq_len >= 1, "activation shape {} slot(s) of {}x{} must be positive",
-           slots, B, seq_len);
+  TS_CHECK(slots >= 1 && B >= 1 && seq_len >= 1,
+           "activation shape {} slot(s) of {}x{} must be positive", slots, B, seq_len);
   TS_CHECK(seq_len <= config_.block_size,
            "sequence length {} exceeds the model's block_size {}: lower data.seq_len or raise "
            "model.block_size",
            seq_len, config_.block_size);
   const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  const Dropped drops = selective_drops();
   Layout l;
   l.slots = slots;
   l.B = B;
@@ -83,10 +116,33 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
     return at;
   };
   auto place_stored = [&](int64_t n) { return place(stored_elems(n)); };
+  int kept_blocks = 0, largest_group = 0;
+  for (const BlockGroup& g : groups_) {
+    if (!g.recompute) kept_blocks += g.count;
+    if (g.recompute) largest_group = std::max(largest_group, g.count);
+  }
+  // A recomputed group's output lives on the host when it is the next group's checkpoint
+  // and cpu_checkpointing asks for it; otherwise on the device.
+  auto on_host = [&](size_t g) {
+    return recompute_.cpu_checkpointing && g + 1 < groups_.size() && groups_[g + 1].recompute;
+  };
   // One slot.
   l.input = place(BT * C);
-  l.block_stride = place_block(nullptr, B, seq_len, nullptr);
-  l.blocks = place(int64_t{num_blocks()} * l.block_stride);
+  l.block_stride = place_block(nullptr, B, seq_len, drops, nullptr);
+  l.blocks = place(int64_t{kept_blocks} * l.block_stride);
+  l.group_out.assign(groups_.size(), -1);
+  l.group_out_host.assign(groups_.size(), -1);
+  int64_t host_off = 0;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    if (!groups_[g].recompute) continue;
+    if (on_host(g)) {
+      l.group_out_host[g] = host_off;
+      host_off += (BT * C + 15) / 16 * 16;
+    } else {
+      l.group_out[g] = place(BT * C);
+    }
+  }
+  l.host_slot_stride = host_off;
   if (has_head()) {
     l.lnf = place_stored(BT * C);
     l.lnf_mean = place(BT);
@@ -105,6 +161,13 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
   l.datty = place(BT * C);
   l.dfch = place(4 * BT * C);
   l.dfch_gelu = place(4 * BT * C);
+  if (largest_group > 0) {
+    l.full_block_stride = place_block(nullptr, B, seq_len, Dropped{}, nullptr);
+    l.recompute_blocks = place(int64_t{largest_group} * l.full_block_stride);
+    if (host_off > 0) l.boundary = place(BT * C);
+  }
+  if (drops.ln) l.sel_ln = place_stored(BT * C);
+  if (drops.gelu) l.sel_gelu = place_stored(4 * BT * C);
   if (ops_.stages_gradients()) {
     int64_t block_numel = 0;  // the largest gradient workspace but layer 0's: a block
     for (int layer = std::max(first_, 1); layer < last_; ++layer) {
@@ -126,11 +189,16 @@ void Stage<T>::allocate(int slots, int B, int seq_len) {
   layout_ = plan(slots, B, seq_len);
   arena_ = Storage(static_cast<size_t>(layout_.total) * sizeof(T), MemCategory::Activations,
                    ops_.device());
+  const int64_t host = int64_t{slots} * layout_.host_slot_stride;
+  host_checkpoints_ = host > 0 ? Storage(static_cast<size_t>(host) * sizeof(T),
+                                         MemCategory::Activations)
+                               : Storage();
 }
 
 template <typename T>
 int64_t Stage<T>::activation_bytes_for(int slots, int B, int seq_len) const {
-  return plan(slots, B, seq_len).total * static_cast<int64_t>(sizeof(T));
+  const Layout l = plan(slots, B, seq_len);
+  return (l.total + int64_t{slots} * l.host_slot_stride) * static_cast<int64_t>(sizeof(T));
 }
 
 template <typename T>
@@ -145,11 +213,45 @@ void Stage<T>::check_batch(int slot, int B, int seq_len) const {
 
 template <typename T>
 typename Stage<T>::BlockActs Stage<T>::block_acts(int slot, int layer) {
+  const int kept = kept_index_.at(layer - first_block());
+  TS_CHECK(kept >= 0, "block {} keeps no activations: it is recomputed", layer);
   BlockActs a;
-  const int64_t index = layer - first_block();
-  place_block(slot_buf(slot, layout_.blocks + index * layout_.block_stride), layout_.B, layout_.seq,
-              &a);
+  place_block(slot_buf(slot, layout_.blocks + int64_t{kept} * layout_.block_stride), layout_.B,
+              layout_.seq, selective_drops(), &a);
+  if (a.recompute_ln) a.ln1 = a.ln2 = buf(layout_.sel_ln);
+  if (a.recompute_gelu) a.fch_gelu = buf(layout_.sel_gelu);
   return a;
+}
+
+template <typename T>
+typename Stage<T>::BlockActs Stage<T>::recompute_acts(int j) {
+  BlockActs a;
+  place_block(buf(layout_.recompute_blocks + int64_t{j} * layout_.full_block_stride), layout_.B,
+              layout_.seq, Dropped{}, &a);
+  return a;
+}
+
+template <typename T>
+const T* Stage<T>::group_input(int slot, int g) {
+  if (g == 0) return input(slot);
+  const BlockGroup& prev = groups_[g - 1];
+  if (!prev.recompute) return block_acts(slot, first_block() + prev.first + prev.count - 1).residual3;
+  if (layout_.group_out[g - 1] >= 0) return slot_buf(slot, layout_.group_out[g - 1]);
+  // A host checkpoint: back to the device first.
+  const int64_t BTC = int64_t{layout_.B} * layout_.seq * config_.n_embd;
+  T* host = static_cast<T*>(host_checkpoints_.data()) + int64_t{slot} * layout_.host_slot_stride +
+            layout_.group_out_host[g - 1];
+  ops_.from_host(buf(layout_.boundary), host, BTC);
+  return buf(layout_.boundary);
+}
+
+template <typename T>
+const T* Stage<T>::block_input(int slot, int layer) {
+  const int b = layer - first_block();
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    if (groups_[g].first == b) return group_input(slot, static_cast<int>(g));
+  }
+  return block_acts(slot, layer - 1).residual3;
 }
 
 template <typename T>
@@ -159,7 +261,10 @@ T* Stage<T>::input(int slot) {
 
 template <typename T>
 const T* Stage<T>::output(int slot) {
-  return num_blocks() > 0 ? block_acts(slot, last_block() - 1).residual3 : input(slot);
+  if (groups_.empty()) return input(slot);
+  const size_t g = groups_.size() - 1;
+  if (groups_[g].recompute) return slot_buf(slot, layout_.group_out[g]);
+  return block_acts(slot, last_block() - 1).residual3;
 }
 
 template <typename T>
@@ -286,11 +391,21 @@ void Stage<T>::block_backward(const BlockWeights& w, const BlockGrads& g, const 
   void* dout16 = buf(layout_.dout16);  // a GEMM's output gradient, rounded (16-bit storage)
   // MLP branch: residual3 = residual2 + mlp(ln2(residual2)); the residual stream's gradient
   // passes through unchanged and the branch adds its part.
+  if (a.recompute_gelu) {  // selective: only where storage is T (Stage::selective_drops)
+    o.gelu_forward(o.target(a.fch_gelu, nullptr), o.view(a.fch, nullptr, 4 * BT * C), 4 * BT * C);
+  }
   o.zero(dfch_gelu, 4 * BT * C);
   o.linear_backward(dfch_gelu, g.fcprojw, g.fcprojb, dres, dout16, a.fch_gelu, w.fcprojw, BT,
                     4 * C, C);
   o.zero(dfch, 4 * BT * C);
   o.gelu_backward(dfch, a.fch, dfch_gelu, 4 * BT * C);
+  // Selective recomputation refills the LayerNorm outputs (and their statistics, the same
+  // values) through dfch_gelu, free once GELU's backward has read it.
+  if (a.recompute_ln) {
+    T* ln2 = o.target(a.ln2, dfch_gelu);
+    o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln2w, w.ln2b, BT, C);
+    o.save(a.ln2, ln2, BT * C);
+  }
   o.zero(dln, BT * C);
   o.linear_backward(dln, g.fcw, g.fcb, dfch, dout16, a.ln2, w.fcw, BT, C, 4 * C);
   o.layernorm_backward(dres, g.ln2w, g.ln2b, dln, a.residual2, w.ln2w, a.ln2_mean, a.ln2_rstd,
@@ -305,9 +420,42 @@ void Stage<T>::block_backward(const BlockWeights& w, const BlockGrads& g, const 
   o.zero(dqkv, 3 * BT * C);
   o.attention_backward(dqkv, datty, qkv, atty, a.lse, B, seq_len, static_cast<int>(C),
                        config_.n_head);
+  if (a.recompute_ln) {
+    T* ln1 = o.target(a.ln1, dfch_gelu);
+    o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln1w, w.ln1b, BT, C);
+    o.save(a.ln1, ln1, BT * C);
+  }
   o.zero(dln, BT * C);
   o.linear_backward(dln, g.qkvw, g.qkvb, dqkv, dout16, a.ln1, w.qkvw, BT, C, 3 * C);
   o.layernorm_backward(dres, g.ln1w, g.ln1b, dln, input, w.ln1w, a.ln1_mean, a.ln1_rstd, BT, C);
+}
+
+template <typename T>
+const T* Stage<T>::forward_group(ParamAccess& params, int slot, int g, const T* input, int B,
+                                 int seq_len, bool keep_output) {
+  const BlockGroup& group = groups_[g];
+  const T* h = input;
+  for (int j = 0; j < group.count; ++j) {
+    const int layer = first_block() + group.first + j;
+    const BlockActs a = group.recompute ? recompute_acts(j) : block_acts(slot, layer);
+    block_forward(block_weights(params.acquire(layer)), a, h, B, seq_len);
+    params.release(layer);
+    h = a.residual3;
+  }
+  if (!group.recompute || !keep_output) return h;
+  // The recomputed group's output outlives its working set: the next group's input (its
+  // checkpoint, if that group is recomputed too) or the stage's output.
+  const int64_t BTC = int64_t{B} * seq_len * config_.n_embd;
+  if (layout_.group_out[g] >= 0) {
+    T* kept = slot_buf(slot, layout_.group_out[g]);
+    ops_.copy(kept, h, BTC);
+    return kept;
+  }
+  T* host = static_cast<T*>(host_checkpoints_.data()) + int64_t{slot} * layout_.host_slot_stride +
+            layout_.group_out_host[g];
+  ops_.copy(buf(layout_.boundary), h, BTC);
+  ops_.to_host(host, buf(layout_.boundary), BTC);
+  return buf(layout_.boundary);
 }
 
 template <typename T>
@@ -322,12 +470,8 @@ void Stage<T>::forward(ParamAccess& params, int slot, const int32_t* tokens, int
     params.release(0);
   }
   const T* h = x;
-  for (int layer = first_block(); layer < last_block(); ++layer) {
-    const BlockWeights w = block_weights(params.acquire(layer));
-    const BlockActs a = block_acts(slot, layer);
-    block_forward(w, a, h, B, seq_len);
-    params.release(layer);
-    h = a.residual3;
+  for (int g = 0; g < static_cast<int>(groups_.size()); ++g) {
+    h = forward_group(params, slot, g, h, B, seq_len, /*keep_output=*/true);
   }
   if (has_head()) {
     const int lnf_layer = config_.n_layer + 1;
@@ -386,13 +530,22 @@ void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, in
     params.release(lnf_layer);
     close_grads(params, lnf_layer, ws);
   }
-  for (int layer = last_block() - 1; layer >= first_block(); --layer) {
-    const BlockWeights w = block_weights(params.acquire(layer));
-    const BlockGrads g = block_grads(open_grads(params, layer, ws));
-    const T* in = layer > first_block() ? block_acts(slot, layer - 1).residual3 : input(slot);
-    block_backward(w, g, block_acts(slot, layer), in, B, seq_len);
-    params.release(layer);
-    close_grads(params, layer, ws);
+  for (int g = static_cast<int>(groups_.size()) - 1; g >= 0; --g) {
+    const BlockGroup& group = groups_[g];
+    const int first = first_block() + group.first;
+    if (!group.recompute) {
+      for (int layer = first + group.count - 1; layer >= first; --layer) {
+        backward_block(params, layer, block_acts(slot, layer), block_input(slot, layer), B, seq_len);
+      }
+      continue;
+    }
+    // Checkpointed: re-run the group's forward from its input, then its backward.
+    const T* in = group_input(slot, g);
+    forward_group(params, slot, g, in, B, seq_len, /*keep_output=*/false);
+    for (int j = group.count - 1; j >= 0; --j) {
+      backward_block(params, first + j, recompute_acts(j),
+                     j > 0 ? recompute_acts(j - 1).residual3 : in, B, seq_len);
+    }
   }
   if (has_embedding()) {
     TS_CHECK(tokens != nullptr, "the first stage's backward needs the input tokens");
@@ -402,6 +555,17 @@ void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, in
     ws0_open_ = false;
     close_grads(params, 0, ws0);
   }
+}
+
+template <typename T>
+void Stage<T>::backward_block(ParamAccess& params, int layer, const BlockActs& a, const T* input,
+                              int B, int seq_len) {
+  const BlockWeights w = block_weights(params.acquire(layer));
+  T* ws = buf(layout_.grad_ws);
+  const BlockGrads g = block_grads(open_grads(params, layer, ws));
+  block_backward(w, g, a, input, B, seq_len);
+  params.release(layer);
+  close_grads(params, layer, ws);
 }
 
 template <typename T>

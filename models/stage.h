@@ -10,6 +10,10 @@
 // in flight (a pipeline schedule's forwards ahead of their backwards). Backward's scratch, the
 // gradient workspaces and the head's logits chunk are shared by all slots.
 //
+// Activation checkpointing (models/recompute.h) is the stage's policy: blocks are split into
+// groups, and a recomputed group keeps only its input per slot and re-runs its forward, into a
+// working set shared by all slots, just before its backward.
+//
 // A block's forward and backward (block_forward / block_backward in stage.cc) are where a
 // kernel's backward is called; the stored (16-bit) and compute (fp32) sides of a buffer meet
 // only in the table's target / save / view.
@@ -17,7 +21,10 @@
 
 #include <cstdint>
 
+#include <vector>
+
 #include "models/gpt_config.h"
+#include "models/recompute.h"
 #include "runtime/core/params.h"
 #include "runtime/core/storage.h"
 #include "runtime/kernels/ops.h"
@@ -37,10 +44,18 @@ class Stage {
   bool has_embedding() const { return first_ == 0; }
   bool has_head() const { return last_ == config_.n_layer + 2; }
 
+  // Activation checkpointing; takes effect at the next allocate().
+  void set_recompute(const RecomputePolicy& policy);
+  const RecomputePolicy& recompute() const { return recompute_; }
+  const std::vector<BlockGroup>& block_groups() const { return groups_; }
+
   // Sizes the activations for `slots` micro-batches of up to B x seq_len tokens
-  // (seq_len <= block_size); charged to MemCategory::Activations on the table's device.
+  // (seq_len <= block_size); charged to MemCategory::Activations on the table's device (host
+  // checkpoints under cpu_checkpointing on a device too).
   void allocate(int slots, int B, int seq_len);
-  int64_t activation_bytes() const { return static_cast<int64_t>(arena_.bytes()); }
+  int64_t activation_bytes() const {
+    return static_cast<int64_t>(arena_.bytes() + host_checkpoints_.bytes());
+  }
   // What allocate(slots, B, seq_len) would take, without allocating.
   int64_t activation_bytes_for(int slots, int B, int seq_len) const;
 
@@ -80,31 +95,59 @@ class Stage {
         *fcprojb;
   };
   // One block's saved activations for one slot: the GEMM operands as stored (void*), the
-  // LayerNorm statistics, attention's log-sum-exp and the residual stream in T.
+  // LayerNorm statistics, attention's log-sum-exp and the residual stream in T. Under selective
+  // recomputation ln1 / ln2 (and fch_gelu) point at shared scratch refilled in backward.
   struct BlockActs {
     void *ln1, *qkv, *atty, *ln2, *fch, *fch_gelu;
     T *ln1_mean, *ln1_rstd, *lse, *residual2, *ln2_mean, *ln2_rstd, *residual3;
+    bool recompute_ln = false, recompute_gelu = false;
+  };
+  // Which of a block's activations live in shared scratch instead of the block's own space.
+  struct Dropped {
+    bool ln = false, gelu = false;
   };
   // Offsets, in elements of T, within the activation arena.
   struct Layout {
     int slots = 0, B = 0, seq = 0;
     int64_t slot_stride = 0;  // one slot's saved activations
-    // Within a slot.
+    // Within a slot: the stage input, the kept blocks, each recomputed group's output kept
+    // on the device (-1: none, or on the host), the final LayerNorm's.
     int64_t input = 0, blocks = 0, block_stride = 0, lnf = 0, lnf_mean = 0, lnf_rstd = 0,
             losses = 0;
-    // Shared by all slots: backward's scratch, head scratch; with staged gradients, the fp32
-    // final LayerNorm output, rounded GEMM output gradients, the gradient workspaces (a block,
-    // layer 0) and a block's small parameters widened.
+    std::vector<int64_t> group_out;
+    // Host checkpoints (cpu_checkpointing): offsets within one slot's part of that buffer.
+    std::vector<int64_t> group_out_host;
+    int64_t host_slot_stride = 0;
+    // Shared by all slots: backward's scratch, head scratch; a recomputed group's working set
+    // and the device copy of a host checkpoint; selective recomputation's scratch; with staged
+    // gradients, the fp32 final LayerNorm output, rounded GEMM output gradients, the gradient
+    // workspaces (a block, layer 0) and a block's small parameters widened.
     int64_t shared = 0;
     int64_t dres = 0, dln = 0, dqkv = 0, datty = 0, dfch = 0, dfch_gelu = 0, head_scratch = 0;
+    int64_t recompute_blocks = 0, full_block_stride = 0, boundary = 0, sel_ln = 0, sel_gelu = 0;
     int64_t lnf_wide = 0, dout16 = 0, head_scratch16 = 0, grad_ws = 0, grad_ws0 = 0, small = 0;
     int64_t total = 0;
   };
 
   Layout plan(int slots, int B, int seq_len) const;
-  // Lays one block's activations out from `base` for a B x T capacity; returns the stride.
-  int64_t place_block(T* base, int B, int seq_len, BlockActs* out) const;
+  // Lays one block's activations out from `base` for a B x T capacity, without the dropped
+  // ones; returns the stride.
+  int64_t place_block(T* base, int B, int seq_len, Dropped dropped, BlockActs* out) const;
+  Dropped selective_drops() const;
+  // A kept block's activations (`layer` in a group that is not recomputed).
   BlockActs block_acts(int slot, int layer);
+  // The j-th block of the recomputation working set.
+  BlockActs recompute_acts(int j);
+  // The input of group g for `slot` (backward: a host checkpoint is brought back first).
+  const T* group_input(int slot, int g);
+  // Where the block's input lives for its backward (kept blocks).
+  const T* block_input(int slot, int layer);
+  // Group g's forward from `input`; with keep_output, a recomputed group's output is copied
+  // where it outlives the working set. Returns where the output is.
+  const T* forward_group(ParamAccess& params, int slot, int g, const T* input, int B, int seq_len,
+                         bool keep_output);
+  void backward_block(ParamAccess& params, int layer, const BlockActs& a, const T* input, int B,
+                      int seq_len);
   int num_blocks() const { return last_block() - first_block(); }
   int first_block() const;  // layer number of the stage's first block
   int last_block() const;   // one past its last block
@@ -136,8 +179,12 @@ class Stage {
   const ParamRegistry& registry_;
   kernels::Ops<T>& ops_;
   int first_, last_;
+  RecomputePolicy recompute_;
+  std::vector<BlockGroup> groups_;  // the stage's blocks, as recompute_ splits them
+  std::vector<int> kept_index_;     // per block: its index among the kept blocks (-1: none)
   Layout layout_;
   Storage arena_;
+  Storage host_checkpoints_;  // cpu_checkpointing
   bool ws0_open_ = false;  // layer 0's workspace holds the head's wte gradient
 };
 

@@ -431,6 +431,71 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
              "{}: zero_optimization.stage3_max_live_parameters must be >= 1", source);
   }
 
+  if (root.has("activation_checkpointing")) {
+    // DeepSpeed's block, in Megatron's terms; present means checkpointing (full by default).
+    Block a = root.child("activation_checkpointing");
+    std::string granularity = "full", method = "uniform";
+    a.get("recompute_granularity", granularity);
+    a.get("recompute_method", method);
+    models::RecomputePolicy& r = c.recompute;
+    const bool has_layers = a.has("recompute_num_layers");
+    a.get("recompute_num_layers", r.num_layers);
+    if (a.has("number_checkpoints") && !a.raw("number_checkpoints").is_null()) {
+      a.get("number_checkpoints", r.number_checkpoints);
+      TS_CHECK(r.number_checkpoints >= 1,
+               "{}: activation_checkpointing.number_checkpoints must be >= 1 (or null), got {}",
+               source, r.number_checkpoints);
+      TS_CHECK(!has_layers,
+               "{}: activation_checkpointing sets both number_checkpoints and "
+               "recompute_num_layers: keep one",
+               source);
+    }
+    a.get("cpu_checkpointing", r.cpu_checkpointing);
+    bool partition = false, contiguous = false, synchronize = false, profile = false;
+    a.get("partition_activations", partition);
+    // Checkpoints always live in one contiguous arena, and the CPU kernels (and the CUDA
+    // table's single stream) order recomputation after its inputs: parsed, no effect.
+    a.get("contiguous_memory_optimization", contiguous);
+    a.get("synchronize_checkpoint_boundary", synchronize);
+    a.get("profile", profile);
+    a.reject_unknown();
+    if (granularity == "full") {
+      r.granularity = models::RecomputeGranularity::Full;
+    } else if (granularity == "selective") {
+      r.granularity = models::RecomputeGranularity::Selective;
+    } else if (granularity == "none") {
+      r.granularity = models::RecomputeGranularity::None;
+    } else {
+      TS_THROW(InvalidArgument,
+               "{}: activation_checkpointing.recompute_granularity '{}' must be full, selective "
+               "or none",
+               source, granularity);
+    }
+    TS_CHECK(method == "uniform" || method == "block",
+             "{}: activation_checkpointing.recompute_method '{}' must be uniform or block", source,
+             method);
+    r.method = method == "block" ? models::RecomputeMethod::Block : models::RecomputeMethod::Uniform;
+    TS_CHECK(r.num_layers >= 1, "{}: activation_checkpointing.recompute_num_layers must be >= 1",
+             source);
+    TS_CHECK(r.granularity == models::RecomputeGranularity::Full ||
+                 (!has_layers && r.number_checkpoints == 0 && method == "uniform"),
+             "{}: activation_checkpointing: recompute_method, recompute_num_layers and "
+             "number_checkpoints apply to recompute_granularity full only",
+             source);
+    TS_CHECK(!r.cpu_checkpointing || r.granularity == models::RecomputeGranularity::Full,
+             "{}: activation_checkpointing.cpu_checkpointing keeps full checkpoints on the host: "
+             "set recompute_granularity to full",
+             source);
+    TS_CHECK(!partition,
+             "{}: activation_checkpointing.partition_activations splits checkpoints across "
+             "tensor-parallel ranks, which tessera does not have yet: set it to false",
+             source);
+    TS_CHECK(!profile,
+             "{}: activation_checkpointing.profile is not supported (the step time already "
+             "includes recomputation): set it to false",
+             source);
+  }
+
   TS_CHECK(root.has("model"), "{}: missing the 'model' block (e.g. \"model\": {{\"preset\": \"tiny\"}})",
            source);
   {

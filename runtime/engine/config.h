@@ -10,6 +10,7 @@
 
 #include "memory/zero/zero_plan.h"
 #include "models/gpt_config.h"
+#include "models/recompute.h"
 #include "runtime/core/dtype.h"
 #include "runtime/engine/loss_scaler.h"
 
@@ -74,6 +75,8 @@ struct TrainConfig {
   // operands (f32, f16 with loss scaling, or bf16), with fp32 master weights and moments.
   DType precision = DType::F32;
   LossScalerConfig loss_scaler;  // the fp16 block's scaling keys; used when precision is f16
+  // The activation_checkpointing block (none unless the block is present).
+  models::RecomputePolicy recompute;
 
   models::GPTConfig model;
   std::string model_preset;  // "" when given explicitly

@@ -134,6 +134,7 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
   pp::validate(schedule_);
   slots_ = pp::assign_slots(schedule_.programs[0]);
   const int slots = pp::slots_needed(schedule_.programs[0]);
+  model_.stage().set_recompute(config_.recompute);
   model_.stage().allocate(slots, config_.micro_batch_size, config_.seq_len);
   const size_t n = static_cast<size_t>(slots) * config_.micro_batch_size * config_.seq_len;
   inputs_.resize(n);
@@ -362,6 +363,12 @@ void Trainer::run() {
                              ? fmt::format(", dynamic loss scale from {}", scaler_->scale())
                              : fmt::format(", static loss scale {}", scaler_->scale()))
                       : "");
+  }
+  if (config_.recompute.granularity != models::RecomputeGranularity::None) {
+    models::Stage<float>& stage = model_.stage();
+    log_rank0("activation checkpointing: {}",
+              models::describe(stage.recompute(), stage.block_groups(),
+                               model_.ops().same_storage()));
   }
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const double flops_per_token = m.flops_per_token(config_.seq_len);

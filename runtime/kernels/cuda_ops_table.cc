@@ -46,6 +46,16 @@ class CudaOps final : public Ops<float> {
     }
     accumulate_16(storage_, static_cast<uint16_t*>(grads), workspace, n, stream_);
   }
+  void copy(float* dst, const float* src, int64_t n) override {
+    copy_on_device_async(dst, src, sizeof(float) * n, stream_);
+  }
+  // Synchronous: the host side is read or reused right after.
+  void to_host(float* host_dst, const float* src, int64_t n) override {
+    copy_to_host(host_dst, src, sizeof(float) * n, stream_);
+  }
+  void from_host(float* dst, const float* host_src, int64_t n) override {
+    copy_to_device(dst, host_src, sizeof(float) * n, stream_);
+  }
 
   void linear_forward(float* out, const void* inp, const void* weight, const float* bias,
                       int64_t N, int64_t C, int64_t OC) override {

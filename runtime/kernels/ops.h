@@ -54,6 +54,11 @@ class Ops {
   virtual const T* view(const void* stored, T* scratch, int64_t n) = 0;
   // grads (stored) += workspace (T), for tables that stage gradients.
   virtual void accumulate(void* grads, const T* workspace, int64_t n) = 0;
+  // n elements of T: within the device, and between the device and host memory (activation
+  // checkpoints kept on the host; plain copies on the CPU).
+  virtual void copy(T* dst, const T* src, int64_t n) = 0;
+  virtual void to_host(T* host_dst, const T* src, int64_t n) = 0;
+  virtual void from_host(T* dst, const T* host_src, int64_t n) = 0;
 
   // --- The model's kernels (forward and backward; see cpu_kernels.h for each contract).
   // Backward kernels ACCUMULATE into their parameter-gradient outputs.

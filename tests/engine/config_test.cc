@@ -619,3 +619,69 @@ TEST(ConfigLoad, DemoConfigParses) {
 
 }  // namespace
 }  // namespace tessera::engine
+
+namespace tessera::engine {
+namespace {
+
+// DeepSpeed's activation_checkpointing block in Megatron's terms (docs/CONFIG.md).
+TEST(ConfigActivationCheckpointing, AbsentMeansNoneAndPresentMeansFull) {
+  EXPECT_EQ(parse(minimal()).recompute.granularity, models::RecomputeGranularity::None);
+  json j = minimal();
+  // DeepSpeed's template block as written by its docs.
+  j["activation_checkpointing"] = {{"partition_activations", false},
+                                   {"cpu_checkpointing", false},
+                                   {"contiguous_memory_optimization", false},
+                                   {"number_checkpoints", nullptr},
+                                   {"synchronize_checkpoint_boundary", false},
+                                   {"profile", false}};
+  const TrainConfig c = parse(j);
+  EXPECT_EQ(c.recompute.granularity, models::RecomputeGranularity::Full);
+  EXPECT_EQ(c.recompute.method, models::RecomputeMethod::Uniform);
+  EXPECT_EQ(c.recompute.num_layers, 1);
+  EXPECT_EQ(c.recompute.number_checkpoints, 0);
+}
+
+TEST(ConfigActivationCheckpointing, ReadsMegatronTerms) {
+  json j = minimal();
+  j["activation_checkpointing"] = {{"recompute_granularity", "full"},
+                                   {"recompute_method", "block"},
+                                   {"recompute_num_layers", 3},
+                                   {"cpu_checkpointing", true}};
+  TrainConfig c = parse(j);
+  EXPECT_EQ(c.recompute.method, models::RecomputeMethod::Block);
+  EXPECT_EQ(c.recompute.num_layers, 3);
+  EXPECT_TRUE(c.recompute.cpu_checkpointing);
+  j["activation_checkpointing"] = {{"recompute_granularity", "selective"}};
+  EXPECT_EQ(parse(j).recompute.granularity, models::RecomputeGranularity::Selective);
+  j["activation_checkpointing"] = {{"recompute_granularity", "none"}};
+  EXPECT_EQ(parse(j).recompute.granularity, models::RecomputeGranularity::None);
+  j["activation_checkpointing"] = {{"number_checkpoints", 4}};
+  EXPECT_EQ(parse(j).recompute.number_checkpoints, 4);
+}
+
+TEST(ConfigActivationCheckpointing, RefusesWhatItCannotDo) {
+  auto error_for = [](const json& block) {
+    json j = minimal();
+    j["activation_checkpointing"] = block;
+    return parse_error(j);
+  };
+  EXPECT_TRUE(Contains(error_for({{"recompute_granularity", "partial"}}),
+                       "recompute_granularity 'partial' must be full, selective or none"));
+  EXPECT_TRUE(Contains(error_for({{"recompute_method", "random"}}),
+                       "recompute_method 'random' must be uniform or block"));
+  EXPECT_TRUE(Contains(error_for({{"recompute_num_layers", 0}}), "recompute_num_layers must be >= 1"));
+  EXPECT_TRUE(Contains(error_for({{"number_checkpoints", 2}, {"recompute_num_layers", 2}}),
+                       "both number_checkpoints and recompute_num_layers"));
+  EXPECT_TRUE(Contains(error_for({{"recompute_granularity", "selective"}, {"recompute_num_layers", 2}}),
+                       "apply to recompute_granularity full only"));
+  EXPECT_TRUE(Contains(error_for({{"recompute_granularity", "selective"}, {"cpu_checkpointing", true}}),
+                       "set recompute_granularity to full"));
+  EXPECT_TRUE(Contains(error_for({{"partition_activations", true}}),
+                       "partition_activations splits checkpoints across tensor-parallel ranks"));
+  EXPECT_TRUE(Contains(error_for({{"profile", true}}), "profile is not supported"));
+  EXPECT_TRUE(Contains(error_for({{"recompute_granularty", "full"}}),
+                       "did you mean 'activation_checkpointing.recompute_granularity'"));
+}
+
+}  // namespace
+}  // namespace tessera::engine

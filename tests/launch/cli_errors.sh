@@ -182,5 +182,13 @@ case "$estimate" in *total*) ;; *) fail "estimate printed no total: $estimate" ;
 offload=$("$TESSERA" estimate --model nano --stage 2 --ranks 2 --offload cpu) \
   || fail "estimate --offload cpu exited non-zero"
 case "$offload" in *"host memory"*) ;; *) fail "estimate --offload cpu: $offload" ;; esac
+expect_error "estimate with an unknown recompute" "use none, full or selective" \
+  "$TESSERA" estimate --model nano --batch 2 --recompute most
+# Activation checkpointing shrinks the activations the estimate prints (the runtime's layout).
+acts() { "$TESSERA" estimate --model gpt2-124M --batch 2 --seq 128 --recompute "$1" |
+  awk '$1 == "activations" { print $2 $3 }'; }
+none=$(acts none) full=$(acts full) selective=$(acts selective)
+[ -n "$none" ] && [ "$none" != "$full" ] && [ "$full" != "$selective" ] \
+  || fail "estimate --recompute: none $none, full $full, selective $selective"
 
 echo "cli_errors.sh: all checks passed"

@@ -19,3 +19,9 @@ if(TARGET tessera)
   set_tests_properties(thread_ranks_cli PROPERTIES LABELS multirank TIMEOUT 600
                        ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 endif()
+if(TARGET tessera AND TESSERA_WITH_MPI)
+  add_test(NAME mpi_activation_checkpointing
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/mpi_activation_checkpointing.sh $<TARGET_FILE:tessera>)
+  set_tests_properties(mpi_activation_checkpointing PROPERTIES LABELS "mpi;multirank"
+                       TIMEOUT ${multirank_timeout} ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()

@@ -1,4 +1,6 @@
 // Layer normalisation over the last dimension, GPT-2's eps = 1e-5.
+#include <omp.h>
+
 #include <cmath>
 #include <vector>
 
@@ -34,11 +36,18 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 template <typename T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                         const T* weight, const T* mean, const T* rstd, int64_t N, int64_t C) {
+  // Rows are split across threads; each sums its rows' dweight/dbias privately, and the
+  // partial sums are added in thread order, so no two threads race on a parameter gradient
+  // and the result is the same on every run.
+  const int max_threads = omp_get_max_threads();
+  std::vector<T> partial(static_cast<size_t>(2 * C) * max_threads, T(0));
+  int used_threads = 1;
 #pragma omp parallel
   {
-    // Rows are split across threads; each sums its rows' dweight/dbias privately and adds
-    // them once at the end, so no two threads race on a parameter gradient.
-    std::vector<T> dw(C, T(0)), db(C, T(0));
+    T* dw = partial.data() + static_cast<size_t>(2 * C) * omp_get_thread_num();
+    T* db = dw + C;
+#pragma omp single
+    used_threads = omp_get_num_threads();
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const T* x = inp + n * C;
@@ -65,7 +74,10 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
         db[c] += dy[c];
       }
     }
-#pragma omp critical
+  }
+  for (int t = 0; t < used_threads; ++t) {
+    const T* dw = partial.data() + static_cast<size_t>(2 * C) * t;
+    const T* db = dw + C;
     for (int64_t c = 0; c < C; ++c) {
       dweight[c] += dw[c];
       dbias[c] += db[c];

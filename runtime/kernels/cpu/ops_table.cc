@@ -30,6 +30,9 @@ class CpuOps final : public Ops<T> {
     T* g = static_cast<T*>(grads);
     residual_forward(g, g, workspace, n);
   }
+  void copy(T* dst, const T* src, int64_t n) override { std::memcpy(dst, src, sizeof(T) * n); }
+  void to_host(T* host_dst, const T* src, int64_t n) override { copy(host_dst, src, n); }
+  void from_host(T* dst, const T* host_src, int64_t n) override { copy(dst, host_src, n); }
 
   void linear_forward(T* out, const void* inp, const void* weight, const T* bias, int64_t N,
                       int64_t C, int64_t OC) override {
@@ -99,6 +102,11 @@ class CpuOps16 final : public Ops<float> {
   void accumulate(void* grads, const float* workspace, int64_t n) override {
     accumulate_16(dtype_, static_cast<uint16_t*>(grads), workspace, n);
   }
+  void copy(float* dst, const float* src, int64_t n) override {
+    std::memcpy(dst, src, sizeof(float) * n);
+  }
+  void to_host(float* host_dst, const float* src, int64_t n) override { copy(host_dst, src, n); }
+  void from_host(float* dst, const float* host_src, int64_t n) override { copy(dst, host_src, n); }
 
   void linear_forward(float* out, const void* inp, const void* weight, const float* bias,
                       int64_t N, int64_t C, int64_t OC) override {
