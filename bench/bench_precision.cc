@@ -11,7 +11,7 @@
 #include <map>
 #include <vector>
 
-#include "bench/bench_data.h"
+#include "bench/bench_rounds.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/memory_stats.h"
 #include "runtime/engine/trainer.h"
@@ -31,22 +31,12 @@ double mib(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
 int main(int argc, char** argv) {
   CLI::App app{"tessera fp32 / bf16 / fp16 training-step benchmark"};
-  std::string preset = "gpt2-124M";
-  int batch = 4, seq = 256, steps = 3, warmup = 1, rounds = 2, threads = 0;
-  app.add_option("--model", preset, "model preset")->capture_default_str();
-  app.add_option("--batch", batch, "micro-batch size B")->capture_default_str();
-  app.add_option("--seq", seq, "sequence length T")->capture_default_str();
-  app.add_option("--steps", steps, "timed steps per precision and round")->capture_default_str();
-  app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
-  app.add_option("--rounds", rounds, "rounds over the three precisions")->capture_default_str();
-  app.add_option("--threads", threads, "OpenMP threads (0: all cores)")->capture_default_str();
+  bench::RoundOptions o;
+  bench::add_round_options(app, o, "the three precisions");
   CLI11_PARSE(app, argc, argv);
-  setenv("TESSERA_LOG_LEVEL", "warn", 0);
-  init_logging();
-
-  engine::TrainConfig cfg = bench::step_config(preset, batch, seq);
-  cfg.steps = warmup + steps;
-  cfg.threads = threads;
+  engine::TrainConfig cfg = bench::round_config(o);
+  const std::string& preset = o.preset;
+  const int batch = o.batch, seq = o.seq, steps = o.steps, warmup = o.warmup, rounds = o.rounds;
   cfg.loss_scaler.initial_scale_power = 12;  // no skipped steps in a short timing run
   bench::use_random_tokens(cfg, "tessera_bench_precision",
                            static_cast<size_t>(batch) * seq * 8 + 1);

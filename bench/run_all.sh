@@ -39,6 +39,11 @@ fi
 echo; echo "### ZeRO stages, 2 ranks"
 "$bin/bench_zero" --model gpt2-124M --batch 4 --seq 256 --ranks 2 --steps 2
 
+echo; echo "### activation checkpointing (none / full / selective)"
+"$bin/bench_recompute" --model gpt2-124M --batch 4 --seq 256 --steps 3 --rounds 2
+"$bin/bench_recompute" --model gpt2-124M --dtype bf16 --batch 4 --seq 256 --steps 3 --rounds 2
+"$bin/bench_recompute" --model gpt2-350M --batch 2 --seq 256 --steps 2 --rounds 2
+
 echo; echo "### data-parallel scaling (tiny, vocab 256, B=8, T=256, 1 thread per rank)"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 "$tessera" prepare --input data/tinyshakespeare.txt --out-dir "$work" --name ts 2>/dev/null

@@ -26,9 +26,11 @@ void train_one_rank(const engine::TrainConfig& config, parallel::ProcessGroup* d
   if (c.sample_tokens <= 0) return;
   // Every rank takes part in assembling the weights (a gather at ZeRO stage 3); rank 0 then
   // samples alone from its whole copy, so no collective waits on ranks that have finished.
-  std::vector<float> weights = trainer.full_params();
+  const engine::Trainer::WholeWeights weights = trainer.whole_weights();
   if (trainer.dp_rank() == 0) {
-    LocalParamAccess whole(trainer.model().registry(), weights.data(), nullptr, sizeof(float));
+    // Sampling only reads the weights: the view's const is dropped for ParamAccess's sake.
+    LocalParamAccess whole(trainer.model().registry(), const_cast<float*>(weights.data), nullptr,
+                           sizeof(float));
     models::SampleOptions so;
     so.max_new_tokens = c.sample_tokens;
     so.temperature = c.sample_temperature;

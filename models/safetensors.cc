@@ -22,6 +22,7 @@
 
 #include "runtime/core/error.h"
 #include "runtime/core/half.h"
+#include "runtime/core/storage.h"
 #include "runtime/core/temp_path.h"
 
 namespace tessera::models {
@@ -323,17 +324,21 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsEnt
            path, tmp, errno_text());
   bool ok = std::fwrite(&header_len, 8, 1, f) == 1 &&
             std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  std::vector<std::byte> buffer;
+  // One staging buffer of the largest tensor, tracked (category other) like every big buffer.
+  const int64_t largest = sizes.empty() ? 0 : *std::max_element(sizes.begin(), sizes.end());
+  Storage staging(static_cast<size_t>(largest), MemCategory::Other);
+  auto* buffer = static_cast<std::byte*>(staging.data());
   for (size_t i = 0; ok && i < entries.size(); ++i) {
-    buffer.assign(static_cast<size_t>(sizes[i]), std::byte{0});
+    const auto bytes = static_cast<size_t>(sizes[i]);
+    std::memset(buffer, 0, bytes);
     try {
-      entries[i].fill(buffer.data());
+      entries[i].fill(buffer);
     } catch (...) {
       std::fclose(f);
       std::remove(tmp.c_str());
       throw;
     }
-    ok = std::fwrite(buffer.data(), 1, buffer.size(), f) == buffer.size();
+    ok = bytes == 0 || std::fwrite(buffer, 1, bytes, f) == bytes;
   }
   const std::string write_error = ok ? "" : errno_text();
   ok = (std::fclose(f) == 0) && ok;

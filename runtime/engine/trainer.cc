@@ -224,14 +224,22 @@ void Trainer::optimizer_step(double lr, double grad_scale) {
   access_->after_update();
 }
 
-std::vector<float> Trainer::full_params() {
-  std::vector<float> out(static_cast<size_t>(model_.registry().numel()));
-  if (sharded_ != nullptr) {
-    sharded_->gather_full(out.data());
-  } else {
-    std::copy(state_->master(), state_->master() + out.size(), out.begin());
+Trainer::WholeWeights Trainer::whole_weights() {
+  WholeWeights w;
+  if (sharded_ == nullptr) {
+    w.data = state_->master();
+    return w;
   }
-  return out;
+  const auto numel = static_cast<size_t>(model_.registry().numel());
+  w.gathered = Storage(numel * sizeof(float), MemCategory::Other, Device::cpu(), /*zero=*/false);
+  sharded_->gather_full(static_cast<float*>(w.gathered.data()));
+  w.data = static_cast<const float*>(w.gathered.data());
+  return w;
+}
+
+std::vector<float> Trainer::full_params() {
+  const WholeWeights w = whole_weights();
+  return std::vector<float>(w.data, w.data + model_.registry().numel());
 }
 
 StepStats Trainer::step() {
@@ -405,10 +413,10 @@ void Trainer::run() {
   }
   metrics.finish();
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
-  const std::vector<float> weights_now = full_params();  // collective at stage 3
+  const WholeWeights weights_now = whole_weights();  // collective at stages 1-3
   if (writer) {
     const std::string weights = (fs::path(config_.output_dir) / "model.safetensors").string();
-    models::save_gpt_safetensors(weights, config_.model, model_.registry(), weights_now.data());
+    models::save_gpt_safetensors(weights, config_.model, model_.registry(), weights_now.data);
     log_rank0("saved {} (and config.json beside it)", weights);
   }
 }

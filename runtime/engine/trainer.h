@@ -69,8 +69,16 @@ class Trainer {
   // The ZeRO stage 1-3 access when this rank trains sharded (null at stage 0 or on one rank:
   // with nothing to partition every stage is stage 0).
   memory::ShardedParamAccess* sharded() { return sharded_; }
-  // Collective at stage 3: every rank of the group must call it. The full fp32 parameters
-  // (the master weights when training in 16 bits).
+  // The full fp32 parameters (the master weights when training in 16 bits), to read while
+  // the trainer lives (saving, sampling): at stage 0 a view of the trainer's own weights, no
+  // copy; at stages 1-3 gathered (collective: every rank of the group must call it) into a
+  // buffer charged to MemCategory::Other.
+  struct WholeWeights {
+    const float* data = nullptr;
+    Storage gathered;  // stages 1-3 only
+  };
+  WholeWeights whole_weights();
+  // A copy of whole_weights() (tests). Collective at stages 1-3.
   std::vector<float> full_params();
   int64_t steps_done() const { return steps_done_; }
   int dp_rank() const { return dp_ != nullptr ? dp_->rank() : 0; }
