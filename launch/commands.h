@@ -48,6 +48,10 @@ struct EstimateOptions {
   std::string recompute = "none";  // activation checkpointing: none, full or selective
   int recompute_num_layers = 1;     // full: blocks per checkpointed group
   int64_t reduce_bucket_size = 25'000'000;
+  // Stage 3 (DeepSpeed's names): the gathered layers' bound.
+  int64_t prefetch_bucket_size = 50'000'000;
+  int64_t param_persistence_threshold = 100'000;
+  int64_t max_live_parameters = 1'000'000'000;
 };
 int run_estimate(const EstimateOptions& opts);
 

@@ -48,6 +48,9 @@ int run_estimate(const EstimateOptions& o) {
   z.stage = o.stage;
   z.dtype = parse_dtype(o.dtype);
   z.reduce_bucket_elems = o.reduce_bucket_size;
+  z.prefetch_elems = o.prefetch_bucket_size;
+  z.persistence_threshold = o.param_persistence_threshold;
+  z.max_live_elems = o.max_live_parameters;
   auto row = [](const char* what, int64_t bytes, const std::string& note = "") {
     std::cout << fmt::format("  {:<12} {:>12}  {}\n", what, format_bytes(bytes), note);
   };
@@ -74,7 +77,9 @@ int run_estimate(const EstimateOptions& o) {
     return 0;
   }
   const models::GPTConfig config = models::gpt_preset(o.model);
-  const ParamRegistry registry = models::build_gpt_registry(config);
+  // As the trainer lays the model out: stage 3 on several ranks chunks a large word embedding.
+  const int wte_chunks = o.stage == 3 && o.ranks > 1 ? models::zero3_wte_chunks(config) : 1;
+  const ParamRegistry registry = models::build_gpt_registry(config, wte_chunks);
   const memory::ModelStateBytes b = memory::plan_model_state(registry, z, rank, o.ranks);
   std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} ranks, {}, per rank:\n",
                            o.model, registry.numel() / 1e6, o.stage, o.ranks, o.dtype);
@@ -92,17 +97,20 @@ int run_estimate(const EstimateOptions& o) {
   int64_t total = b.total();
   if (o.batch > 0) {
     const int seq = o.seq > 0 ? o.seq : config.block_size;
-    const int64_t acts =
-        models::GPT<float>::activation_bytes_for(config, o.batch, seq, z.dtype, recompute);
+    const int64_t acts = models::GPT<float>::activation_bytes_for(config, o.batch, seq, z.dtype,
+                                                                  recompute, wte_chunks);
     row("activations", acts,
         fmt::format("(micro-batch {} x {}{})", o.batch, seq,
                     o.recompute == "none" ? "" : ", recompute " + o.recompute));
     total += acts;
   }
   if (o.stage == 3 && o.ranks > 1) {
-    std::cout << fmt::format(
-        "  (stage 3 gathers layers on top, at most stage3_max_live_parameters x {} bytes)\n",
-        dtype_size(z.dtype));
+    const int64_t gathered = memory::plan_gathered_bytes(registry, z, o.ranks);
+    row("gathered", gathered,
+        fmt::format(
+            "(stage 3: the layer in use + prefetch, within max live{})",
+            wte_chunks > 1 ? fmt::format("; word embedding in {} chunks", wte_chunks) : ""));
+    total += gathered;
   }
   row("total", total);
   print_offload(o.offload, b.optimizer, total);

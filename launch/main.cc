@@ -88,6 +88,18 @@ int main(int argc, char** argv) {
   est_cmd->add_option("--recompute-num-layers", est.recompute_num_layers,
                       "full: blocks per checkpointed group")
       ->capture_default_str();
+  est_cmd
+      ->add_option("--prefetch-bucket-size", est.prefetch_bucket_size,
+                   "stage 3: elements gathered ahead of use")
+      ->capture_default_str();
+  est_cmd
+      ->add_option("--param-persistence-threshold", est.param_persistence_threshold,
+                   "stage 3: layers of at most this many elements stay whole")
+      ->capture_default_str();
+  est_cmd
+      ->add_option("--max-live-parameters", est.max_live_parameters,
+                   "stage 3: most elements gathered at once")
+      ->capture_default_str();
   est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size, "elements per bucket")
       ->capture_default_str();
 

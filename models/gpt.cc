@@ -12,50 +12,67 @@
 
 namespace tessera::models {
 
-ParamRegistry build_gpt_registry(const GPTConfig& config) {
+ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks) {
   config.validate();
+  const GptLayers layers(config, wte_chunks);
   const int64_t C = config.n_embd, V = config.vocab_size, L = config.n_layer;
   const float std_base = 0.02f;
   const float std_resid = static_cast<float>(0.02 / std::sqrt(2.0 * L));
   ParamRegistry reg;
   auto normal = [](float s) { return std::pair{ParamInit::Normal, s}; };
-  auto add = [&](std::string name, Shape shape, int layer, std::pair<ParamInit, float> init) {
-    reg.add(ParamSpec{std::move(name), std::move(shape), layer, init.first, init.second});
+  auto add = [&](std::string name, Shape shape, int layer, std::pair<ParamInit, float> init,
+                 int64_t rows_per_layer = 0) {
+    reg.add(ParamSpec{std::move(name), std::move(shape), layer, init.first, init.second,
+                      TpSplit::None, 0, rows_per_layer});
   };
   const std::pair ones{ParamInit::Ones, 0.0f}, zeros{ParamInit::Zeros, 0.0f};
-  add("wte.weight", {V, C}, 0, normal(std_base));
-  add("wpe.weight", {config.block_size, C}, 0, normal(std_base));
+  add("wte.weight", {V, C}, layers.wte_layer(0), normal(std_base),
+      layers.chunked() ? layers.rows_per_chunk() : 0);
+  add("wpe.weight", {config.block_size, C}, layers.wpe_layer(), normal(std_base));
   for (int l = 0; l < L; ++l) {
     const std::string h = fmt::format("h.{}.", l);
-    const int layer = l + 1;
-    add(h + "ln_1.weight", {C}, layer, ones);
-    add(h + "ln_1.bias", {C}, layer, zeros);
-    add(h + "attn.c_attn.weight", {3 * C, C}, layer, normal(std_base));
-    add(h + "attn.c_attn.bias", {3 * C}, layer, zeros);
-    add(h + "attn.c_proj.weight", {C, C}, layer, normal(std_resid));
-    add(h + "attn.c_proj.bias", {C}, layer, zeros);
-    add(h + "ln_2.weight", {C}, layer, ones);
-    add(h + "ln_2.bias", {C}, layer, zeros);
-    add(h + "mlp.c_fc.weight", {4 * C, C}, layer, normal(std_base));
-    add(h + "mlp.c_fc.bias", {4 * C}, layer, zeros);
-    add(h + "mlp.c_proj.weight", {C, 4 * C}, layer, normal(std_resid));
-    add(h + "mlp.c_proj.bias", {C}, layer, zeros);
+    const int attn_in = layers.block_layer(l, kAttentionIn);
+    const int attn_out = layers.block_layer(l, kAttentionOut);
+    const int mlp_in = layers.block_layer(l, kMlpIn);
+    const int mlp_out = layers.block_layer(l, kMlpOut);
+    add(h + "ln_1.weight", {C}, attn_in, ones);
+    add(h + "ln_1.bias", {C}, attn_in, zeros);
+    add(h + "attn.c_attn.weight", {3 * C, C}, attn_in, normal(std_base));
+    add(h + "attn.c_attn.bias", {3 * C}, attn_in, zeros);
+    add(h + "attn.c_proj.weight", {C, C}, attn_out, normal(std_resid));
+    add(h + "attn.c_proj.bias", {C}, attn_out, zeros);
+    add(h + "ln_2.weight", {C}, mlp_in, ones);
+    add(h + "ln_2.bias", {C}, mlp_in, zeros);
+    add(h + "mlp.c_fc.weight", {4 * C, C}, mlp_in, normal(std_base));
+    add(h + "mlp.c_fc.bias", {4 * C}, mlp_in, zeros);
+    add(h + "mlp.c_proj.weight", {C, 4 * C}, mlp_out, normal(std_resid));
+    add(h + "mlp.c_proj.bias", {C}, mlp_out, zeros);
   }
-  add("ln_f.weight", {C}, static_cast<int>(L) + 1, ones);
-  add("ln_f.bias", {C}, static_cast<int>(L) + 1, zeros);
+  add("ln_f.weight", {C}, layers.lnf_layer(), ones);
+  add("ln_f.bias", {C}, layers.lnf_layer(), zeros);
+  TS_CHECK(reg.num_layers() == layers.num_layers(), "GPT registry holds {} layers, expected {}",
+           reg.num_layers(), layers.num_layers());
+  // The head reports each chunk's gradient as soon as it is formed, the embedding its rows at
+  // the end of backward: a chunk is reduced twice instead of waiting whole all of backward.
+  if (layers.chunked()) {
+    for (int k = 0; k < layers.wte_chunks; ++k) reg.set_grad_reports(layers.wte_layer(k), 2);
+  }
   return reg;
 }
 
 template <typename T>
-GPT<T>::GPT(const GPTConfig& config, DType dtype, Device device)
-    : config_(config), dtype_(dtype), registry_(build_gpt_registry(config)),
+GPT<T>::GPT(const GPTConfig& config, DType dtype, Device device, int wte_chunks)
+    : config_(config),
+      dtype_(dtype),
+      layers_(config, wte_chunks),
+      registry_(build_gpt_registry(config, wte_chunks)),
       ops_(kernels::make_ops<T>(device, dtype)),
-      stage_(config_, registry_, *ops_, 0, config_.n_layer + 2) {}
+      stage_(config_, layers_, registry_, *ops_, 0, layers_.num_layers()) {}
 
 template <typename T>
 int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_, DType dtype,
-                                     const RecomputePolicy& recompute) {
-  GPT<T> planner(config, dtype);
+                                     const RecomputePolicy& recompute, int wte_chunks) {
+  GPT<T> planner(config, dtype, Device::cpu(), wte_chunks);
   planner.stage_.set_recompute(recompute);
   return planner.stage_.activation_bytes_for(1, B, T_);
 }
@@ -116,27 +133,42 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
   TS_CHECK(pos < config_.block_size, "the KV cache is full ({} positions = block_size)", pos);
   TS_CHECK(token >= 0 && token < V, "token {} is outside the vocabulary of {}", token, V);
   T* x = cache.x;
+  // The embeddings' layers (whole, or wte in row chunks; gpt_layers.h).
   {
-    const T* emb = static_cast<T*>(params.acquire(0));
-    for (int64_t c = 0; c < C; ++c) x[c] = emb[token * C + c] + emb[V * C + pos * C + c];
-    params.release(0);
+    int layer = 0;
+    int64_t row = token;
+    if (layers_.chunked()) {
+      layer = static_cast<int>(token / layers_.rows_per_chunk());
+      row = token - layers_.chunk_begin(layer);
+    }
+    const T* wte_rows = static_cast<T*>(params.acquire(layers_.wte_layer(layer)));
+    for (int64_t c = 0; c < C; ++c) x[c] = wte_rows[row * C + c];
+    params.release(layers_.wte_layer(layer));
+    const T* wpe = static_cast<T*>(params.acquire(layers_.wpe_layer()));
+    if (!layers_.chunked()) wpe += V * C;
+    for (int64_t c = 0; c < C; ++c) x[c] += wpe[pos * C + c];
+    params.release(layers_.wpe_layer());
   }
   T mean, rstd;
   const T scale = T(1) / std::sqrt(T(hs));
   for (int l = 0; l < config_.n_layer; ++l) {
-    const T* p = static_cast<const T*>(params.acquire(l + 1));
-    // A block's tensors in registry order: ln_1 (w, b), c_attn, attn c_proj, ln_2, c_fc, mlp c_proj.
-    const T* ln1w = p;
+    // A block's layers (gpt_layers.h), tensors in registry order.
+    const T* attn_in = static_cast<const T*>(params.acquire(layers_.block_layer(l, kAttentionIn)));
+    const T* attn_out =
+        static_cast<const T*>(params.acquire(layers_.block_layer(l, kAttentionOut)));
+    const T* mlp_in = static_cast<const T*>(params.acquire(layers_.block_layer(l, kMlpIn)));
+    const T* mlp_out = static_cast<const T*>(params.acquire(layers_.block_layer(l, kMlpOut)));
+    const T* ln1w = attn_in;
     const T* ln1b = ln1w + C;
     const T* qkvw = ln1b + C;
     const T* qkvb = qkvw + 3 * C * C;
-    const T* attprojw = qkvb + 3 * C;
+    const T* attprojw = attn_out;
     const T* attprojb = attprojw + C * C;
-    const T* ln2w = attprojb + C;
+    const T* ln2w = mlp_in;
     const T* ln2b = ln2w + C;
     const T* fcw = ln2b + C;
     const T* fcb = fcw + 4 * C * C;
-    const T* fcprojw = fcb + 4 * C;
+    const T* fcprojw = mlp_out;
     const T* fcprojb = fcprojw + 4 * C * C;
     T* kc = cache.k + static_cast<size_t>(l) * config_.block_size * C;
     T* vc = cache.v + static_cast<size_t>(l) * config_.block_size * C;
@@ -176,14 +208,19 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
     o.gelu_forward(fc_gelu, fc, 4 * C);
     o.linear_forward(h, fc_gelu, fcprojw, fcprojb, 1, 4 * C, C);
     for (int64_t c = 0; c < C; ++c) x[c] += h[c];
-    params.release(l + 1);
+    for (int part = kBlockParts - 1; part >= 0; --part) {
+      params.release(layers_.block_layer(l, static_cast<BlockPart>(part)));
+    }
   }
-  const T* lnf = static_cast<T*>(params.acquire(config_.n_layer + 1));
+  const T* lnf = static_cast<T*>(params.acquire(layers_.lnf_layer()));
   o.layernorm_forward(cache.buf, &mean, &rstd, x, lnf, lnf + C, 1, C);
-  params.release(config_.n_layer + 1);
-  const T* wte = static_cast<T*>(params.acquire(0));
-  o.linear_forward(logits, cache.buf, wte, nullptr, 1, C, V);
-  params.release(0);
+  params.release(layers_.lnf_layer());
+  for (int k = 0; k < layers_.wte_chunks; ++k) {
+    const T* wte_rows = static_cast<T*>(params.acquire(layers_.wte_layer(k)));
+    o.linear_forward(logits + layers_.chunk_begin(k), cache.buf, wte_rows, nullptr, 1, C,
+                     layers_.chunk_rows(k));
+    params.release(layers_.wte_layer(k));
+  }
   cache.length = pos + 1;
 }
 

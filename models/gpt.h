@@ -12,8 +12,8 @@
 // GELU, attention's softmax and the residual stream in fp32, each layer's gradients formed in
 // an fp32 workspace and added into the 16-bit gradients once per micro-batch); f64 for
 // GPT<double> (gradient checks).
-// Layer numbering, the unit of acquire/release/grads_ready: 0 = embeddings (wte, wpe; wte
-// is also the head), 1..n_layer = blocks, n_layer + 1 = final LayerNorm.
+// Layer numbering, the unit of acquire/release/grads_ready: models/gpt_layers.h (the
+// embeddings, whole or with wte in chunks; four layers per block; ln_f).
 #pragma once
 
 #include <cstdint>
@@ -32,19 +32,25 @@ namespace tessera::models {
 // Builds the registry with Hugging Face GPT-2 names ("wte.weight", "h.3.attn.c_attn.weight"),
 // shapes in tessera's [out, in] layout, and GPT-2 initialisation: normal(0, 0.02), residual
 // projections (attn.c_proj, mlp.c_proj) scaled by 1/sqrt(2 n_layer), LayerNorm 1/0, biases 0.
-ParamRegistry build_gpt_registry(const GPTConfig& config);
+// wte_chunks > 1 splits the word embedding by rows over that many layers (GptLayers).
+ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks = 1);
 
 template <typename T>
 class GPT {
  public:
   // dtype: the working precision of parameters and gradients; f32 (the default for float),
   // bf16 or f16 for GPT<float>, f64 for GPT<double>. device: where the graph runs.
-  explicit GPT(const GPTConfig& config, DType dtype = dtype_of<T>(), Device device = Device::cpu());
+  // wte_chunks: the word embedding (and the head) in that many layers, so that ZeRO-3 gathers
+  // and reduces it a chunk at a time (GptLayers); the results agree with one layer's to
+  // rounding, not bit for bit (the head's softmax is summed chunk by chunk).
+  explicit GPT(const GPTConfig& config, DType dtype = dtype_of<T>(), Device device = Device::cpu(),
+               int wte_chunks = 1);
 
   const GPTConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
   bool mixed() const { return dtype_ == DType::BF16 || dtype_ == DType::F16; }
   const ParamRegistry& registry() const { return registry_; }
+  const GptLayers& layers() const { return layers_; }
   int num_layers() const { return registry_.num_layers(); }
   kernels::Ops<T>& ops() { return *ops_; }
   Stage<T>& stage() { return stage_; }
@@ -56,7 +62,7 @@ class GPT {
   // What allocate_activations(B, T) would allocate, without allocating (for the estimator).
   static int64_t activation_bytes_for(const GPTConfig& config, int B, int seq_len,
                                       DType dtype = dtype_of<T>(),
-                                      const RecomputePolicy& recompute = {});
+                                      const RecomputePolicy& recompute = {}, int wte_chunks = 1);
 
   // Forward over inputs [B,T]; with targets, returns the mean cross-entropy loss over the
   // B*T positions (else 0). Keeps what backward needs.
@@ -91,6 +97,7 @@ class GPT {
  private:
   GPTConfig config_;
   DType dtype_;
+  GptLayers layers_;
   ParamRegistry registry_;
   std::unique_ptr<kernels::Ops<T>> ops_;
   Stage<T> stage_;

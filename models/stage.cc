@@ -7,12 +7,23 @@
 namespace tessera::models {
 
 template <typename T>
-Stage<T>::Stage(const GPTConfig& config, const ParamRegistry& registry, kernels::Ops<T>& ops,
-                int first, int last)
-    : config_(config), registry_(registry), ops_(ops), first_(first), last_(last) {
-  const int layers = config.n_layer + 2;
-  TS_CHECK(0 <= first && first < last && last <= layers,
-           "stage layers [{}, {}) are not a range of the model's {} layers", first, last, layers);
+Stage<T>::Stage(const GPTConfig& config, const GptLayers& layers, const ParamRegistry& registry,
+                kernels::Ops<T>& ops, int first, int last)
+    : config_(config), layers_(layers), registry_(registry), ops_(ops), first_(first), last_(last) {
+  const int count = layers.num_layers();
+  TS_CHECK(registry.num_layers() == count, "the registry holds {} layers, the GPT layout {}",
+           registry.num_layers(), count);
+  TS_CHECK(0 <= first && first < last && last <= count,
+           "stage layers [{}, {}) are not a range of the model's {} layers", first, last, count);
+  auto at_boundary = [&](int layer) {
+    if (layer == 0 || layer == count) return true;
+    const int from_blocks = layer - layers.embedding_layers();
+    return from_blocks >= 0 && from_blocks % kBlockParts == 0;
+  };
+  TS_CHECK(at_boundary(first) && at_boundary(last),
+           "stage layers [{}, {}) split a block or the embeddings: a stage starts and ends at a "
+           "block",
+           first, last);
   TS_CHECK(!has_head() || has_embedding(),
            "stage [{}, {}) holds the head but not the word embedding it is tied to (layer 0)",
            first, last);
@@ -48,12 +59,12 @@ typename Stage<T>::Dropped Stage<T>::selective_drops() const {
 
 template <typename T>
 int Stage<T>::first_block() const {
-  return std::max(first_, 1);
+  return has_embedding() ? 0 : (first_ - layers_.embedding_layers()) / kBlockParts;
 }
 
 template <typename T>
 int Stage<T>::last_block() const {
-  return std::min(last_, config_.n_layer + 1);
+  return has_head() ? config_.n_layer : (last_ - layers_.embedding_layers()) / kBlockParts;
 }
 
 template <typename T>
@@ -153,8 +164,13 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
   // Shared.
   off = int64_t{slots} * l.slot_stride;
   l.shared = off;
-  const int64_t head_rows = std::min<int64_t>(BT, ops_.head_chunk_rows());
-  if (has_head()) l.head_scratch = place(head_rows * V);
+  // The head's logits: a chunk of rows over the whole vocabulary (the fused head), or every
+  // row over a chunk of the vocabulary (chunked word embedding) with the rows' statistics.
+  const bool chunked = layers_.chunked();
+  const int64_t head_rows = chunked ? BT : std::min<int64_t>(BT, ops_.head_chunk_rows());
+  const int64_t head_cols = chunked ? layers_.rows_per_chunk() : V;
+  if (has_head()) l.head_scratch = place(head_rows * head_cols);
+  if (has_head() && chunked) l.ce_stats = place(3 * BT);
   l.dres = place(BT * C);
   l.dln = place(BT * C);
   l.dqkv = place(3 * BT * C);
@@ -169,15 +185,21 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
   if (drops.ln) l.sel_ln = place_stored(BT * C);
   if (drops.gelu) l.sel_gelu = place_stored(4 * BT * C);
   if (ops_.stages_gradients()) {
-    int64_t block_numel = 0;  // the largest gradient workspace but layer 0's: a block
-    for (int layer = std::max(first_, 1); layer < last_; ++layer) {
-      block_numel = std::max(block_numel, registry_.layer(layer).numel());
+    // The largest gradient workspace but the embeddings': a block's layer or ln_f.
+    int64_t layer_numel = 0;
+    for (int layer = std::max(first_, layers_.embedding_layers()); layer < last_; ++layer) {
+      layer_numel = std::max(layer_numel, registry_.layer(layer).numel());
+    }
+    // The embeddings' workspace: layer 0 (whole, or one chunk) and, chunked, wpe's layer.
+    int64_t embedding_numel = 0;
+    for (int layer = 0; has_embedding() && layer < layers_.embedding_layers(); ++layer) {
+      embedding_numel = std::max(embedding_numel, registry_.layer(layer).numel());
     }
     if (has_head()) l.lnf_wide = place(BT * C);
     l.dout16 = place_stored(4 * BT * C);
-    if (has_head()) l.head_scratch16 = place_stored(head_rows * V);
-    l.grad_ws = place(block_numel);
-    if (has_embedding()) l.grad_ws0 = place(registry_.layer(0).numel());
+    if (has_head()) l.head_scratch16 = place_stored(head_rows * head_cols);
+    l.grad_ws = place(layer_numel);
+    if (has_embedding()) l.grad_ws0 = place(embedding_numel);
     l.small = place(13 * C);
   }
   l.total = off;
@@ -212,9 +234,9 @@ void Stage<T>::check_batch(int slot, int B, int seq_len) const {
 }
 
 template <typename T>
-typename Stage<T>::BlockActs Stage<T>::block_acts(int slot, int layer) {
-  const int kept = kept_index_.at(layer - first_block());
-  TS_CHECK(kept >= 0, "block {} keeps no activations: it is recomputed", layer);
+typename Stage<T>::BlockActs Stage<T>::block_acts(int slot, int block) {
+  const int kept = kept_index_.at(block - first_block());
+  TS_CHECK(kept >= 0, "block {} keeps no activations: it is recomputed", block);
   BlockActs a;
   place_block(slot_buf(slot, layout_.blocks + int64_t{kept} * layout_.block_stride), layout_.B,
               layout_.seq, selective_drops(), &a);
@@ -246,12 +268,12 @@ const T* Stage<T>::group_input(int slot, int g) {
 }
 
 template <typename T>
-const T* Stage<T>::block_input(int slot, int layer) {
-  const int b = layer - first_block();
+const T* Stage<T>::block_input(int slot, int block) {
+  const int b = block - first_block();
   for (size_t g = 0; g < groups_.size(); ++g) {
     if (groups_[g].first == b) return group_input(slot, static_cast<int>(g));
   }
-  return block_acts(slot, layer - 1).residual3;
+  return block_acts(slot, block - 1).residual3;
 }
 
 template <typename T>
@@ -268,63 +290,74 @@ const T* Stage<T>::output(int slot) {
 }
 
 template <typename T>
-typename Stage<T>::BlockOffsets Stage<T>::block_offsets() const {
+typename Stage<T>::PartOffsets Stage<T>::part_offsets(BlockPart part) const {
   const int64_t C = config_.n_embd;
-  BlockOffsets o{};
-  int64_t at = 0;
-  auto take = [&](int64_t n) {
-    const int64_t here = at;
-    at += n;
-    return here;
-  };
-  // Registry order (build_gpt_registry).
-  o.ln1w = take(C);
-  o.ln1b = take(C);
-  o.qkvw = take(3 * C * C);
-  o.qkvb = take(3 * C);
-  o.attprojw = take(C * C);
-  o.attprojb = take(C);
-  o.ln2w = take(C);
-  o.ln2b = take(C);
-  o.fcw = take(4 * C * C);
-  o.fcb = take(4 * C);
-  o.fcprojw = take(4 * C * C);
-  o.fcprojb = take(C);
-  return o;
+  // Registry order within each layer (build_gpt_registry); `small` is where a 16-bit table
+  // widens the layer's small tensors, within the 13 C of layout_.small.
+  switch (part) {
+    case kAttentionIn:
+      return {0, C, 2 * C, 2 * C + 3 * C * C, 0};
+    case kAttentionOut:
+      return {-1, -1, 0, C * C, 5 * C};
+    case kMlpIn:
+      return {0, C, 2 * C, 2 * C + 4 * C * C, 6 * C};
+    case kMlpOut:
+      return {-1, -1, 0, 4 * C * C, 12 * C};
+  }
+  TS_THROW(Error, "no block part {}", static_cast<int>(part));
 }
 
 template <typename T>
-typename Stage<T>::BlockWeights Stage<T>::block_weights(const void* base) {
+int64_t Stage<T>::part_bias_size(BlockPart part) const {
   const int64_t C = config_.n_embd;
-  const BlockOffsets o = block_offsets();
-  BlockWeights w{};
-  w.qkvw = ops_.at(base, o.qkvw);
-  w.attprojw = ops_.at(base, o.attprojw);
-  w.fcw = ops_.at(base, o.fcw);
-  w.fcprojw = ops_.at(base, o.fcprojw);
-  T* cursor = buf(layout_.small);  // 13 C elements, used only by tables with 16-bit storage
+  return part == kAttentionIn ? 3 * C : part == kMlpIn ? 4 * C : C;
+}
+
+template <typename T>
+typename Stage<T>::PartWeights Stage<T>::acquire_part(ParamAccess& params, int block,
+                                                      BlockPart part) {
+  const int64_t C = config_.n_embd;
+  const void* base = params.acquire(layers_.block_layer(block, part));
+  const PartOffsets o = part_offsets(part);
+  PartWeights w{};
+  w.matrix = ops_.at(base, o.matrix);
+  T* cursor = buf(layout_.small) + o.small;  // used only by tables with 16-bit storage
   auto small = [&](int64_t at, int64_t n) {
     const T* v = ops_.view(ops_.at(base, at), cursor, n);
     cursor += n;
     return v;
   };
-  w.ln1w = small(o.ln1w, C);
-  w.ln1b = small(o.ln1b, C);
-  w.qkvb = small(o.qkvb, 3 * C);
-  w.attprojb = small(o.attprojb, C);
-  w.ln2w = small(o.ln2w, C);
-  w.ln2b = small(o.ln2b, C);
-  w.fcb = small(o.fcb, 4 * C);
-  w.fcprojb = small(o.fcprojb, C);
+  if (o.ln_weight >= 0) {
+    w.ln_weight = small(o.ln_weight, C);
+    w.ln_bias = small(o.ln_bias, C);
+  }
+  w.bias = small(o.bias, part_bias_size(part));
   return w;
 }
 
 template <typename T>
-typename Stage<T>::BlockGrads Stage<T>::block_grads(T* base) const {
-  const BlockOffsets o = block_offsets();  // gradients share the parameters' layout
-  return {base + o.ln1w,     base + o.ln1b,     base + o.qkvw, base + o.qkvb,
-          base + o.attprojw, base + o.attprojb, base + o.ln2w, base + o.ln2b,
-          base + o.fcw,      base + o.fcb,      base + o.fcprojw, base + o.fcprojb};
+void Stage<T>::release_part(ParamAccess& params, int block, BlockPart part) {
+  params.release(layers_.block_layer(block, part));
+}
+
+template <typename T>
+typename Stage<T>::PartGrads Stage<T>::open_part_grads(ParamAccess& params, int block,
+                                                       BlockPart part) {
+  T* base = open_grads(params, layers_.block_layer(block, part), buf(layout_.grad_ws));
+  const PartOffsets o = part_offsets(part);  // gradients share the parameters' layout
+  PartGrads g{};
+  g.matrix = base + o.matrix;
+  g.bias = base + o.bias;
+  if (o.ln_weight >= 0) {
+    g.ln_weight = base + o.ln_weight;
+    g.ln_bias = base + o.ln_bias;
+  }
+  return g;
+}
+
+template <typename T>
+void Stage<T>::close_part_grads(ParamAccess& params, int block, BlockPart part) {
+  close_grads(params, layers_.block_layer(block, part), buf(layout_.grad_ws));
 }
 
 template <typename T>
@@ -343,17 +376,20 @@ void Stage<T>::close_grads(ParamAccess& params, int layer, T* workspace) {
 }
 
 template <typename T>
-void Stage<T>::block_forward(const BlockWeights& w, const BlockActs& a, const T* input, int B,
-                             int seq_len) {
+void Stage<T>::block_forward(ParamAccess& params, int block, const BlockActs& a, const T* input,
+                             int B, int seq_len) {
   const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
   kernels::Ops<T>& o = ops_;
-  // Results kept in 16 bits are computed in backward's scratch buffers first.
+  // Each GEMM's layer is gathered just for it. Results kept in 16 bits are computed in
+  // backward's scratch buffers first.
+  PartWeights w = acquire_part(params, block, kAttentionIn);
   T* ln1 = o.target(a.ln1, buf(layout_.dln));
-  o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln1w, w.ln1b, BT, C);
+  o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln_weight, w.ln_bias, BT, C);
   o.save(a.ln1, ln1, BT * C);
   T* qkv = o.target(a.qkv, buf(layout_.dqkv));
-  o.linear_forward(qkv, a.ln1, w.qkvw, w.qkvb, BT, C, 3 * C);
+  o.linear_forward(qkv, a.ln1, w.matrix, w.bias, BT, C, 3 * C);
   o.save(a.qkv, qkv, 3 * BT * C);
+  release_part(params, block, kAttentionIn);
   // Attention reads q, k, v as backward will, as stored: the log-sum-exp it saves then
   // matches the probabilities backward recomputes.
   const T* qkv_stored = o.view(a.qkv, qkv, 3 * BT * C);
@@ -362,24 +398,30 @@ void Stage<T>::block_forward(const BlockWeights& w, const BlockActs& a, const T*
   o.save(a.atty, atty, BT * C);
   // The projection is written straight into the residual stream and the input added in
   // place: backward never needs the projection's output on its own.
-  o.linear_forward(a.residual2, a.atty, w.attprojw, w.attprojb, BT, C, C);
+  w = acquire_part(params, block, kAttentionOut);
+  o.linear_forward(a.residual2, a.atty, w.matrix, w.bias, BT, C, C);
+  release_part(params, block, kAttentionOut);
   o.residual_forward(a.residual2, a.residual2, input, BT * C);
+  w = acquire_part(params, block, kMlpIn);
   T* ln2 = o.target(a.ln2, buf(layout_.dln));
-  o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln2w, w.ln2b, BT, C);
+  o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln_weight, w.ln_bias, BT, C);
   o.save(a.ln2, ln2, BT * C);
   T* fch = o.target(a.fch, buf(layout_.dfch));
-  o.linear_forward(fch, a.ln2, w.fcw, w.fcb, BT, C, 4 * C);
+  o.linear_forward(fch, a.ln2, w.matrix, w.bias, BT, C, 4 * C);
   o.save(a.fch, fch, 4 * BT * C);
+  release_part(params, block, kMlpIn);
   T* gelu = o.target(a.fch_gelu, buf(layout_.dfch_gelu));
   o.gelu_forward(gelu, fch, 4 * BT * C);
   o.save(a.fch_gelu, gelu, 4 * BT * C);
-  o.linear_forward(a.residual3, a.fch_gelu, w.fcprojw, w.fcprojb, BT, 4 * C, C);
+  w = acquire_part(params, block, kMlpOut);
+  o.linear_forward(a.residual3, a.fch_gelu, w.matrix, w.bias, BT, 4 * C, C);
+  release_part(params, block, kMlpOut);
   o.residual_forward(a.residual3, a.residual3, a.residual2, BT * C);
 }
 
 template <typename T>
-void Stage<T>::block_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
-                              const T* input, int B, int seq_len) {
+void Stage<T>::block_backward(ParamAccess& params, int block, const BlockActs& a, const T* input,
+                              int B, int seq_len) {
   const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
   kernels::Ops<T>& o = ops_;
   T* dres = buf(layout_.dres);  // dL/d(block output) on entry, dL/d(input) on exit
@@ -394,25 +436,36 @@ void Stage<T>::block_backward(const BlockWeights& w, const BlockGrads& g, const 
   if (a.recompute_gelu) {  // selective: only where storage is T (Stage::selective_drops)
     o.gelu_forward(o.target(a.fch_gelu, nullptr), o.view(a.fch, nullptr, 4 * BT * C), 4 * BT * C);
   }
+  PartWeights w = acquire_part(params, block, kMlpOut);
+  PartGrads g = open_part_grads(params, block, kMlpOut);
   o.zero(dfch_gelu, 4 * BT * C);
-  o.linear_backward(dfch_gelu, g.fcprojw, g.fcprojb, dres, dout16, a.fch_gelu, w.fcprojw, BT,
-                    4 * C, C);
+  o.linear_backward(dfch_gelu, g.matrix, g.bias, dres, dout16, a.fch_gelu, w.matrix, BT, 4 * C, C);
+  release_part(params, block, kMlpOut);
+  close_part_grads(params, block, kMlpOut);
+  w = acquire_part(params, block, kMlpIn);
+  g = open_part_grads(params, block, kMlpIn);
   o.zero(dfch, 4 * BT * C);
   o.gelu_backward(dfch, a.fch, dfch_gelu, 4 * BT * C);
   // Selective recomputation refills the LayerNorm outputs (and their statistics, the same
   // values) through dfch_gelu, free once GELU's backward has read it.
   if (a.recompute_ln) {
     T* ln2 = o.target(a.ln2, dfch_gelu);
-    o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln2w, w.ln2b, BT, C);
+    o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln_weight, w.ln_bias, BT, C);
     o.save(a.ln2, ln2, BT * C);
   }
   o.zero(dln, BT * C);
-  o.linear_backward(dln, g.fcw, g.fcb, dfch, dout16, a.ln2, w.fcw, BT, C, 4 * C);
-  o.layernorm_backward(dres, g.ln2w, g.ln2b, dln, a.residual2, w.ln2w, a.ln2_mean, a.ln2_rstd,
-                       BT, C);
+  o.linear_backward(dln, g.matrix, g.bias, dfch, dout16, a.ln2, w.matrix, BT, C, 4 * C);
+  o.layernorm_backward(dres, g.ln_weight, g.ln_bias, dln, a.residual2, w.ln_weight, a.ln2_mean,
+                       a.ln2_rstd, BT, C);
+  release_part(params, block, kMlpIn);
+  close_part_grads(params, block, kMlpIn);
   // Attention branch: residual2 = input + proj(attn(ln1(input))).
+  w = acquire_part(params, block, kAttentionOut);
+  g = open_part_grads(params, block, kAttentionOut);
   o.zero(datty, BT * C);
-  o.linear_backward(datty, g.attprojw, g.attprojb, dres, dout16, a.atty, w.attprojw, BT, C, C);
+  o.linear_backward(datty, g.matrix, g.bias, dres, dout16, a.atty, w.matrix, BT, C, C);
+  release_part(params, block, kAttentionOut);
+  close_part_grads(params, block, kAttentionOut);
   // Attention's saved input and output in T: widened on 16-bit tables into buffers that are
   // free until further down.
   const T* atty = o.view(a.atty, dln, BT * C);
@@ -420,14 +473,19 @@ void Stage<T>::block_backward(const BlockWeights& w, const BlockGrads& g, const 
   o.zero(dqkv, 3 * BT * C);
   o.attention_backward(dqkv, datty, qkv, atty, a.lse, B, seq_len, static_cast<int>(C),
                        config_.n_head);
+  w = acquire_part(params, block, kAttentionIn);
+  g = open_part_grads(params, block, kAttentionIn);
   if (a.recompute_ln) {
     T* ln1 = o.target(a.ln1, dfch_gelu);
-    o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln1w, w.ln1b, BT, C);
+    o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln_weight, w.ln_bias, BT, C);
     o.save(a.ln1, ln1, BT * C);
   }
   o.zero(dln, BT * C);
-  o.linear_backward(dln, g.qkvw, g.qkvb, dqkv, dout16, a.ln1, w.qkvw, BT, C, 3 * C);
-  o.layernorm_backward(dres, g.ln1w, g.ln1b, dln, input, w.ln1w, a.ln1_mean, a.ln1_rstd, BT, C);
+  o.linear_backward(dln, g.matrix, g.bias, dqkv, dout16, a.ln1, w.matrix, BT, C, 3 * C);
+  o.layernorm_backward(dres, g.ln_weight, g.ln_bias, dln, input, w.ln_weight, a.ln1_mean,
+                       a.ln1_rstd, BT, C);
+  release_part(params, block, kAttentionIn);
+  close_part_grads(params, block, kAttentionIn);
 }
 
 template <typename T>
@@ -436,10 +494,9 @@ const T* Stage<T>::forward_group(ParamAccess& params, int slot, int g, const T* 
   const BlockGroup& group = groups_[g];
   const T* h = input;
   for (int j = 0; j < group.count; ++j) {
-    const int layer = first_block() + group.first + j;
-    const BlockActs a = group.recompute ? recompute_acts(j) : block_acts(slot, layer);
-    block_forward(block_weights(params.acquire(layer)), a, h, B, seq_len);
-    params.release(layer);
+    const int block = first_block() + group.first + j;
+    const BlockActs a = group.recompute ? recompute_acts(j) : block_acts(slot, block);
+    block_forward(params, block, a, h, B, seq_len);
     h = a.residual3;
   }
   if (!group.recompute || !keep_output) return h;
@@ -461,20 +518,18 @@ const T* Stage<T>::forward_group(ParamAccess& params, int slot, int g, const T* 
 template <typename T>
 void Stage<T>::forward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len) {
   check_batch(slot, B, seq_len);
-  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
   T* x = input(slot);
   if (has_embedding()) {
     TS_CHECK(tokens != nullptr, "the first stage's forward needs the input tokens");
-    const void* emb = params.acquire(0);
-    ops_.embedding_forward(x, tokens, emb, ops_.at(emb, V * C), B, seq_len, static_cast<int>(C));
-    params.release(0);
+    embedding_forward(params, x, tokens, B, seq_len);
   }
   const T* h = x;
   for (int g = 0; g < static_cast<int>(groups_.size()); ++g) {
     h = forward_group(params, slot, g, h, B, seq_len, /*keep_output=*/true);
   }
   if (has_head()) {
-    const int lnf_layer = config_.n_layer + 1;
+    const int lnf_layer = layers_.lnf_layer();
     const void* stored = params.acquire(lnf_layer);
     const T* lnf_w = ops_.view(stored, buf(layout_.small), 2 * C);
     void* lnf = slot_buf(slot, layout_.lnf);
@@ -492,6 +547,8 @@ double Stage<T>::head(ParamAccess& params, int slot, const int32_t* targets, int
   check_batch(slot, B, seq_len);
   TS_CHECK(has_head(), "head() runs on the last stage only");
   TS_CHECK(targets != nullptr, "the loss needs targets");
+  if (layers_.chunked())
+    return chunked_head(params, slot, targets, B, seq_len, backward, grad_scale);
   const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
   T* dlnf = nullptr;
   T* dwte = nullptr;
@@ -513,14 +570,109 @@ double Stage<T>::head(ParamAccess& params, int slot, const int32_t* targets, int
 }
 
 template <typename T>
+double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targets, int B,
+                              int seq_len, bool backward, double grad_scale) {
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  const void* x = slot_buf(slot, layout_.lnf);
+  T* logits = buf(layout_.head_scratch);  // [BT, rows of a chunk]
+  T* lse = buf(layout_.ce_stats);         // the running max, then the log-sum-exp
+  T* sum = lse + BT;
+  T* target_logit = sum + BT;
+  // Pass 1: the softmax statistics of every row, a vocabulary chunk at a time.
+  // A row with sum 0 has no chunk folded in yet (cross_entropy_fold): its max is not read.
+  ops_.zero(lse, BT);
+  ops_.zero(sum, BT);
+  ops_.zero(target_logit, BT);
+  for (int k = 0; k < layers_.wte_chunks; ++k) {
+    const int layer = layers_.wte_layer(k);
+    const int64_t rows = layers_.chunk_rows(k);
+    ops_.linear_forward(logits, x, params.acquire(layer), nullptr, BT, C, rows);
+    params.release(layer);
+    ops_.cross_entropy_fold(lse, sum, target_logit, logits, targets, BT, rows,
+                            layers_.chunk_begin(k));
+  }
+  const double loss_sum =
+      ops_.cross_entropy_finish(lse, slot_buf(slot, layout_.losses), sum, target_logit, BT);
+  if (!backward) return loss_sum;
+  // Pass 2: each chunk's logits again, turned into their gradient: dlnf += dlogits wte_k,
+  // wte_k's gradient += dlogits^T lnf, reported at once (the embedding adds its rows later).
+  T* dlnf = buf(layout_.dln);
+  ops_.zero(dlnf, BT * C);
+  const T scale = static_cast<T>(grad_scale / static_cast<double>(BT));
+  for (int k = 0; k < layers_.wte_chunks; ++k) {
+    const int layer = layers_.wte_layer(k);
+    const int64_t rows = layers_.chunk_rows(k);
+    const void* wte_k = params.acquire(layer);
+    T* dwte_k = open_grads(params, layer, buf(layout_.grad_ws0));
+    ops_.linear_forward(logits, x, wte_k, nullptr, BT, C, rows);
+    ops_.cross_entropy_chunk_backward(logits, lse, targets, BT, rows, layers_.chunk_begin(k),
+                                      scale);
+    ops_.linear_backward(dlnf, dwte_k, nullptr, logits, buf(layout_.head_scratch16), x, wte_k, BT,
+                         C, rows);
+    params.release(layer);
+    close_grads(params, layer, buf(layout_.grad_ws0));
+  }
+  ws0_open_ = true;  // the head's part is in: backward may run
+  return loss_sum;
+}
+
+template <typename T>
+void Stage<T>::embedding_forward(ParamAccess& params, T* x, const int32_t* tokens, int B,
+                                 int seq_len) {
+  const int64_t C = config_.n_embd, V = config_.vocab_size;
+  if (!layers_.chunked()) {
+    const void* emb = params.acquire(0);
+    ops_.embedding_forward(x, tokens, emb, ops_.at(emb, V * C), B, seq_len, static_cast<int>(C));
+    params.release(0);
+    return;
+  }
+  ops_.position_embedding_forward(x, params.acquire(layers_.wpe_layer()), B, seq_len,
+                                  static_cast<int>(C));
+  params.release(layers_.wpe_layer());
+  for (int k = 0; k < layers_.wte_chunks; ++k) {
+    const int layer = layers_.wte_layer(k);
+    ops_.token_embedding_rows_forward(x, tokens, params.acquire(layer), layers_.chunk_begin(k),
+                                      layers_.chunk_rows(k), int64_t{B} * seq_len,
+                                      static_cast<int>(C));
+    params.release(layer);
+  }
+}
+
+template <typename T>
+void Stage<T>::embedding_backward(ParamAccess& params, const int32_t* tokens, int B, int seq_len) {
+  const int64_t C = config_.n_embd, V = config_.vocab_size;
+  const T* dres = buf(layout_.dres);
+  T* ws0 = buf(layout_.grad_ws0);
+  if (!layers_.chunked()) {
+    T* demb = ws0_open_ && ops_.stages_gradients() ? ws0 : open_grads(params, 0, ws0);
+    ops_.embedding_backward(demb, demb + V * C, dres, tokens, B, seq_len, static_cast<int>(C));
+    ws0_open_ = false;
+    close_grads(params, 0, ws0);
+    return;
+  }
+  ws0_open_ = false;
+  T* dwpe = open_grads(params, layers_.wpe_layer(), ws0);
+  ops_.position_embedding_backward(dwpe, dres, B, seq_len, static_cast<int>(C));
+  close_grads(params, layers_.wpe_layer(), ws0);
+  for (int k = 0; k < layers_.wte_chunks; ++k) {
+    const int layer = layers_.wte_layer(k);
+    T* dwte_k = open_grads(params, layer, ws0);
+    ops_.token_embedding_rows_backward(dwte_k, dres, tokens, layers_.chunk_begin(k),
+                                       layers_.chunk_rows(k), int64_t{B} * seq_len,
+                                       static_cast<int>(C));
+    close_grads(params, layer, ws0);
+  }
+}
+
+template <typename T>
 void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len) {
   check_batch(slot, B, seq_len);
-  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
   T* dres = buf(layout_.dres);
   T* ws = buf(layout_.grad_ws);
   if (has_head()) {
     TS_CHECK(ws0_open_, "the last stage's backward needs head(..., backward = true) first");
-    const int lnf_layer = config_.n_layer + 1;
+    const int lnf_layer = layers_.lnf_layer();
     const T* lnf_w = ops_.view(params.acquire(lnf_layer), buf(layout_.small), 2 * C);
     T* g = open_grads(params, lnf_layer, ws);
     ops_.zero(dres, BT * C);
@@ -534,8 +686,9 @@ void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, in
     const BlockGroup& group = groups_[g];
     const int first = first_block() + group.first;
     if (!group.recompute) {
-      for (int layer = first + group.count - 1; layer >= first; --layer) {
-        backward_block(params, layer, block_acts(slot, layer), block_input(slot, layer), B, seq_len);
+      for (int block = first + group.count - 1; block >= first; --block) {
+        block_backward(params, block, block_acts(slot, block), block_input(slot, block), B,
+                       seq_len);
       }
       continue;
     }
@@ -543,29 +696,14 @@ void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, in
     const T* in = group_input(slot, g);
     forward_group(params, slot, g, in, B, seq_len, /*keep_output=*/false);
     for (int j = group.count - 1; j >= 0; --j) {
-      backward_block(params, first + j, recompute_acts(j),
+      block_backward(params, first + j, recompute_acts(j),
                      j > 0 ? recompute_acts(j - 1).residual3 : in, B, seq_len);
     }
   }
   if (has_embedding()) {
     TS_CHECK(tokens != nullptr, "the first stage's backward needs the input tokens");
-    T* ws0 = buf(layout_.grad_ws0);
-    T* demb = ws0_open_ && ops_.stages_gradients() ? ws0 : open_grads(params, 0, ws0);
-    ops_.embedding_backward(demb, demb + V * C, dres, tokens, B, seq_len, static_cast<int>(C));
-    ws0_open_ = false;
-    close_grads(params, 0, ws0);
+    embedding_backward(params, tokens, B, seq_len);
   }
-}
-
-template <typename T>
-void Stage<T>::backward_block(ParamAccess& params, int layer, const BlockActs& a, const T* input,
-                              int B, int seq_len) {
-  const BlockWeights w = block_weights(params.acquire(layer));
-  T* ws = buf(layout_.grad_ws);
-  const BlockGrads g = block_grads(open_grads(params, layer, ws));
-  block_backward(w, g, a, input, B, seq_len);
-  params.release(layer);
-  close_grads(params, layer, ws);
 }
 
 template <typename T>
@@ -573,9 +711,18 @@ void Stage<T>::logits_at(ParamAccess& params, int slot, int b, int t, int seq_le
   TS_CHECK(has_head(), "logits come from the last stage");
   const int64_t C = config_.n_embd, V = config_.vocab_size;
   const int64_t row = (int64_t{b} * seq_len + t) * C;
-  const void* wte = params.acquire(0);
-  ops_.linear_forward(out, ops_.at(slot_buf(slot, layout_.lnf), row), wte, nullptr, 1, C, V);
-  params.release(0);
+  const void* x = ops_.at(slot_buf(slot, layout_.lnf), row);
+  if (!layers_.chunked()) {
+    ops_.linear_forward(out, x, params.acquire(0), nullptr, 1, C, V);
+    params.release(0);
+    return;
+  }
+  for (int k = 0; k < layers_.wte_chunks; ++k) {
+    const int layer = layers_.wte_layer(k);
+    ops_.linear_forward(out + layers_.chunk_begin(k), x, params.acquire(layer), nullptr, 1, C,
+                        layers_.chunk_rows(k));
+    params.release(layer);
+  }
 }
 
 template class Stage<float>;

@@ -1,10 +1,16 @@
 // The GPT graph, written once: a pipeline stage owning the model's layers [first, last),
 // running every precision and device through an ops table (runtime/kernels/ops.h).
 //
-// Layer numbering, the unit of acquire / release / grads_ready: 0 = embeddings (wte, wpe; wte
-// is also the head), 1..n_layer = blocks, n_layer + 1 = final LayerNorm. The first stage
-// (first == 0) adds the token and position embeddings; the last (last == n_layer + 2) adds the
-// final LayerNorm, the head and the loss. A whole model is one stage holding every layer.
+// Layers are numbered as models/gpt_layers.h says (the embeddings, four per block, ln_f). The
+// first stage (first == 0) adds the token and position embeddings; the last (last ==
+// num_layers) adds the final LayerNorm, the head and the loss. Stages start and end at a
+// block. A whole model is one stage holding every layer.
+//
+// The head is tied to the word embedding. Whole (one layer), the fused head forms wte's
+// gradient and it stays open until the embedding adds its rows at the end of backward. In
+// chunks (ZeRO-3), the head runs the cross-entropy in two passes over the chunks (the rows'
+// softmax statistics, then each chunk's gradient, its logits recomputed) and each chunk's
+// gradient is reported at once; the embedding reports its rows again at the end.
 //
 // Activations are kept per (micro-batch slot, layer): a stage can hold `slots` micro-batches
 // in flight (a pipeline schedule's forwards ahead of their backwards). Backward's scratch, the
@@ -20,10 +26,10 @@
 #pragma once
 
 #include <cstdint>
-
 #include <vector>
 
 #include "models/gpt_config.h"
+#include "models/gpt_layers.h"
 #include "models/recompute.h"
 #include "runtime/core/params.h"
 #include "runtime/core/storage.h"
@@ -36,13 +42,14 @@ class Stage {
  public:
   // The head is tied to the word embedding (layer 0): a stage holding the head must hold
   // layer 0 too.
-  Stage(const GPTConfig& config, const ParamRegistry& registry, kernels::Ops<T>& ops, int first,
-        int last);
+  Stage(const GPTConfig& config, const GptLayers& layers, const ParamRegistry& registry,
+        kernels::Ops<T>& ops, int first, int last);
 
   int first() const { return first_; }
   int last() const { return last_; }
   bool has_embedding() const { return first_ == 0; }
-  bool has_head() const { return last_ == config_.n_layer + 2; }
+  bool has_head() const { return last_ == layers_.num_layers(); }
+  const GptLayers& layers() const { return layers_; }
 
   // Activation checkpointing; takes effect at the next allocate().
   void set_recompute(const RecomputePolicy& policy);
@@ -84,15 +91,15 @@ class Stage {
   const T* input_grad() { return buf(layout_.dres); }
 
  private:
-  // A block's weights: GEMM matrices as stored, small tensors (gains, biases) in T.
-  struct BlockWeights {
-    const void *qkvw, *attprojw, *fcw, *fcprojw;
-    const T *ln1w, *ln1b, *qkvb, *attprojb, *ln2w, *ln2b, *fcb, *fcprojb;
+  // One layer of a block (gpt_layers.h's BlockPart): its GEMM matrix as stored, its bias and
+  // (kAttentionIn, kMlpIn) the LayerNorm before it in T.
+  struct PartWeights {
+    const void* matrix;
+    const T *bias, *ln_weight, *ln_bias;
   };
-  // A block's gradients in T, in registry order.
-  struct BlockGrads {
-    T *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw,
-        *fcprojb;
+  // Its gradients in T, in registry order.
+  struct PartGrads {
+    T *matrix, *bias, *ln_weight, *ln_bias;
   };
   // One block's saved activations for one slot: the GEMM operands as stored (void*), the
   // LayerNorm statistics, attention's log-sum-exp and the residual stream in T. Under selective
@@ -124,6 +131,7 @@ class Stage {
     // workspaces (a block, layer 0) and a block's small parameters widened.
     int64_t shared = 0;
     int64_t dres = 0, dln = 0, dqkv = 0, datty = 0, dfch = 0, dfch_gelu = 0, head_scratch = 0;
+    int64_t ce_stats = 0;  // chunked head: per row the max / log-sum-exp, sum, target logit
     int64_t recompute_blocks = 0, full_block_stride = 0, boundary = 0, sel_ln = 0, sel_gelu = 0;
     int64_t lnf_wide = 0, dout16 = 0, head_scratch16 = 0, grad_ws = 0, grad_ws0 = 0, small = 0;
     int64_t total = 0;
@@ -135,21 +143,19 @@ class Stage {
   int64_t place_block(T* base, int B, int seq_len, Dropped dropped, BlockActs* out) const;
   Dropped selective_drops() const;
   // A kept block's activations (`layer` in a group that is not recomputed).
-  BlockActs block_acts(int slot, int layer);
+  BlockActs block_acts(int slot, int block);
   // The j-th block of the recomputation working set.
   BlockActs recompute_acts(int j);
   // The input of group g for `slot` (backward: a host checkpoint is brought back first).
   const T* group_input(int slot, int g);
   // Where the block's input lives for its backward (kept blocks).
-  const T* block_input(int slot, int layer);
+  const T* block_input(int slot, int block);
   // Group g's forward from `input`; with keep_output, a recomputed group's output is copied
   // where it outlives the working set. Returns where the output is.
   const T* forward_group(ParamAccess& params, int slot, int g, const T* input, int B, int seq_len,
                          bool keep_output);
-  void backward_block(ParamAccess& params, int layer, const BlockActs& a, const T* input, int B,
-                      int seq_len);
   int num_blocks() const { return last_block() - first_block(); }
-  int first_block() const;  // layer number of the stage's first block
+  int first_block() const;  // the stage's first block (0-based block index)
   int last_block() const;   // one past its last block
   void check_batch(int slot, int B, int seq_len) const;
   T* buf(int64_t offset) const { return static_cast<T*>(arena_.data()) + offset; }
@@ -159,23 +165,36 @@ class Stage {
   // Stored elements of n values of the storage dtype, in elements of T (rounded up).
   int64_t stored_elems(int64_t n) const;
 
-  // Element offsets of a block's tensors from the block's first element (registry order).
-  struct BlockOffsets {
-    int64_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+  // Element offsets of a block layer's tensors from the layer's first element (registry
+  // order; -1: none), and where its small tensors are widened within layout_.small.
+  struct PartOffsets {
+    int64_t ln_weight, ln_bias, matrix, bias, small;
   };
-  BlockOffsets block_offsets() const;
-  BlockWeights block_weights(const void* base);
-  BlockGrads block_grads(T* base) const;
+  PartOffsets part_offsets(BlockPart part) const;
+  int64_t part_bias_size(BlockPart part) const;
+  // A block layer's parameters, valid until release_part; its gradients (open_grads).
+  PartWeights acquire_part(ParamAccess& params, int block, BlockPart part);
+  void release_part(ParamAccess& params, int block, BlockPart part);
+  PartGrads open_part_grads(ParamAccess& params, int block, BlockPart part);
+  void close_part_grads(ParamAccess& params, int block, BlockPart part);
   // Where backward accumulates `layer`'s gradients: params.grads(layer) itself, or a zeroed
   // T workspace when the table stages gradients. close_grads adds the workspace in and
   // reports the layer.
   T* open_grads(ParamAccess& params, int layer, T* workspace);
   void close_grads(ParamAccess& params, int layer, T* workspace);
-  void block_forward(const BlockWeights& w, const BlockActs& a, const T* input, int B, int seq_len);
-  void block_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
-                      const T* input, int B, int seq_len);
+  // Each gathers its layers one GEMM at a time; backward reports each layer's gradients.
+  void block_forward(ParamAccess& params, int block, const BlockActs& a, const T* input, int B,
+                     int seq_len);
+  void block_backward(ParamAccess& params, int block, const BlockActs& a, const T* input, int B,
+                      int seq_len);
+  void embedding_forward(ParamAccess& params, T* x, const int32_t* tokens, int B, int seq_len);
+  // Adds the embeddings' gradients from dL/d(input) (in backward's dres) and reports them.
+  void embedding_backward(ParamAccess& params, const int32_t* tokens, int B, int seq_len);
+  double chunked_head(ParamAccess& params, int slot, const int32_t* targets, int B, int seq_len,
+                      bool backward, double grad_scale);
 
   const GPTConfig& config_;
+  GptLayers layers_;
   const ParamRegistry& registry_;
   kernels::Ops<T>& ops_;
   int first_, last_;

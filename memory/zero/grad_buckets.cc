@@ -32,6 +32,10 @@ GradBuckets::GradBuckets(const ParamRegistry& registry, parallel::ProcessGroup& 
     b.begin = plan.begin;
     b.end = plan.end;
     b.layers = b.pending = plan.layers;
+    b.rounds = plan.grad_reports;
+    TS_CHECK(b.rounds == 1 || options.slots,
+             "layers reported {} times a pass need gradient bucket slots (ZeRO stage 2-3)",
+             b.rounds);
     if (options.reduction == GradReduction::ReduceScatter) {
       b.counts = layout_.counts(b.begin, b.end);
     }
@@ -43,8 +47,11 @@ GradBuckets::GradBuckets(const ParamRegistry& registry, parallel::ProcessGroup& 
   if (options.slots) {
     // Slot 0 belongs to layer 0's bucket; the shared ones start out free.
     const std::vector<int64_t> slot_elems = plan_grad_slots(plans, options.overlap_comm);
+    own_first_slot_ = first_bucket_has_own_slot(plans);
     for (int64_t n : slot_elems) slots_.emplace_back(n * elem_size_, MemCategory::Grads);
-    for (int i = static_cast<int>(slot_elems.size()) - 1; i >= 1; --i) free_slots_.push_back(i);
+    for (int i = static_cast<int>(slot_elems.size()) - 1; i >= (own_first_slot_ ? 1 : 0); --i) {
+      free_slots_.push_back(i);
+    }
   }
 }
 
@@ -74,7 +81,9 @@ void* GradBuckets::grads(int layer) {
 
 char* GradBuckets::bucket_grads(int b) {
   Bucket& bucket = buckets_[b];
-  if (bucket.slot < 0 && b == bucket_of_layer_[0]) {
+  // A bucket reduced again in this pass: its previous round must land before refilling.
+  while (bucket.in_flight) complete_oldest();
+  if (bucket.slot < 0 && own_first_slot_ && b == bucket_of_layer_[0]) {
     bucket.slot = 0;  // its own slot, free again by the next pass (the owner drains first)
     std::memset(slots_[0].data(), 0, (bucket.end - bucket.begin) * elem_size_);
   } else if (bucket.slot < 0) {
@@ -93,10 +102,16 @@ char* GradBuckets::bucket_grads(int b) {
 void GradBuckets::ready(int layer) {
   const int b = bucket_of_layer_.at(layer);
   Bucket& bucket = buckets_[b];
-  // Per layer, not per bucket: a layer reported twice must not stand in for a sibling.
-  TS_CHECK(!reported_[layer], "grads_ready({}) called twice in one backward pass", layer);
-  reported_[layer] = 1;
+  // Per layer, not per bucket: a layer reported too often must not stand in for a sibling.
+  TS_CHECK(reported_[layer] < bucket.rounds,
+           "grads_ready({}) called {} times in one backward pass, expected {}", layer,
+           reported_[layer] + 1, bucket.rounds);
+  TS_CHECK(reported_[layer] == bucket.round,
+           "grads_ready({}) reported again before its bucket's other layers", layer);
+  ++reported_[layer];
   if (--bucket.pending > 0) return;
+  ++bucket.round;
+  if (bucket.round < bucket.rounds) bucket.pending = bucket.layers;
   if (options_.reduction == GradReduction::AllReduce) {
     parallel::AllreduceOptions opts;
     opts.op = parallel::ReduceOp::Avg;
@@ -114,6 +129,7 @@ void GradBuckets::ready(int layer) {
     in_flight_.push_back(
         {b, group_.reduce_scatter_v(send, recv, bucket.counts, options_.dtype, opts)});
   }
+  bucket.in_flight = true;
   if (!options_.overlap_comm) complete_oldest();
 }
 
@@ -121,25 +137,30 @@ void GradBuckets::complete_oldest() {
   InFlight f = std::move(in_flight_.front());
   in_flight_.erase(in_flight_.begin());
   f.work->wait();
-  if (!options_.slots) return;  // reduced in place
   Bucket& bucket = buckets_[f.bucket];
+  bucket.in_flight = false;
+  if (!options_.slots) return;  // reduced in place
   const ShardRange mine = layout_.piece(bucket.begin, bucket.end);
   const char* piece = static_cast<const char*>(slots_[bucket.slot].data()) +
                       (mine.begin - bucket.begin) * static_cast<int64_t>(elem_size_);
   char* acc = elem(shard_grads_, mine.begin - layout_.shard.begin);
   // Micro-batches accumulate in the shard: the sum of averages is the average of sums.
   accumulate_working(options_.dtype, acc, piece, mine.numel());
-  if (bucket.slot != 0) free_slots_.push_back(bucket.slot);
+  if (bucket.slot != 0 || !own_first_slot_) free_slots_.push_back(bucket.slot);
   bucket.slot = -1;
 }
 
 void GradBuckets::drain(bool complete_pass) {
   while (!in_flight_.empty()) complete_oldest();
   for (Bucket& b : buckets_) {
-    TS_CHECK(b.pending == 0 || (!complete_pass && b.pending == b.layers),
-             "a backward pass left {} of {} layer(s) of a gradient bucket unreported", b.pending,
-             b.layers);
+    const bool done = b.round == b.rounds && b.pending == 0;
+    const bool untouched = b.round == 0 && b.pending == b.layers;
+    TS_CHECK(done || (!complete_pass && untouched),
+             "a backward pass left {} of {} layer(s) of a gradient bucket unreported (round {} "
+             "of {})",
+             b.pending, b.layers, b.round + 1, b.rounds);
     b.pending = b.layers;
+    b.round = 0;
   }
   std::fill(reported_.begin(), reported_.end(), 0);
 }

@@ -14,9 +14,12 @@
 // - in slots (stages 2-3): a rank keeps only its gradient shard, so layers accumulate into a
 //   scratch slot holding their bucket; when the reduce-scatter lands, the rank's piece is
 //   added into the shard (micro-batches sum there) and the slot is free again. Slot 0 is the
-//   bucket of layer 0's (the tied head writes it first and the embedding last, so it stays open
-//   all of backward); the shared slots are reclaimed from the oldest reduction when none is
-//   free.
+//   bucket of layer 0's when that layer is reported once (the whole tied embedding: the head
+//   writes it first and the embedding last, so it stays open all of backward); the shared
+//   slots are reclaimed from the oldest reduction when none is free.
+// - layers reported twice a pass (LayerRange::grad_reports: a chunked tied embedding) form
+//   buckets of their own, reduced once per round of reports; only slots allow it (a second
+//   in-place reduction would average the first one's result again).
 #pragma once
 
 #include <cstdint>
@@ -77,7 +80,10 @@ class GradBuckets {
   struct Bucket {
     int64_t begin = 0, end = 0;
     int layers = 0;
-    int pending = 0;             // layers not ready yet in this pass
+    int pending = 0;  // layers not ready yet in this round
+    int rounds = 1;   // reductions per pass (its layers' grad_reports)
+    int round = 0;    // rounds launched in this pass
+    bool in_flight = false;
     int slot = -1;               // slots: the scratch slot holding its gradients
     std::vector<size_t> counts;  // reduce-scatter: elements of the bucket each rank receives
   };
@@ -99,7 +105,8 @@ class GradBuckets {
   char* shard_grads_;
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_layer_;
-  std::vector<char> reported_;  // per layer, this pass
+  std::vector<int> reported_;    // per layer, reports this pass
+  bool own_first_slot_ = false;  // slot 0 belongs to layer 0's bucket
   std::vector<Storage> slots_;
   std::vector<int> free_slots_;
   std::vector<InFlight> in_flight_;  // issue order

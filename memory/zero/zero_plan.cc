@@ -12,7 +12,9 @@ std::vector<BucketPlan> plan_buckets(const ParamRegistry& registry, int64_t buck
   for (int l = registry.num_layers() - 1; l >= 0;) {
     BucketPlan b;
     b.end = registry.layer(l).end;
-    while (l >= 0 && (b.layers == 0 || b.end - registry.layer(l).begin <= bucket_elems)) {
+    b.grad_reports = registry.layer(l).grad_reports;
+    while (l >= 0 && (b.layers == 0 || (b.end - registry.layer(l).begin <= bucket_elems &&
+                                        registry.layer(l).grad_reports == b.grad_reports))) {
       b.begin = registry.layer(l).begin;
       b.first_layer = l;
       ++b.layers;
@@ -23,19 +25,27 @@ std::vector<BucketPlan> plan_buckets(const ParamRegistry& registry, int64_t buck
   return buckets;
 }
 
+bool first_bucket_has_own_slot(const std::vector<BucketPlan>& buckets) {
+  for (const BucketPlan& b : buckets) {
+    if (b.first_layer == 0) return b.grad_reports == 1;
+  }
+  return false;
+}
+
 std::vector<int64_t> plan_grad_slots(const std::vector<BucketPlan>& buckets, bool overlap_comm) {
   std::vector<int64_t> slots;
   int64_t other_max = 0;
+  const bool own = first_bucket_has_own_slot(buckets);
   for (const BucketPlan& b : buckets) {
-    if (b.first_layer == 0) {
+    if (own && b.first_layer == 0) {
       slots.insert(slots.begin(), b.numel());
     } else {
       other_max = std::max(other_max, b.numel());
     }
   }
-  const int shared = std::min<int>(
-      overlap_comm ? kSharedGradSlotsWithOverlap : kSharedGradSlotsWithoutOverlap,
-      static_cast<int>(buckets.size()) - 1);
+  const int shared =
+      std::min<int>(overlap_comm ? kSharedGradSlotsWithOverlap : kSharedGradSlotsWithoutOverlap,
+                    static_cast<int>(buckets.size()) - (own ? 1 : 0));
   for (int i = 0; i < shared; ++i) slots.push_back(other_max);
   return slots;
 }
@@ -82,6 +92,23 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
     b.grads += b.fixed.grad_bucket_bytes;
   }
   return b;
+}
+
+int64_t plan_gathered_bytes(const ParamRegistry& registry, const ZeroOptions& options, int world) {
+  if (options.stage != 3 || world == 1) return 0;
+  int64_t largest = 0;
+  for (int l = 0; l < registry.num_layers(); ++l) {
+    const int64_t n = registry.layer(l).numel();
+    if (n > options.persistence_threshold) largest = std::max(largest, n);
+  }
+  const int64_t live = std::min(options.max_live_elems, largest + options.prefetch_elems);
+  return live * static_cast<int64_t>(dtype_size(options.dtype));
+}
+
+int64_t plan_peak_bytes(const ParamRegistry& registry, const ZeroOptions& options, int rank,
+                        int world) {
+  return plan_model_state(registry, options, rank, world).total() +
+         plan_gathered_bytes(registry, options, world);
 }
 
 }  // namespace tessera::memory

@@ -34,20 +34,25 @@ struct BucketPlan {
   int64_t begin = 0, end = 0;
   int first_layer = 0;  // lowest layer index in the bucket
   int layers = 0;
+  int grad_reports = 1;  // of each of its layers: a bucket never mixes layers that differ
   int64_t numel() const { return end - begin; }
 };
 // Buckets in backward order (last layer first), each up to bucket_elems.
 std::vector<BucketPlan> plan_buckets(const ParamRegistry& registry, int64_t bucket_elems);
 
 // Stages 2-3 keep a bucket's gradients in a scratch slot until its reduce-scatter is done:
-// one slot for the bucket holding layer 0 (the tied head writes into it first and the
-// embedding last, so it stays open all of backward) and up to this many shared ones: with
-// overlap, one for the bucket filling now and one for the bucket still being reduced;
-// without, every reduction is waited for at once and one suffices.
+// one slot of its own for the bucket holding layer 0 when that layer is reported once (the
+// whole tied embedding: the head writes into it first and the embedding last, so it stays
+// open all of backward; a chunked embedding is reported twice instead and shares), and up to
+// this many shared ones: with overlap, one for the bucket filling now and one for the bucket
+// still being reduced; without, every reduction is waited for at once and one suffices.
 inline constexpr int kSharedGradSlotsWithOverlap = 2;
 inline constexpr int kSharedGradSlotsWithoutOverlap = 1;
-// Element counts of the slots: [0] for layer 0's bucket, then the shared ones.
+// Element counts of the slots: [0] for layer 0's bucket when it has its own, then the shared
+// ones.
 std::vector<int64_t> plan_grad_slots(const std::vector<BucketPlan>& buckets, bool overlap_comm);
+// Whether layer 0's bucket has a slot of its own (the first of plan_grad_slots).
+bool first_bucket_has_own_slot(const std::vector<BucketPlan>& buckets);
 
 // Bytes held by buffers whose size does not scale as 1/N (see docs/ZERO.md).
 struct ZeroFixedBuffers {
@@ -69,5 +74,12 @@ struct ModelStateBytes {
 };
 ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOptions& options,
                                  int rank, int world);
+// Stage 3 on several ranks: the most bytes of gathered (non-persistent) layers at once: the
+// layer in use plus the prefetch window, within max_live_elems. 0 otherwise.
+int64_t plan_gathered_bytes(const ParamRegistry& registry, const ZeroOptions& options, int world);
+// The model state's peak on one rank: plan_model_state's total plus plan_gathered_bytes (the
+// activations come on top).
+int64_t plan_peak_bytes(const ParamRegistry& registry, const ZeroOptions& options, int rank,
+                        int world);
 
 }  // namespace tessera::memory

@@ -16,10 +16,28 @@ const ParamSpec& ParamRegistry::add(ParamSpec spec) {
   }
   spec.offset = numel_;
   numel_ += spec.numel();
-  if (spec.layer == num_layers()) layers_.push_back({spec.offset, spec.offset});
-  layers_.back().end = numel_;
+  if (spec.rows_per_layer > 0) {
+    TS_CHECK(spec.layer == num_layers() && !spec.shape.empty() && spec.shape[0] > 0,
+             "parameter {} split by rows must start a new layer and have rows", spec.name);
+    const int64_t row = spec.numel() / spec.shape[0];
+    for (int64_t r = 0; r < spec.shape[0]; r += spec.rows_per_layer) {
+      const int64_t rows = std::min(spec.rows_per_layer, spec.shape[0] - r);
+      layers_.push_back({spec.offset + r * row, spec.offset + (r + rows) * row});
+    }
+  } else {
+    if (spec.layer == num_layers()) layers_.push_back({spec.offset, spec.offset});
+    layers_.back().end = numel_;
+  }
   params_.push_back(std::move(spec));
   return params_.back();
+}
+
+void ParamRegistry::set_grad_reports(int layer, int reports) {
+  TS_CHECK(reports == 1 || reports == 2,
+           "a layer's gradients are reported once or twice a pass, "
+           "not {}",
+           reports);
+  layers_.at(layer).grad_reports = reports;
 }
 
 const ParamSpec& ParamRegistry::find(const std::string& name) const {

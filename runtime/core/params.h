@@ -22,24 +22,36 @@ enum class TpSplit { None, Rows, Cols };
 struct ParamSpec {
   std::string name;  // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
   Shape shape;
-  int layer = 0;  // owning layer: the unit of acquire / release / grads_ready
+  int layer =
+      0;  // owning layer (the first, when split): the unit of acquire / release / grads_ready
   ParamInit init = ParamInit::Zeros;
   float init_std = 0.0f;  // for ParamInit::Normal
   TpSplit split = TpSplit::None;
   int64_t offset = 0;  // elements from the start of the flat buffer (set by the registry)
+  // > 0: the parameter is split by rows (its first dimension) into consecutive layers of this
+  // many rows each (the last may hold fewer), starting at `layer`: the word embedding,
+  // gathered a chunk at a time under ZeRO-3.
+  int64_t rows_per_layer = 0;
   int64_t numel() const { return shape_numel(shape); }
 };
 
 struct LayerRange {
   int64_t begin = 0;  // first element of the layer in the flat buffer
   int64_t end = 0;    // one past its last element
+  // Times backward reports the layer's gradients (grads_ready) in one pass: 2 for the chunks
+  // of a word embedding tied to the head and split over several layers (the head's part,
+  // then the embedding's), so that neither part waits whole for the other.
+  int grad_reports = 1;
   int64_t numel() const { return end - begin; }
 };
 
 class ParamRegistry {
  public:
-  // Appends a parameter to `layer`, which must be the last layer registered or a new one.
+  // Appends a parameter to `layer`, which must be the last layer registered or a new one
+  // (with rows_per_layer, the first of the layers it is split over).
   const ParamSpec& add(ParamSpec spec);
+  // Backward reports `layer` this many times per pass (LayerRange::grad_reports).
+  void set_grad_reports(int layer, int reports);
   const std::vector<ParamSpec>& params() const { return params_; }
   const ParamSpec& find(const std::string& name) const;
   int64_t numel() const { return numel_; }

@@ -61,7 +61,9 @@ void check_fp16_range(const ParamRegistry& registry, const float* weights, memor
 Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     : config_(std::move(config)),
       dp_(dp_group != nullptr && dp_group->size() > 1 ? dp_group : nullptr),
-      model_(config_.model, config_.precision) {
+      model_(
+          config_.model, config_.precision, Device::cpu(),
+          dp_ != nullptr && config_.zero.stage == 3 ? models::zero3_wte_chunks(config_.model) : 1) {
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
   config_.resolve_batch(dp_size());
   if (config_.precision == DType::F16) scaler_.emplace(config_.loss_scaler);
@@ -358,7 +360,11 @@ void Trainer::run() {
     log_rank0("ZeRO stage {}: {} ranks ({} backend), gradients in {} reduce-scatter bucket(s){}",
               sharded_->stage(), dp_size(), dp_->backend_name(), sharded_->num_buckets(),
               sharded_->stage() == 3
-                  ? fmt::format(", {} layer(s) kept whole", sharded_->num_persistent_layers())
+                  ? fmt::format(", {} layer(s) kept whole{}", sharded_->num_persistent_layers(),
+                                model_.layers().chunked()
+                                    ? fmt::format(", the word embedding in {} chunks",
+                                                  model_.layers().wte_chunks)
+                                    : "")
                   : "");
   } else if (dp_ == nullptr && config_.zero.stage > 0) {
     log_rank0("ZeRO stage {} on one rank: nothing to partition, running as stage 0",

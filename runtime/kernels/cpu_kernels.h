@@ -84,6 +84,50 @@ double lm_head_cross_entropy(T* dx, T* dwte, T* losses, const T* x, const T* wte
                              const int32_t* targets, int64_t N, int64_t C, int64_t V,
                              T grad_scale, T* scratch);
 
+// The word embedding in row chunks (vocab_chunks.cc): the same embedding and head as above,
+// split by vocabulary rows so wte [V, C] can be gathered (ZeRO-3) or owned (vocabulary
+// parallelism) a chunk at a time. wte_rows / dwte_rows are rows [row_begin, row_begin + rows)
+// of wte / dwte. Bit for bit, position_embedding_forward followed by
+// token_embedding_rows_forward over chunks covering the vocabulary is embedding_forward, and
+// the two backwards over such chunks are embedding_backward (every element sums its
+// contributions in the same order, positions increasing).
+//
+// out[b, t] = wpe[t].
+template <typename T>
+void position_embedding_forward(T* out, const T* wpe, int B, int T_, int C);
+// out[i] += wte_rows[tokens[i] - row_begin] for each i < N whose token is in the chunk; the
+// other rows of out are untouched.
+template <typename T>
+void token_embedding_rows_forward(T* out, const int32_t* tokens, const T* wte_rows,
+                                  int64_t row_begin, int64_t rows, int64_t N, int C);
+// dwpe[t] += dout[b, t] for b = 0, 1, ..., B - 1, in that order.
+template <typename T>
+void position_embedding_backward(T* dwpe, const T* dout, int B, int T_, int C);
+// dwte_rows[tokens[i] - row_begin] += dout[i] for the i < N (in increasing order) whose token
+// is in the chunk.
+template <typename T>
+void token_embedding_rows_backward(T* dwte_rows, const T* dout, const int32_t* tokens,
+                                   int64_t row_begin, int64_t rows, int64_t N, int C);
+
+// Softmax cross-entropy over a vocabulary in column chunks: logits [N, Vc] hold vocabulary
+// columns [v_begin, v_begin + Vc). fold() adds a chunk to running per-row statistics: max[N]
+// (read only where sum > 0, so zeroed buffers start a fold), sum[N] of exp(logit - max)
+// (start at 0, rescaled when max grows) and
+// target_logit[N] (written only where targets[n] is in the chunk). finish() turns max into
+// lse = max + log(sum) in place, writes losses = lse - target_logit (losses may be null) and
+// returns their sum in double. chunk_backward() turns a chunk's logits into their gradient in
+// place: (exp(logit - lse) - [v_begin + j == targets[n]]) * grad_scale. Matches
+// lm_head_cross_entropy within rounding (the rescaling adds an exp per chunk).
+template <typename T>
+void cross_entropy_fold(T* max, T* sum, T* target_logit, const T* logits, const int32_t* targets,
+                        int64_t N, int64_t Vc, int64_t v_begin);
+template <typename T>
+double cross_entropy_finish(T* max_to_lse, T* losses, const T* sum, const T* target_logit,
+                            int64_t N);
+template <typename T>
+void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* targets, int64_t N,
+                                  int64_t Vc, int64_t v_begin, T grad_scale);
+
 // Sum of squares (in double) of n gradient values: the piece of a global norm a shard owns.
 template <typename T>
 double sum_squares(const T* x, int64_t n);

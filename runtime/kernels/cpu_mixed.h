@@ -51,6 +51,14 @@ double lm_head_cross_entropy16(DType dtype, float* dx, float* dwte, float* losse
 // out[B,T,C] (f32) = wte[tokens[b,t]] + wpe[t], tables 16-bit.
 void embedding_forward16(DType dtype, float* out, const int32_t* tokens, const uint16_t* wte,
                          const uint16_t* wpe, int B, int T_, int C);
+// The chunked embedding's forwards (cpu_kernels.h) with 16-bit tables: out[b, t] (f32) =
+// wpe[t] widened; out[i] += wte_rows[tokens[i] - row_begin] widened, for the i < N whose token
+// is in [row_begin, row_begin + rows). Together, bit for bit embedding_forward16.
+void position_embedding_forward16(DType dtype, float* out, const uint16_t* wpe, int B, int T_,
+                                  int C);
+void token_embedding_rows_forward16(DType dtype, float* out, const int32_t* tokens,
+                                    const uint16_t* wte_rows, int64_t row_begin, int64_t rows,
+                                    int64_t N, int C);
 
 // dst[i] = round(src[i]) and dst[i] = widen(src[i]), dispatched on dtype to cpu_convert.h.
 void to_16(DType dtype, const float* src, uint16_t* dst, int64_t n);

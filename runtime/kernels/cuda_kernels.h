@@ -116,6 +116,31 @@ double lm_head_cross_entropy(float* dx, float* dwte, float* losses, const float*
                              const float* wte, const int32_t* targets, int64_t N, int64_t C,
                              int64_t V, float grad_scale, float* scratch, Stream stream);
 
+// The word embedding and the tied head in vocabulary row chunks, as cpu_kernels.h's
+// (kernels/cuda/vocab_chunks.cu); tokens and targets are device buffers. The forwards add
+// exactly as embedding_forward (the same bits); token_embedding_rows_backward scatters with
+// float atomicAdd as embedding_backward does, and position_embedding_backward sums the batch
+// per (t, c) as it does (deterministic).
+void position_embedding_forward(float* out, const float* wpe, int B, int T, int C, Stream stream);
+void token_embedding_rows_forward(float* out, const int32_t* tokens, const float* wte_rows,
+                                  int64_t row_begin, int64_t rows, int64_t N, int C, Stream stream);
+void position_embedding_backward(float* dwpe, const float* dout, int B, int T, int C,
+                                 Stream stream);
+void token_embedding_rows_backward(float* dwte_rows, const float* dout, const int32_t* tokens,
+                                   int64_t row_begin, int64_t rows, int64_t N, int C,
+                                   Stream stream);
+// One block per row folds the chunk's logits [N, Vc] into max, sum and target_logit [N].
+void cross_entropy_fold(float* max, float* sum, float* target_logit, const float* logits,
+                        const int32_t* targets, int64_t N, int64_t Vc, int64_t v_begin,
+                        Stream stream);
+// losses [N] is required here (a device buffer); returns the loss sum, reduced in double
+// deterministically; waits for stream.
+double cross_entropy_finish(float* max_to_lse, float* losses, const float* sum,
+                            const float* target_logit, int64_t N, Stream stream);
+void cross_entropy_chunk_backward(float* logits, const float* lse, const int32_t* targets,
+                                  int64_t N, int64_t Vc, int64_t v_begin, float grad_scale,
+                                  Stream stream);
+
 // Sum of squares of n values, accumulated in double; deterministic; waits for stream.
 double sum_squares(const float* x, int64_t n, Stream stream);
 // x *= s.
@@ -160,6 +185,13 @@ double lm_head_cross_entropy16(DType dtype, float* dx, float* dwte, float* losse
 // out[B,T,C] (f32) = wte[tokens[b,t]] + wpe[t], tables 16-bit.
 void embedding_forward16(DType dtype, float* out, const int32_t* tokens, const uint16_t* wte,
                          const uint16_t* wpe, int B, int T, int C, Stream stream);
+
+// The chunked embedding's forwards with 16-bit tables (f32 out), as cpu_mixed.h's.
+void position_embedding_forward16(DType dtype, float* out, const uint16_t* wpe, int B, int T, int C,
+                                  Stream stream);
+void token_embedding_rows_forward16(DType dtype, float* out, const int32_t* tokens,
+                                    const uint16_t* wte_rows, int64_t row_begin, int64_t rows,
+                                    int64_t N, int C, Stream stream);
 
 // dst[i] = round(src[i]) and dst[i] = widen(src[i]).
 void to_16(DType dtype, const float* src, uint16_t* dst, int64_t n, Stream stream);

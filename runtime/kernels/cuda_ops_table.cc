@@ -5,11 +5,12 @@
 #include "runtime/kernels/cuda_ops_table.h"
 
 #include <algorithm>
+#include <vector>
 
-#include "tessera/config.h"
 #include "runtime/core/error.h"
 #include "runtime/core/storage.h"
 #include "runtime/kernels/cuda_kernels.h"
+#include "tessera/config.h"
 
 namespace tessera::kernels::cuda {
 namespace {
@@ -144,15 +145,71 @@ class CudaOps final : public Ops<float> {
                                    scale, scratch, static_cast<uint16_t*>(scratch16), stream_);
   }
 
+  void position_embedding_forward(float* out, const void* wpe, int B, int T_, int C) override {
+    if (wide()) {
+      cuda::position_embedding_forward(out, f32(wpe), B, T_, C, stream_);
+    } else {
+      position_embedding_forward16(storage_, out, s16(wpe), B, T_, C, stream_);
+    }
+  }
+  void token_embedding_rows_forward(float* out, const int32_t* tokens, const void* wte_rows,
+                                    int64_t row_begin, int64_t rows, int64_t N, int C) override {
+    const int32_t* ids = upload(tokens, N);
+    if (wide()) {
+      cuda::token_embedding_rows_forward(out, ids, f32(wte_rows), row_begin, rows, N, C, stream_);
+    } else {
+      token_embedding_rows_forward16(storage_, out, ids, s16(wte_rows), row_begin, rows, N, C,
+                                     stream_);
+    }
+  }
+  void position_embedding_backward(float* dwpe, const float* dout, int B, int T_, int C) override {
+    cuda::position_embedding_backward(dwpe, dout, B, T_, C, stream_);
+  }
+  void token_embedding_rows_backward(float* dwte_rows, const float* dout, const int32_t* tokens,
+                                     int64_t row_begin, int64_t rows, int64_t N, int C) override {
+    cuda::token_embedding_rows_backward(dwte_rows, dout, upload(tokens, N), row_begin, rows, N, C,
+                                        stream_);
+  }
+  void cross_entropy_fold(float* max, float* sum, float* target_logit, const float* logits,
+                          const int32_t* targets, int64_t N, int64_t Vc, int64_t v_begin) override {
+    cuda::cross_entropy_fold(max, sum, target_logit, logits, upload(targets, N), N, Vc, v_begin,
+                             stream_);
+  }
+  double cross_entropy_finish(float* max_to_lse, float* losses, const float* sum,
+                              const float* target_logit, int64_t N) override {
+    if (losses == nullptr) {
+      // The loss sum is reduced from per-row losses on the device: keep them somewhere.
+      const size_t bytes = sizeof(float) * static_cast<size_t>(std::max<int64_t>(N, 1));
+      if (losses_.bytes() < bytes) losses_ = Storage(bytes, MemCategory::Activations, device_);
+      losses = static_cast<float*>(losses_.data());
+    }
+    return cuda::cross_entropy_finish(max_to_lse, losses, sum, target_logit, N, stream_);
+  }
+  void cross_entropy_chunk_backward(float* logits, const float* lse, const int32_t* targets,
+                                    int64_t N, int64_t Vc, int64_t v_begin,
+                                    float grad_scale) override {
+    cuda::cross_entropy_chunk_backward(logits, lse, upload(targets, N), N, Vc, v_begin, grad_scale,
+                                       stream_);
+  }
+
  private:
   bool wide() const { return storage_ == DType::F32; }
   static const uint16_t* s16(const void* p) { return static_cast<const uint16_t*>(p); }
   static const float* f32(const void* p) { return static_cast<const float*>(p); }
-  // Host token ids copied into the table's device buffer (grown on demand).
+  // Host token ids copied into the table's device buffer (grown on demand). The chunked ops
+  // pass the same ids once per vocabulary chunk: ids equal to those already on the device are
+  // not copied again, which spares a copy and a wait for the stream per chunk.
   const int32_t* upload(const int32_t* host, int64_t n) {
-    const size_t bytes = sizeof(int32_t) * static_cast<size_t>(n);
-    if (tokens_.bytes() < bytes) tokens_ = Storage(bytes, MemCategory::Activations, device_);
-    copy_to_device(tokens_.data(), host, bytes, stream_);
+    const auto count = static_cast<size_t>(n);
+    const bool same =
+        uploaded_.size() == count && std::equal(host, host + count, uploaded_.begin());
+    if (!same) {
+      uploaded_.clear();
+      const size_t bytes = sizeof(int32_t) * count;
+      if (tokens_.bytes() < bytes) tokens_ = Storage(bytes, MemCategory::Activations, device_);
+      copy_to_device(tokens_.data(), host, bytes, stream_);
+      uploaded_.assign(host, host + count);
+    }
     return static_cast<const int32_t*>(tokens_.data());
   }
 
@@ -161,6 +218,8 @@ class CudaOps final : public Ops<float> {
   Stream stream_;
   Storage widened_;  // gelu_backward's block of widened inputs (16-bit storage)
   Storage tokens_;   // token ids on the device
+  std::vector<int32_t> uploaded_;  // what tokens_ holds
+  Storage losses_;  // cross_entropy_finish's per-row losses when the caller wants none
 };
 
 }  // namespace

@@ -91,6 +91,40 @@ class Ops {
   virtual double lm_head_cross_entropy(T* dx, T* dwte, T* losses, const void* x, const void* wte,
                                        const int32_t* targets, int64_t N, int64_t C, int64_t V,
                                        double grad_scale, T* scratch, void* scratch16) = 0;
+
+  // --- The word embedding in row chunks: wte [V, C] (tied to the head) split by vocabulary
+  // rows, so it can be gathered (ZeRO-3) or owned (vocabulary parallelism) a chunk at a time.
+  // Together they are embedding_forward / embedding_backward bit for bit, and
+  // lm_head_cross_entropy within rounding (with the head's GEMMs done per chunk by
+  // linear_forward / linear_backward). tokens and targets are host pointers.
+
+  // out[b, t] = wpe[t]: the position embedding alone (wpe stored, [T_, C]).
+  virtual void position_embedding_forward(T* out, const void* wpe, int B, int T_, int C) = 0;
+  // out[i] += wte_rows[tokens[i] - row_begin] for the i < N whose token is in
+  // [row_begin, row_begin + rows); other rows of out are untouched. wte_rows stored, [rows, C].
+  virtual void token_embedding_rows_forward(T* out, const int32_t* tokens, const void* wte_rows,
+                                            int64_t row_begin, int64_t rows, int64_t N, int C) = 0;
+  // dwpe[t] += sum over b of dout[b, t].
+  virtual void position_embedding_backward(T* dwpe, const T* dout, int B, int T_, int C) = 0;
+  // dwte_rows[tokens[i] - row_begin] += dout[i] for the i whose token is in range.
+  virtual void token_embedding_rows_backward(T* dwte_rows, const T* dout, const int32_t* tokens,
+                                             int64_t row_begin, int64_t rows, int64_t N, int C) = 0;
+  // Softmax cross-entropy over a vocabulary in chunks. logits [N, Vc] hold vocabulary columns
+  // [v_begin, v_begin + Vc). Folds them into running per-row statistics: max[N] (read only
+  // where sum > 0), sum[N] of exp(logit - max) (start at 0, rescaled when max grows), and
+  // target_logit[N], written when targets[n] falls in the chunk.
+  virtual void cross_entropy_fold(T* max, T* sum, T* target_logit, const T* logits,
+                                  const int32_t* targets, int64_t N, int64_t Vc,
+                                  int64_t v_begin) = 0;
+  // After the last chunk: lse[n] = max[n] + log(sum[n]) written in place over max, losses[n] =
+  // lse[n] - target_logit[n] (losses may be null); returns the sum of the losses in double.
+  virtual double cross_entropy_finish(T* max_to_lse, T* losses, const T* sum, const T* target_logit,
+                                      int64_t N) = 0;
+  // The chunk's logits [N, Vc] become their gradient in place:
+  // (exp(logit - lse[n]) - [v_begin + j == targets[n]]) * grad_scale.
+  virtual void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* targets,
+                                            int64_t N, int64_t Vc, int64_t v_begin,
+                                            T grad_scale) = 0;
 };
 
 // The table for `storage` on `device`: T = float with f32, bf16 or f16; T = double with f64.

@@ -37,6 +37,7 @@
 #include "runtime/core/storage.h"
 #include "runtime/kernels/cpu_kernels.h"
 #include "runtime/kernels/cpu_mixed.h"
+#include "runtime/kernels/ops.h"
 #include "tessera/config.h"
 
 namespace {
@@ -455,6 +456,211 @@ TEST_F(CudaKernelsTest, LmHeadCrossEntropyMatchesCpu) {
         expect_close(d_dwte.to_host(), dwte, kSumTol, "dwte" + tag);
       }
     }
+  }
+}
+
+// ---- the word embedding in vocabulary row chunks ----------------------------------------------
+
+// Chunks of a vocabulary of 101: uneven, one of a single row. Pairs of (first row, rows).
+const std::vector<std::pair<int64_t, int64_t>> kVocabChunks = {{0, 30}, {30, 1}, {31, 70}};
+constexpr int64_t kChunkedV = 101;
+
+// Columns [begin, begin + cols) of a row-major [N, V] matrix, as a contiguous [N, cols] one.
+std::vector<float> columns(const std::vector<float>& m, int64_t N, int64_t V, int64_t begin,
+                           int64_t cols) {
+  std::vector<float> out(N * cols);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t j = 0; j < cols; ++j) out[n * cols + j] = m[n * V + begin + j];
+  }
+  return out;
+}
+
+TEST_F(CudaKernelsTest, EmbeddingRowsMatchCpu) {
+  const int B = 3, T = 13, C = 17;
+  const int64_t V = kChunkedV, N = int64_t{B} * T;
+  const auto tokens = random_tokens(N, static_cast<int>(V), 130);
+  DeviceArray<int32_t> d_tokens(tokens);
+  // Forward, for each storage: the same adds of the same widened values, so the same bits.
+  for (const DType dtype : kGemmDtypes) {
+    GemmInput wte(dtype, random_floats(V * C, 131));
+    GemmInput wpe(dtype, random_floats(int64_t{T} * C, 132));
+    std::vector<float> out(N * C);
+    DeviceArray<float> d_out(random_floats(N * C, 133));  // overwritten by the positions
+    if (dtype == DType::F32) {
+      cu::position_embedding_forward(d_out.get(), wpe.d_f32(), B, T, C, nullptr);
+      cpu::position_embedding_forward<float>(out.data(), wpe.f32(), B, T, C);
+    } else {
+      cu::position_embedding_forward16(dtype, d_out.get(), wpe.d_b16(), B, T, C, nullptr);
+      cpu::position_embedding_forward16(dtype, out.data(), wpe.b16(), B, T, C);
+    }
+    for (const auto& [begin, rows] : kVocabChunks) {
+      if (dtype == DType::F32) {
+        cu::token_embedding_rows_forward(d_out.get(), d_tokens.get(), wte.d_f32() + begin * C,
+                                         begin, rows, N, C, nullptr);
+        cpu::token_embedding_rows_forward<float>(out.data(), tokens.data(), wte.f32() + begin * C,
+                                                 begin, rows, N, C);
+      } else {
+        cu::token_embedding_rows_forward16(dtype, d_out.get(), d_tokens.get(),
+                                           wte.d_b16() + begin * C, begin, rows, N, C, nullptr);
+        cpu::token_embedding_rows_forward16(dtype, out.data(), tokens.data(), wte.b16() + begin * C,
+                                            begin, rows, N, C);
+      }
+    }
+    expect_same_bits(d_out.to_host(), out, "out" + dtype_tag(dtype));
+  }
+
+  // Backward: f32 gradients, starting non-zero; dwte by atomics, in another order.
+  const auto dout = random_floats(N * C, 134);
+  auto dwte = random_floats(V * C, 135);
+  auto dwpe = random_floats(int64_t{T} * C, 136);
+  DeviceArray<float> d_dout(dout), d_dwte(dwte), d_dwpe(dwpe);
+  cu::position_embedding_backward(d_dwpe.get(), d_dout.get(), B, T, C, nullptr);
+  cpu::position_embedding_backward<float>(dwpe.data(), dout.data(), B, T, C);
+  for (const auto& [begin, rows] : kVocabChunks) {
+    cu::token_embedding_rows_backward(d_dwte.get() + begin * C, d_dout.get(), d_tokens.get(), begin,
+                                      rows, N, C, nullptr);
+    cpu::token_embedding_rows_backward<float>(dwte.data() + begin * C, dout.data(), tokens.data(),
+                                              begin, rows, N, C);
+  }
+  expect_close(d_dwte.to_host(), dwte, kSumTol, "dwte");
+  expect_close(d_dwpe.to_host(), dwpe, kSumTol, "dwpe");
+}
+
+TEST_F(CudaKernelsTest, CrossEntropyChunksMatchCpu) {
+  const int64_t V = kChunkedV;
+  const float grad_scale = 0.5f;
+  for (const int64_t N : {int64_t{1}, int64_t{300}}) {
+    const auto logits = random_floats(N * V, 140, 2.0f);
+    auto targets = random_tokens(N, static_cast<int>(V), 141);
+    targets[0] = 30;  // the single-row chunk
+    if (N > 2) {
+      targets[1] = 0;
+      targets[2] = static_cast<int32_t>(V - 1);
+    }
+    DeviceArray<int32_t> d_targets(targets);
+    std::vector<float> max(N, -INFINITY), sum(N, 0.0f), target_logit(N, 0.0f), losses(N);
+    DeviceArray<float> d_max(max), d_sum(sum), d_target_logit(target_logit), d_losses(losses);
+    for (const auto& [begin, cols] : kVocabChunks) {
+      const auto chunk = columns(logits, N, V, begin, cols);
+      DeviceArray<float> d_chunk(chunk);
+      cu::cross_entropy_fold(d_max.get(), d_sum.get(), d_target_logit.get(), d_chunk.get(),
+                             d_targets.get(), N, cols, begin, nullptr);
+      cpu::cross_entropy_fold<float>(max.data(), sum.data(), target_logit.data(), chunk.data(),
+                                     targets.data(), N, cols, begin);
+    }
+    const std::string tag = " N=" + std::to_string(N);
+    expect_same_bits(d_max.to_host(), max, "max" + tag);
+    expect_close(d_sum.to_host(), sum, kSumTol, "sum" + tag);
+    expect_same_bits(d_target_logit.to_host(), target_logit, "target_logit" + tag);
+
+    const double gpu_sum = cu::cross_entropy_finish(d_max.get(), d_losses.get(), d_sum.get(),
+                                                    d_target_logit.get(), N, nullptr);
+    const double cpu_sum = cpu::cross_entropy_finish<float>(max.data(), losses.data(), sum.data(),
+                                                            target_logit.data(), N);
+    EXPECT_NEAR(gpu_sum, cpu_sum, kSumTol * (1.0 + std::abs(cpu_sum))) << tag;
+    expect_close(d_max.to_host(), max, kSumTol, "lse" + tag);
+    expect_close(d_losses.to_host(), losses, kSumTol, "losses" + tag);
+
+    // Both backwards from the CPU's lse, so only backward is compared.
+    DeviceArray<float> d_cpu_lse(max);
+    for (const auto& [begin, cols] : kVocabChunks) {
+      auto chunk = columns(logits, N, V, begin, cols);
+      DeviceArray<float> d_chunk(chunk);
+      cu::cross_entropy_chunk_backward(d_chunk.get(), d_cpu_lse.get(), d_targets.get(), N, cols,
+                                       begin, grad_scale, nullptr);
+      cpu::cross_entropy_chunk_backward<float>(chunk.data(), max.data(), targets.data(), N, cols,
+                                               begin, grad_scale);
+      expect_close(d_chunk.to_host(), chunk, kSumTol,
+                   "dlogits of chunk " + std::to_string(begin) + tag);
+    }
+  }
+  EXPECT_THROW(cu::cross_entropy_finish(nullptr, nullptr, nullptr, nullptr, 1, nullptr),
+               tessera::InvalidArgument);
+}
+
+// The ops tables end to end: the chunked embedding and head on the CUDA table (host token ids
+// uploaded per call, ids and targets alternating; the loss sum without per-row losses) against
+// the CPU table on the same stored values.
+TEST_F(CudaKernelsTest, ChunkedOpsTableMatchesCpuTable) {
+  namespace kernels = tessera::kernels;
+  const int B = 2, T = 37, C = 24;
+  const int64_t V = kChunkedV, N = int64_t{B} * T, max_cols = 70;
+  const float grad_scale = 0.5f;
+  const auto tokens = random_tokens(N, static_cast<int>(V), 160);
+  const auto targets = random_tokens(N, static_cast<int>(V), 161);
+  const auto x = random_floats(N * C, 162, 0.5f), wte = random_floats(V * C, 163, 0.3f);
+  const auto wpe = random_floats(int64_t{T} * C, 164), dout = random_floats(N * C, 165);
+  const auto dx0 = random_floats(N * C, 166, 0.01f), dwte0 = random_floats(V * C, 167, 0.01f);
+  const auto dwpe0 = random_floats(int64_t{T} * C, 168, 0.01f);
+
+  // Buffers of one run, on the table's device.
+  struct Run {
+    float *out, *dx, *dwte, *dwpe, *max, *sum, *target_logit, *logits;
+    void* dout16;
+    const void *x, *wte, *wpe;
+    const float* dout;
+  };
+  auto run = [&](kernels::Ops<float>& ops, const Run& r) {
+    ops.position_embedding_forward(r.out, r.wpe, B, T, C);
+    for (const auto& [begin, rows] : kVocabChunks) {
+      const void* wte_rows = ops.at(r.wte, begin * C);
+      ops.token_embedding_rows_forward(r.out, tokens.data(), wte_rows, begin, rows, N, C);
+      ops.linear_forward(r.logits, r.x, wte_rows, nullptr, N, C, rows);
+      ops.cross_entropy_fold(r.max, r.sum, r.target_logit, r.logits, targets.data(), N, rows,
+                             begin);
+    }
+    const double loss_sum = ops.cross_entropy_finish(r.max, nullptr, r.sum, r.target_logit, N);
+    for (const auto& [begin, rows] : kVocabChunks) {
+      const void* wte_rows = ops.at(r.wte, begin * C);
+      ops.linear_forward(r.logits, r.x, wte_rows, nullptr, N, C, rows);
+      ops.cross_entropy_chunk_backward(r.logits, r.max, targets.data(), N, rows, begin, grad_scale);
+      ops.linear_backward(r.dx, r.dwte + begin * C, nullptr, r.logits, r.dout16, r.x, wte_rows, N,
+                          C, rows);
+    }
+    ops.position_embedding_backward(r.dwpe, r.dout, B, T, C);
+    for (const auto& [begin, rows] : kVocabChunks) {
+      ops.token_embedding_rows_backward(r.dwte + begin * C, r.dout, tokens.data(), begin, rows, N,
+                                        C);
+    }
+    return loss_sum;
+  };
+
+  for (const DType dtype : kGemmDtypes) {
+    auto cpu_ops = kernels::make_ops<float>(tessera::Device::cpu(), dtype);
+    auto gpu_ops = kernels::make_ops<float>(tessera::Device::cuda(0), dtype);
+    auto stored = [&](const std::vector<float>& v) {
+      std::vector<unsigned char> s(v.size() * cpu_ops->storage_size());
+      cpu_ops->save(s.data(), v.data(), static_cast<int64_t>(v.size()));
+      return s;
+    };
+    const auto x_s = stored(x), wte_s = stored(wte), wpe_s = stored(wpe);
+
+    std::vector<float> out(N * C), dx = dx0, dwte = dwte0, dwpe = dwpe0, max(N, -INFINITY),
+                                   sum(N, 0.0f), target_logit(N, 0.0f), logits(N * max_cols);
+    std::vector<uint16_t> dout16(N * max_cols);
+    DeviceArray<float> d_out(out), d_dx(dx), d_dwte(dwte), d_dwpe(dwpe), d_max(max), d_sum(sum),
+        d_target_logit(target_logit), d_logits(logits), d_dout(dout);
+    DeviceArray<uint16_t> d_dout16(dout16);
+    DeviceArray<unsigned char> d_x_s(x_s), d_wte_s(wte_s), d_wpe_s(wpe_s);
+
+    const double cpu_sum =
+        run(*cpu_ops, {out.data(), dx.data(), dwte.data(), dwpe.data(), max.data(), sum.data(),
+                       target_logit.data(), logits.data(), dout16.data(), x_s.data(), wte_s.data(),
+                       wpe_s.data(), dout.data()});
+    const double gpu_sum =
+        run(*gpu_ops, {d_out.get(), d_dx.get(), d_dwte.get(), d_dwpe.get(), d_max.get(),
+                       d_sum.get(), d_target_logit.get(), d_logits.get(), d_dout16.get(),
+                       d_x_s.get(), d_wte_s.get(), d_wpe_s.get(), d_dout.get()});
+    const std::string tag = dtype_tag(dtype);
+    // A dlogit that rounds to the neighbouring 16-bit value on one backend moves a gradient by
+    // an ulp of it (at most 0.5 here) times |x| or |wte| (below 2).
+    const double grad_tol = dtype == DType::F32 ? kSumTol : kSumTol + ulp16(dtype);
+    EXPECT_NEAR(gpu_sum, cpu_sum, kSumTol * (1.0 + std::abs(cpu_sum))) << tag;
+    expect_same_bits(d_out.to_host(), out, "embedding out" + tag);
+    expect_close(d_max.to_host(), max, kSumTol, "lse" + tag);
+    expect_close(d_dx.to_host(), dx, grad_tol, "dx" + tag);
+    expect_close(d_dwte.to_host(), dwte, grad_tol, "dwte" + tag);
+    expect_close(d_dwpe.to_host(), dwpe, kSumTol, "dwpe" + tag);
   }
 }
 

@@ -174,5 +174,95 @@ TEST(GradBuckets, SkippedPassesAreFineButHalfABucketOrATwiceReportedLayerIsNot) 
   });
 }
 
+// A chunked tied embedding: wte split by rows over layers 0-2 (reported twice a pass, by the
+// head first and by the embedding last), wpe in layer 3, two more layers after.
+ParamRegistry twice_reported_model() {
+  ParamRegistry r;
+  ParamSpec wte;
+  wte.name = "wte.weight";
+  wte.shape = {9, 4};
+  wte.layer = 0;
+  wte.rows_per_layer = 4;  // 4 + 4 + 1 rows
+  r.add(wte);
+  ParamSpec wpe;
+  wpe.name = "wpe.weight";
+  wpe.shape = {3, 4};
+  wpe.layer = 3;
+  r.add(wpe);
+  for (int l = 4; l < 6; ++l) {
+    ParamSpec p;
+    p.name = fmt::format("h.{}.w", l);
+    p.shape = {11};
+    p.layer = l;
+    r.add(p);
+  }
+  for (int l = 0; l < 3; ++l) r.set_grad_reports(l, 2);
+  return r;
+}
+
+TEST(GradBuckets, LayersReportedTwiceAreReducedOncePerRoundIntoTheShard) {
+  const ParamRegistry registry = twice_reported_model();
+  ASSERT_EQ(registry.num_layers(), 6);
+  EXPECT_EQ(registry.layer(2).numel(), 4);  // the last chunk: one row
+  for (const bool overlap : {true, false}) {
+    parallel::spawn_ranks(3, [&](parallel::ProcessGroup& group) {
+      const int64_t numel = registry.numel();
+      const ShardLayout layout(numel, group.rank(), group.size());
+      GradBucketOptions o;
+      o.bucket_elems = 32;  // chunks 2 and 1 together (20), 0 alone; never a chunk with wpe
+      o.reduction = GradReduction::ReduceScatter;
+      o.slots = true;
+      o.overlap_comm = overlap;
+      std::vector<float> shard(static_cast<size_t>(layout.shard.numel()), 0.0f);
+      GradBuckets buckets(registry, group, o, nullptr, shard.data());
+      EXPECT_NE(buckets.bucket_of_layer(2), buckets.bucket_of_layer(3));
+      EXPECT_EQ(buckets.bucket_of_layer(1), buckets.bucket_of_layer(2));
+      EXPECT_NE(buckets.bucket_of_layer(0), buckets.bucket_of_layer(1));
+      // No slot of its own for layer 0's bucket: it is never open all of backward.
+      EXPECT_EQ(buckets.num_slots(), overlap ? 2 : 1);
+      auto report = [&](int layer, float weight) {
+        const LayerRange& r = registry.layer(layer);
+        auto* g = static_cast<float*>(buckets.grads(layer));
+        for (int64_t i = 0; i < r.numel(); ++i)
+          g[i] += weight * fake_value(r.begin + i, group.rank());
+        buckets.ready(layer);
+      };
+      for (int pass = 0; pass < 2; ++pass) {
+        for (int layer = 2; layer >= 0; --layer) report(layer, 1.0f);  // the head's part
+        for (int layer = 5; layer >= 3; --layer) report(layer, 1.0f);
+        for (int layer = 2; layer >= 0; --layer) report(layer, 2.0f);  // the embedding's part
+        EXPECT_THROW(buckets.ready(0), InvalidArgument);               // a third report
+        buckets.drain(/*complete_pass=*/true);
+      }
+      const std::vector<float> got = shard;
+      for (int64_t i = 0; i < layout.shard.numel(); ++i) {
+        const int64_t elem = layout.shard.begin + i;
+        const bool chunk = elem < registry.layer(3).begin;
+        const float want =
+            elem >= numel ? 0.0f : (chunk ? 3.0f : 1.0f) * expected_average(elem, group.size(), 2);
+        ASSERT_FLOAT_EQ(got[i], want) << "element " << elem;
+      }
+      // A pass without the embedding's round is incomplete.
+      std::vector<float> other(shard.size(), 0.0f);
+      GradBuckets half(registry, group, o, nullptr, other.data());
+      for (int layer = 5; layer >= 0; --layer) {
+        static_cast<float*>(half.grads(layer))[0] += 1.0f;
+        half.ready(layer);
+      }
+      EXPECT_THROW(half.drain(/*complete_pass=*/true), InvalidArgument);
+    });
+  }
+}
+
+TEST(GradBuckets, LayersReportedTwiceNeedSlots) {
+  const ParamRegistry registry = twice_reported_model();
+  parallel::spawn_ranks(2, [&](parallel::ProcessGroup& group) {
+    std::vector<float> full(static_cast<size_t>(registry.numel()), 0.0f);
+    GradBucketOptions o;
+    o.reduction = GradReduction::ReduceScatter;
+    EXPECT_THROW(GradBuckets(registry, group, o, full.data(), nullptr), InvalidArgument);
+  });
+}
+
 }  // namespace
 }  // namespace tessera::memory

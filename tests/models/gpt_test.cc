@@ -125,9 +125,13 @@ TEST(GptRegistry, LayoutNamesAndInit) {
   const ParamRegistry reg = build_gpt_registry(cfg);
   EXPECT_EQ(reg.numel(), cfg.num_params());
   EXPECT_EQ(reg.numel(), 124475904);  // GPT-2 124M with vocab padded to 50304
-  EXPECT_EQ(reg.num_layers(), cfg.n_layer + 2);
+  // The embeddings, four layers per block (one GEMM's weights each), ln_f.
+  EXPECT_EQ(reg.num_layers(), 1 + 4 * cfg.n_layer + 1);
   const ParamSpec& proj = reg.find("h.11.mlp.c_proj.weight");
-  EXPECT_EQ(proj.layer, 12);
+  EXPECT_EQ(proj.layer, 1 + 4 * 11 + 3);
+  EXPECT_EQ(reg.layer(proj.layer).numel(), 768 * 3072 + 768);
+  EXPECT_EQ(reg.find("h.11.mlp.c_fc.weight").layer, 1 + 4 * 11 + 2);
+  EXPECT_EQ(reg.find("h.11.ln_2.weight").layer, 1 + 4 * 11 + 2);
   EXPECT_EQ(proj.shape, (Shape{768, 3072}));
   EXPECT_FLOAT_EQ(proj.init_std, static_cast<float>(0.02 / std::sqrt(24.0)));
   EXPECT_EQ(reg.find("h.0.attn.c_attn.weight").init_std, 0.02f);
@@ -139,6 +143,35 @@ TEST(GptRegistry, LayoutNamesAndInit) {
     expect_begin = reg.layer(l).end;
   }
   EXPECT_EQ(expect_begin, reg.numel());
+}
+
+TEST(GptRegistry, ChunkedWordEmbeddingSplitsWteByRowsAndReportsItTwice) {
+  const GPTConfig cfg = gpt_preset("gpt2-124M");
+  const int chunks = zero3_wte_chunks(cfg);
+  EXPECT_EQ(chunks, 17);  // 50304 rows of 768 in chunks of about one c_fc (4 x 768^2)
+  const ParamRegistry reg = build_gpt_registry(cfg, chunks);
+  const GptLayers layers(cfg, chunks);
+  EXPECT_EQ(reg.numel(), cfg.num_params());
+  EXPECT_EQ(reg.num_layers(), chunks + 1 + 4 * cfg.n_layer + 1);
+  int64_t rows = 0;
+  for (int k = 0; k < chunks; ++k) {
+    EXPECT_EQ(reg.layer(layers.wte_layer(k)).begin, layers.chunk_begin(k) * cfg.n_embd);
+    EXPECT_EQ(reg.layer(layers.wte_layer(k)).numel(), layers.chunk_rows(k) * cfg.n_embd);
+    EXPECT_EQ(reg.layer(layers.wte_layer(k)).grad_reports, 2);
+    rows += layers.chunk_rows(k);
+  }
+  EXPECT_EQ(rows, cfg.vocab_size);
+  EXPECT_EQ(reg.find("wpe.weight").layer, layers.wpe_layer());
+  EXPECT_EQ(reg.layer(layers.wpe_layer()).grad_reports, 1);
+  EXPECT_EQ(reg.find("h.0.ln_1.weight").layer, chunks + 1);
+  EXPECT_EQ(reg.find("ln_f.bias").layer, reg.num_layers() - 1);
+  // The small presets keep one embedding layer (chunking would only add passes).
+  EXPECT_EQ(zero3_wte_chunks(gpt_preset("nano")), 1);
+  // Rows that do not divide evenly: 10 rows asked in 6 chunks give 5 of 2.
+  GPTConfig ten = gpt_preset("nano");
+  ten.vocab_size = 10;
+  EXPECT_EQ(GptLayers(ten, 6).wte_chunks, 5);
+  EXPECT_EQ(GptLayers(ten, 4).chunk_rows(3), 1);
 }
 
 TEST(GptConfigTest, PresetsAndValidation) {

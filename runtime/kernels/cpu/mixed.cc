@@ -113,6 +113,36 @@ void embedding_forward16(DType dtype, float* out, const int32_t* tokens, const u
   }
 }
 
+void position_embedding_forward16(DType dtype, float* out, const uint16_t* wpe, int B, int T_,
+                                  int C) {
+  check_dtype(dtype, "position_embedding_forward16");
+#pragma omp parallel for schedule(static)
+  for (int64_t bt = 0; bt < int64_t{B} * T_; ++bt) {
+    from_16(dtype, wpe + (bt % T_) * C, out + bt * C, C);
+  }
+}
+
+void token_embedding_rows_forward16(DType dtype, float* out, const int32_t* tokens,
+                                    const uint16_t* wte_rows, int64_t row_begin, int64_t rows,
+                                    int64_t N, int C) {
+  check_dtype(dtype, "token_embedding_rows_forward16");
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t row = chunk_row(tokens[i], row_begin, rows);
+    if (row < 0) continue;
+    const uint16_t* tok = wte_rows + row * C;
+    float* o = out + i * C;
+    float block[kBlock];
+    // o holds widen(wpe[t]): one add of the widened row, as embedding_forward16.
+    for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+      const int64_t len = std::min<int64_t>(kBlock, C - c0);
+      from_16(dtype, tok + c0, block, len);
+#pragma omp simd
+      for (int64_t c = 0; c < len; ++c) o[c0 + c] += block[c];
+    }
+  }
+}
+
 void accumulate_16(DType dtype, uint16_t* dst, const float* src, int64_t n) {
   check_dtype(dtype, "accumulate_16");
   for_each_block(n, [&](int64_t i0, int64_t len) {

@@ -83,6 +83,34 @@ class CpuOps final : public Ops<T> {
                                          static_cast<const T*>(wte), targets, N, C, V,
                                          static_cast<T>(grad_scale), scratch);
   }
+
+  void position_embedding_forward(T* out, const void* wpe, int B, int T_, int C) override {
+    cpu::position_embedding_forward(out, static_cast<const T*>(wpe), B, T_, C);
+  }
+  void token_embedding_rows_forward(T* out, const int32_t* tokens, const void* wte_rows,
+                                    int64_t row_begin, int64_t rows, int64_t N, int C) override {
+    cpu::token_embedding_rows_forward(out, tokens, static_cast<const T*>(wte_rows), row_begin, rows,
+                                      N, C);
+  }
+  void position_embedding_backward(T* dwpe, const T* dout, int B, int T_, int C) override {
+    cpu::position_embedding_backward(dwpe, dout, B, T_, C);
+  }
+  void token_embedding_rows_backward(T* dwte_rows, const T* dout, const int32_t* tokens,
+                                     int64_t row_begin, int64_t rows, int64_t N, int C) override {
+    cpu::token_embedding_rows_backward(dwte_rows, dout, tokens, row_begin, rows, N, C);
+  }
+  void cross_entropy_fold(T* max, T* sum, T* target_logit, const T* logits, const int32_t* targets,
+                          int64_t N, int64_t Vc, int64_t v_begin) override {
+    cpu::cross_entropy_fold(max, sum, target_logit, logits, targets, N, Vc, v_begin);
+  }
+  double cross_entropy_finish(T* max_to_lse, T* losses, const T* sum, const T* target_logit,
+                              int64_t N) override {
+    return cpu::cross_entropy_finish(max_to_lse, losses, sum, target_logit, N);
+  }
+  void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* targets, int64_t N,
+                                    int64_t Vc, int64_t v_begin, T grad_scale) override {
+    cpu::cross_entropy_chunk_backward(logits, lse, targets, N, Vc, v_begin, grad_scale);
+  }
 };
 
 class CpuOps16 final : public Ops<float> {
@@ -171,6 +199,35 @@ class CpuOps16 final : public Ops<float> {
     return lm_head_cross_entropy16(dtype_, dx, dwte, losses, s16(x), s16(wte), targets, N, C, V,
                                    static_cast<float>(grad_scale), scratch,
                                    static_cast<uint16_t*>(scratch16));
+  }
+
+  void position_embedding_forward(float* out, const void* wpe, int B, int T_, int C) override {
+    position_embedding_forward16(dtype_, out, s16(wpe), B, T_, C);
+  }
+  void token_embedding_rows_forward(float* out, const int32_t* tokens, const void* wte_rows,
+                                    int64_t row_begin, int64_t rows, int64_t N, int C) override {
+    token_embedding_rows_forward16(dtype_, out, tokens, s16(wte_rows), row_begin, rows, N, C);
+  }
+  // The gradients and the cross-entropy are all in T: the fp32 kernels.
+  void position_embedding_backward(float* dwpe, const float* dout, int B, int T_, int C) override {
+    cpu::position_embedding_backward(dwpe, dout, B, T_, C);
+  }
+  void token_embedding_rows_backward(float* dwte_rows, const float* dout, const int32_t* tokens,
+                                     int64_t row_begin, int64_t rows, int64_t N, int C) override {
+    cpu::token_embedding_rows_backward(dwte_rows, dout, tokens, row_begin, rows, N, C);
+  }
+  void cross_entropy_fold(float* max, float* sum, float* target_logit, const float* logits,
+                          const int32_t* targets, int64_t N, int64_t Vc, int64_t v_begin) override {
+    cpu::cross_entropy_fold(max, sum, target_logit, logits, targets, N, Vc, v_begin);
+  }
+  double cross_entropy_finish(float* max_to_lse, float* losses, const float* sum,
+                              const float* target_logit, int64_t N) override {
+    return cpu::cross_entropy_finish(max_to_lse, losses, sum, target_logit, N);
+  }
+  void cross_entropy_chunk_backward(float* logits, const float* lse, const int32_t* targets,
+                                    int64_t N, int64_t Vc, int64_t v_begin,
+                                    float grad_scale) override {
+    cpu::cross_entropy_chunk_backward(logits, lse, targets, N, Vc, v_begin, grad_scale);
   }
 
  private:

@@ -1,6 +1,7 @@
 // Steps that an fp32 kernel and its 16-bit twin (mixed.cc) share, so the arithmetic exists
 // once and both run it the same way: adamw_update16 must match adamw_update<float> bit for
-// bit given the widened gradients, and the two fused heads must compute the same softmax.
+// bit given the widened gradients, the two fused heads must compute the same softmax, and
+// the chunked embeddings (vocab_chunks.cc) must pick the same rows.
 #pragma once
 
 #include <cmath>
@@ -16,6 +17,13 @@ namespace tessera::kernels::cpu {
 template <typename T>
 double cross_entropy_rows(T* logits, T* losses, const int32_t* targets, int64_t rows, int64_t V,
                           bool backward, T grad_scale);
+
+// The row of the vocabulary chunk [row_begin, row_begin + rows) that holds `token`, or -1
+// when the token is in another chunk.
+inline int64_t chunk_row(int32_t token, int64_t row_begin, int64_t rows) {
+  const int64_t row = int64_t{token} - row_begin;
+  return row >= 0 && row < rows ? row : -1;
+}
 
 // One AdamW step's constants (bias corrections included), computed once per call, and the
 // rule for one parameter. update() is inline so each caller's loop vectorises it.

@@ -73,6 +73,31 @@ double lm_head_cross_entropy(float*, float*, float*, const float*, const float*,
                              int64_t, int64_t, int64_t, float, float*, Stream) {
   not_compiled("lm_head_cross_entropy");
 }
+void position_embedding_forward(float*, const float*, int, int, int, Stream) {
+  not_compiled("position_embedding_forward");
+}
+void token_embedding_rows_forward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t,
+                                  int, Stream) {
+  not_compiled("token_embedding_rows_forward");
+}
+void position_embedding_backward(float*, const float*, int, int, int, Stream) {
+  not_compiled("position_embedding_backward");
+}
+void token_embedding_rows_backward(float*, const float*, const int32_t*, int64_t, int64_t, int64_t,
+                                   int, Stream) {
+  not_compiled("token_embedding_rows_backward");
+}
+void cross_entropy_fold(float*, float*, float*, const float*, const int32_t*, int64_t, int64_t,
+                        int64_t, Stream) {
+  not_compiled("cross_entropy_fold");
+}
+double cross_entropy_finish(float*, float*, const float*, const float*, int64_t, Stream) {
+  not_compiled("cross_entropy_finish");
+}
+void cross_entropy_chunk_backward(float*, const float*, const int32_t*, int64_t, int64_t, int64_t,
+                                  float, Stream) {
+  not_compiled("cross_entropy_chunk_backward");
+}
 double sum_squares(const float*, int64_t, Stream) { not_compiled("sum_squares"); }
 void scale(float*, float, int64_t, Stream) { not_compiled("scale"); }
 void adamw_update(float*, const float*, float*, float*, int64_t, const AdamWParams&, Stream) {
@@ -99,6 +124,13 @@ double lm_head_cross_entropy16(DType, float*, float*, float*, const uint16_t*, c
 void embedding_forward16(DType, float*, const int32_t*, const uint16_t*, const uint16_t*, int, int,
                          int, Stream) {
   not_compiled("embedding_forward16");
+}
+void position_embedding_forward16(DType, float*, const uint16_t*, int, int, int, Stream) {
+  not_compiled("position_embedding_forward16");
+}
+void token_embedding_rows_forward16(DType, float*, const int32_t*, const uint16_t*, int64_t,
+                                    int64_t, int64_t, int, Stream) {
+  not_compiled("token_embedding_rows_forward16");
 }
 void to_16(DType, const float*, uint16_t*, int64_t, Stream) { not_compiled("to_16"); }
 void from_16(DType, const uint16_t*, float*, int64_t, Stream) { not_compiled("from_16"); }
