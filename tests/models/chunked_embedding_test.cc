@@ -12,6 +12,7 @@
 #include "models/gpt.h"
 #include "runtime/core/half.h"
 #include "runtime/core/rng.h"
+#include "tests/models/model_test_util.h"
 
 namespace tessera::models {
 namespace {
@@ -20,12 +21,7 @@ namespace {
 GPTConfig small_config() { return {2, 2, 8, 11, 6}; }
 constexpr int kChunks = 3;
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(n);
-  for (int& x : t) x = static_cast<int32_t>(rng.below(vocab));
-  return t;
-}
+using test_util::random_tokens;
 
 // A GPT over its own flat buffers; storage is T for f32 / f64 and 16-bit (held in uint16_t)
 // for bf16 / f16, where the fp32 initial values are rounded in.

@@ -14,6 +14,7 @@
 #include "runtime/core/error.h"
 #include "runtime/core/rng.h"
 #include "runtime/kernels/cpu_mixed.h"
+#include "tests/models/model_test_util.h"
 
 namespace tessera::models {
 namespace {
@@ -22,12 +23,7 @@ namespace k = tessera::kernels::cpu;
 
 GPTConfig mixed_config() { return {2, 4, 64, 96, 32}; }  // layers, heads, C, vocab, block
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(n);
-  for (int& x : t) x = static_cast<int32_t>(rng.below(vocab));
-  return t;
-}
+using test_util::random_tokens;
 
 // One model in `dtype` with its own flat parameters and gradients, initialised from the
 // same fp32 weights (rounded to 16 bits when the model is mixed).

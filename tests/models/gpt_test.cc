@@ -8,6 +8,7 @@
 #include "models/gpt.h"
 #include "models/sampler.h"
 #include "runtime/core/rng.h"
+#include "tests/models/model_test_util.h"
 
 namespace tessera::models {
 namespace {
@@ -16,12 +17,7 @@ namespace {
 // several heads and a sequence longer than one position.
 GPTConfig check_config() { return {2, 2, 8, 11, 6}; }
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(n);
-  for (int& x : t) x = static_cast<int32_t>(rng.below(vocab));
-  return t;
-}
+using test_util::random_tokens;
 
 template <typename T>
 struct ModelUnderTest {

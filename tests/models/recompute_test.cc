@@ -11,18 +11,14 @@
 #include "runtime/core/error.h"
 #include "runtime/core/half.h"
 #include "runtime/core/rng.h"
+#include "tests/models/model_test_util.h"
 
 namespace tessera::models {
 namespace {
 
 GPTConfig small_config() { return {5, 4, 64, 96, 32}; }  // layers, heads, C, vocab, block
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(n);
-  for (int& x : t) x = static_cast<int32_t>(rng.below(vocab));
-  return t;
-}
+using test_util::random_tokens;
 
 // The working copy in dtype from fp32 values (16-bit rounding as the engine does).
 void memory_fill_working(DType dtype, const std::vector<float>& src, std::vector<char>& dst) {
