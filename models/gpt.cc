@@ -12,9 +12,9 @@
 
 namespace tessera::models {
 
-ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks) {
+ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool head_copy) {
   config.validate();
-  const GptLayers layers(config, wte_chunks);
+  const GptLayers layers(config, wte_chunks, head_copy);
   const int64_t C = config.n_embd, V = config.vocab_size, L = config.n_layer;
   const float std_base = 0.02f;
   const float std_resid = static_cast<float>(0.02 / std::sqrt(2.0 * L));
@@ -50,11 +50,16 @@ ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks) {
   }
   add("ln_f.weight", {C}, layers.lnf_layer(), ones);
   add("ln_f.bias", {C}, layers.lnf_layer(), zeros);
+  if (head_copy) {
+    add("lm_head.weight", {V, C}, layers.head_layer(0), zeros,
+        layers.chunked() ? layers.rows_per_chunk() : 0);
+  }
   TS_CHECK(reg.num_layers() == layers.num_layers(), "GPT registry holds {} layers, expected {}",
            reg.num_layers(), layers.num_layers());
   // The head reports each chunk's gradient as soon as it is formed, the embedding its rows at
   // the end of backward: a chunk is reduced twice instead of waiting whole all of backward.
-  if (layers.chunked()) {
+  // With a head copy each is reported once, by its own side.
+  if (layers.chunked() && !head_copy) {
     for (int k = 0; k < layers.wte_chunks; ++k) reg.set_grad_reports(layers.wte_layer(k), 2);
   }
   return reg;
@@ -216,10 +221,10 @@ void GPT<T>::decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* 
   o.layernorm_forward(cache.buf, &mean, &rstd, x, lnf, lnf + C, 1, C);
   params.release(layers_.lnf_layer());
   for (int k = 0; k < layers_.wte_chunks; ++k) {
-    const T* wte_rows = static_cast<T*>(params.acquire(layers_.wte_layer(k)));
-    o.linear_forward(logits + layers_.chunk_begin(k), cache.buf, wte_rows, nullptr, 1, C,
+    const T* head_rows = static_cast<T*>(params.acquire(layers_.head_layer(k)));
+    o.linear_forward(logits + layers_.chunk_begin(k), cache.buf, head_rows, nullptr, 1, C,
                      layers_.chunk_rows(k));
-    params.release(layers_.wte_layer(k));
+    params.release(layers_.head_layer(k));
   }
   cache.length = pos + 1;
 }

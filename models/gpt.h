@@ -32,8 +32,11 @@ namespace tessera::models {
 // Builds the registry with Hugging Face GPT-2 names ("wte.weight", "h.3.attn.c_attn.weight"),
 // shapes in tessera's [out, in] layout, and GPT-2 initialisation: normal(0, 0.02), residual
 // projections (attn.c_proj, mlp.c_proj) scaled by 1/sqrt(2 n_layer), LayerNorm 1/0, biases 0.
-// wte_chunks > 1 splits the word embedding by rows over that many layers (GptLayers).
-ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks = 1);
+// wte_chunks > 1 splits the word embedding by rows over that many layers (GptLayers);
+// head_copy adds the head's own copy of it, lm_head.weight, after ln_f (zero-initialised:
+// its owner fills it with wte's values, as Megatron's embedding group does at start-up).
+ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks = 1,
+                                 bool head_copy = false);
 
 template <typename T>
 class GPT {

@@ -17,6 +17,7 @@ Stage<T>::Stage(const GPTConfig& config, const GptLayers& layers, const ParamReg
            "stage layers [{}, {}) are not a range of the model's {} layers", first, last, count);
   auto at_boundary = [&](int layer) {
     if (layer == 0 || layer == count) return true;
+    if (layer > layers.lnf_layer()) return false;  // within ln_f and the head copy
     const int from_blocks = layer - layers.embedding_layers();
     return from_blocks >= 0 && from_blocks % kBlockParts == 0;
   };
@@ -24,8 +25,9 @@ Stage<T>::Stage(const GPTConfig& config, const GptLayers& layers, const ParamReg
            "stage layers [{}, {}) split a block or the embeddings: a stage starts and ends at a "
            "block",
            first, last);
-  TS_CHECK(!has_head() || has_embedding(),
-           "stage [{}, {}) holds the head but not the word embedding it is tied to (layer 0)",
+  TS_CHECK(!has_head() || has_embedding() || layers.head_copy,
+           "stage [{}, {}) holds the head but not the word embedding it is tied to (layer 0): "
+           "build the model with a head copy (GptLayers::head_copy)",
            first, last);
   set_recompute(RecomputePolicy{});
 }
@@ -187,7 +189,8 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
   if (ops_.stages_gradients()) {
     // The largest gradient workspace but the embeddings': a block's layer or ln_f.
     int64_t layer_numel = 0;
-    for (int layer = std::max(first_, layers_.embedding_layers()); layer < last_; ++layer) {
+    const int blocks_end = std::min(last_, layers_.lnf_layer() + 1);
+    for (int layer = std::max(first_, layers_.embedding_layers()); layer < blocks_end; ++layer) {
       layer_numel = std::max(layer_numel, registry_.layer(layer).numel());
     }
     // The embeddings' workspace: layer 0 (whole, or one chunk) and, chunked, wpe's layer.
@@ -199,7 +202,11 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
     l.dout16 = place_stored(4 * BT * C);
     if (has_head()) l.head_scratch16 = place_stored(head_rows * head_cols);
     l.grad_ws = place(layer_numel);
-    if (has_embedding()) l.grad_ws0 = place(embedding_numel);
+    // A head copy's workspace too (the head's chunk or whole copy, reported at once).
+    for (int k = 0; has_head() && layers_.head_copy && k < layers_.wte_chunks; ++k) {
+      embedding_numel = std::max(embedding_numel, registry_.layer(layers_.head_layer(k)).numel());
+    }
+    if (embedding_numel > 0) l.grad_ws0 = place(embedding_numel);
     l.small = place(13 * C);
   }
   l.total = off;
@@ -552,20 +559,23 @@ double Stage<T>::head(ParamAccess& params, int slot, const int32_t* targets, int
   const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
   T* dlnf = nullptr;
   T* dwte = nullptr;
-  const void* wte = params.acquire(0);
+  const int head = layers_.head_layer(0);
+  const void* wte = params.acquire(head);
   if (backward) {
     dlnf = buf(layout_.dln);
     ops_.zero(dlnf, BT * C);
-    // Layer 0's gradients stay open through backward: the head adds wte's gradient now, the
-    // embedding its rows at the end.
-    dwte = open_grads(params, 0, buf(layout_.grad_ws0));
-    ws0_open_ = true;
+    // Tied in place, layer 0's gradients stay open through backward: the head adds wte's
+    // gradient now, the embedding its rows at the end. A head copy's close at once.
+    dwte = open_grads(params, head, buf(layout_.grad_ws0));
+    ws0_open_ = !layers_.head_copy;
+    head_ran_ = true;
   }
   const double loss_sum = ops_.lm_head_cross_entropy(
       dlnf, dwte, slot_buf(slot, layout_.losses), slot_buf(slot, layout_.lnf), wte, targets, BT, C,
       V, grad_scale / static_cast<double>(BT), buf(layout_.head_scratch),
       buf(layout_.head_scratch16));
-  params.release(0);
+  params.release(head);
+  if (backward && layers_.head_copy) close_grads(params, head, buf(layout_.grad_ws0));
   return loss_sum;
 }
 
@@ -584,7 +594,7 @@ double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targ
   ops_.zero(sum, BT);
   ops_.zero(target_logit, BT);
   for (int k = 0; k < layers_.wte_chunks; ++k) {
-    const int layer = layers_.wte_layer(k);
+    const int layer = layers_.head_layer(k);
     const int64_t rows = layers_.chunk_rows(k);
     ops_.linear_forward(logits, x, params.acquire(layer), nullptr, BT, C, rows);
     params.release(layer);
@@ -595,12 +605,13 @@ double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targ
       ops_.cross_entropy_finish(lse, slot_buf(slot, layout_.losses), sum, target_logit, BT);
   if (!backward) return loss_sum;
   // Pass 2: each chunk's logits again, turned into their gradient: dlnf += dlogits wte_k,
-  // wte_k's gradient += dlogits^T lnf, reported at once (the embedding adds its rows later).
+  // wte_k's gradient += dlogits^T lnf, reported at once (tied in place, the embedding adds
+  // its rows later).
   T* dlnf = buf(layout_.dln);
   ops_.zero(dlnf, BT * C);
   const T scale = static_cast<T>(grad_scale / static_cast<double>(BT));
   for (int k = 0; k < layers_.wte_chunks; ++k) {
-    const int layer = layers_.wte_layer(k);
+    const int layer = layers_.head_layer(k);
     const int64_t rows = layers_.chunk_rows(k);
     const void* wte_k = params.acquire(layer);
     T* dwte_k = open_grads(params, layer, buf(layout_.grad_ws0));
@@ -612,7 +623,7 @@ double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targ
     params.release(layer);
     close_grads(params, layer, buf(layout_.grad_ws0));
   }
-  ws0_open_ = true;  // the head's part is in: backward may run
+  head_ran_ = true;  // the head's part is in: backward may run
   return loss_sum;
 }
 
@@ -650,7 +661,6 @@ void Stage<T>::embedding_backward(ParamAccess& params, const int32_t* tokens, in
     close_grads(params, 0, ws0);
     return;
   }
-  ws0_open_ = false;
   T* dwpe = open_grads(params, layers_.wpe_layer(), ws0);
   ops_.position_embedding_backward(dwpe, dres, B, seq_len, static_cast<int>(C));
   close_grads(params, layers_.wpe_layer(), ws0);
@@ -671,7 +681,8 @@ void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, in
   T* dres = buf(layout_.dres);
   T* ws = buf(layout_.grad_ws);
   if (has_head()) {
-    TS_CHECK(ws0_open_, "the last stage's backward needs head(..., backward = true) first");
+    TS_CHECK(head_ran_, "the last stage's backward needs head(..., backward = true) first");
+    head_ran_ = false;
     const int lnf_layer = layers_.lnf_layer();
     const T* lnf_w = ops_.view(params.acquire(lnf_layer), buf(layout_.small), 2 * C);
     T* g = open_grads(params, lnf_layer, ws);
@@ -713,12 +724,12 @@ void Stage<T>::logits_at(ParamAccess& params, int slot, int b, int t, int seq_le
   const int64_t row = (int64_t{b} * seq_len + t) * C;
   const void* x = ops_.at(slot_buf(slot, layout_.lnf), row);
   if (!layers_.chunked()) {
-    ops_.linear_forward(out, x, params.acquire(0), nullptr, 1, C, V);
-    params.release(0);
+    ops_.linear_forward(out, x, params.acquire(layers_.head_layer(0)), nullptr, 1, C, V);
+    params.release(layers_.head_layer(0));
     return;
   }
   for (int k = 0; k < layers_.wte_chunks; ++k) {
-    const int layer = layers_.wte_layer(k);
+    const int layer = layers_.head_layer(k);
     ops_.linear_forward(out + layers_.chunk_begin(k), x, params.acquire(layer), nullptr, 1, C,
                         layers_.chunk_rows(k));
     params.release(layer);

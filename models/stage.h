@@ -10,7 +10,9 @@
 // gradient and it stays open until the embedding adds its rows at the end of backward. In
 // chunks (ZeRO-3), the head runs the cross-entropy in two passes over the chunks (the rows'
 // softmax statistics, then each chunk's gradient, its logits recomputed) and each chunk's
-// gradient is reported at once; the embedding reports its rows again at the end.
+// gradient is reported at once; the embedding reports its rows again at the end. With a head
+// copy (GptLayers::head_copy) the head reads and writes its own layers and a last stage need
+// not hold the embedding; the owner sums the tied gradients (GptLayers::tied_layers).
 //
 // Activations are kept per (micro-batch slot, layer): a stage can hold `slots` micro-batches
 // in flight (a pipeline schedule's forwards ahead of their backwards). Backward's scratch, the
@@ -204,7 +206,8 @@ class Stage {
   Layout layout_;
   Storage arena_;
   Storage host_checkpoints_;  // cpu_checkpointing
-  bool ws0_open_ = false;  // layer 0's workspace holds the head's wte gradient
+  bool ws0_open_ = false;  // layer 0's workspace holds the head's wte gradient (tied in place)
+  bool head_ran_ = false;  // head(..., backward = true) ran since the last backward
 };
 
 }  // namespace tessera::models
