@@ -10,3 +10,18 @@ gtest_discover_tests(engine_slow_tests
   WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
   PROPERTIES LABELS slow TIMEOUT ${slow_timeout} ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
   DISCOVERY_TIMEOUT 60)
+
+# ZeRO-3's memory bound under mpirun, one rank per process (labelled slow and mpi).
+if(TESSERA_WITH_MPI)
+  add_executable(engine_mpi_stage3_memory ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/mpi_main.cc
+    ${CMAKE_CURRENT_LIST_DIR}/mpi/stage3_memory_mpi_test.cc)
+  target_link_libraries(engine_mpi_stage3_memory PRIVATE GTest::gtest tessera_engine)
+  target_include_directories(engine_mpi_stage3_memory PRIVATE ${CMAKE_SOURCE_DIR})
+  foreach(np 2 4 8)
+    add_test(NAME engine_mpi_stage3_memory_np${np}
+             COMMAND ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/run_mpi.sh ${np}
+                     $<TARGET_FILE:engine_mpi_stage3_memory>)
+    set_tests_properties(engine_mpi_stage3_memory_np${np} PROPERTIES LABELS "slow;mpi;multirank"
+                         TIMEOUT ${slow_timeout})
+  endforeach()
+endif()
