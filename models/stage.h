@@ -42,8 +42,8 @@ namespace tessera::models {
 template <typename T>
 class Stage {
  public:
-  // The head is tied to the word embedding (layer 0): a stage holding the head must hold
-  // layer 0 too.
+  // A stage holding the head must hold the word embedding it is tied to (layer 0), unless
+  // the layers give the head its own copy (GptLayers::head_copy).
   Stage(const GPTConfig& config, const GptLayers& layers, const ParamRegistry& registry,
         kernels::Ops<T>& ops, int first, int last);
 
