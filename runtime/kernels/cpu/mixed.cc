@@ -26,6 +26,17 @@ void check_dtype(DType dtype, const char* op) {
 
 int64_t block_count(int64_t n) { return (n + kBlock - 1) / kBlock; }
 
+// o[0, n) += the 16-bit row src widened, one add per element (the embeddings' single add).
+void add_widened(DType dtype, float* o, const uint16_t* src, int64_t n) {
+  float block[kBlock];
+  for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
+    const int64_t len = std::min<int64_t>(kBlock, n - c0);
+    from_16(dtype, src + c0, block, len);
+#pragma omp simd
+    for (int64_t c = 0; c < len; ++c) o[c0 + c] += block[c];
+  }
+}
+
 // f(i0, len) for each block [i0, i0 + len) of [0, n), blocks split across the pool.
 template <typename F>
 void for_each_block(int64_t n, const F& f) {
@@ -102,14 +113,7 @@ void embedding_forward16(DType dtype, float* out, const int32_t* tokens, const u
   for (int64_t bt = 0; bt < int64_t{B} * T_; ++bt) {
     float* o = out + bt * C;
     from_16(dtype, wte + int64_t{tokens[bt]} * C, o, C);
-    const uint16_t* pos = wpe + (bt % T_) * C;
-    float block[kBlock];
-    for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-      const int64_t len = std::min<int64_t>(kBlock, C - c0);
-      from_16(dtype, pos + c0, block, len);
-#pragma omp simd
-      for (int64_t c = 0; c < len; ++c) o[c0 + c] += block[c];
-    }
+    add_widened(dtype, o, wpe + (bt % T_) * C, C);
   }
 }
 
@@ -130,16 +134,8 @@ void token_embedding_rows_forward16(DType dtype, float* out, const int32_t* toke
   for (int64_t i = 0; i < N; ++i) {
     const int64_t row = chunk_row(tokens[i], row_begin, rows);
     if (row < 0) continue;
-    const uint16_t* tok = wte_rows + row * C;
-    float* o = out + i * C;
-    float block[kBlock];
-    // o holds widen(wpe[t]): one add of the widened row, as embedding_forward16.
-    for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-      const int64_t len = std::min<int64_t>(kBlock, C - c0);
-      from_16(dtype, tok + c0, block, len);
-#pragma omp simd
-      for (int64_t c = 0; c < len; ++c) o[c0 + c] += block[c];
-    }
+    // out holds widen(wpe[t]): one add of the widened row, as embedding_forward16.
+    add_widened(dtype, out + i * C, wte_rows + row * C, C);
   }
 }
 
