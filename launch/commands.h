@@ -19,7 +19,9 @@ int run_prepare(const PrepareOptions& opts);
 struct TrainOptions {
   std::string config_path;
   std::vector<std::string> overrides;
-  int sim_ranks = 0;  // > 0: that many data-parallel ranks as threads of this process
+  int sim_ranks = 0;  // > 0: that many ranks as threads of this process
+  int tp = 0;         // > 0: parallelism.tensor_model_parallel_size
+  bool sequence_parallel = false;
 };
 int run_train(const TrainOptions& opts);
 

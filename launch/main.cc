@@ -35,8 +35,11 @@ int main(int argc, char** argv) {
   auto* train_cmd = app.add_subcommand("train", "train a model from a JSON config");
   train_cmd->add_option("--config,-c", train.config_path, "DeepSpeed-style JSON config")->required();
   train_cmd->add_option("--set", train.overrides, "override a config key: a.b=value (repeatable)");
-  train_cmd->add_option("--sim-ranks", train.sim_ranks,
-                        "run N data-parallel ranks as threads of this process");
+  train_cmd->add_option("--sim-ranks", train.sim_ranks, "run N ranks as threads of this process");
+  train_cmd->add_option("--tp", train.tp,
+                        "tensor-parallel ranks per layer (parallelism.tensor_model_parallel_size)");
+  train_cmd->add_flag("--sequence-parallel", train.sequence_parallel,
+                      "LayerNorm and residual regions split over the tensor-parallel ranks");
 
   LaunchOptions launch;
   auto* launch_cmd = app.add_subcommand("launch", "start ranks through mpirun: tessera launch -n N -- CMD...");

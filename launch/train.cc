@@ -27,9 +27,9 @@ void train_one_rank(const engine::TrainConfig& config, parallel::ProcessGroup* d
   // Every rank takes part in assembling the weights (a gather at ZeRO stage 3); rank 0 then
   // samples alone from its whole copy, so no collective waits on ranks that have finished.
   const engine::Trainer::WholeWeights weights = trainer.whole_weights();
-  if (trainer.dp_rank() == 0) {
+  if (trainer.world_rank() == 0) {
     // Sampling only reads the weights: the view's const is dropped for ParamAccess's sake.
-    LocalParamAccess whole(trainer.model().registry(), const_cast<float*>(weights.data), nullptr,
+    LocalParamAccess whole(trainer.full_registry(), const_cast<float*>(weights.data), nullptr,
                            sizeof(float));
     models::SampleOptions so;
     so.max_new_tokens = c.sample_tokens;
@@ -54,12 +54,18 @@ int default_threads_per_rank(int local_ranks) {
 }
 
 int run_train(const TrainOptions& opts) {
-  engine::TrainConfig config = engine::load_train_config(opts.config_path, opts.overrides);
+  // The command line's parallelism flags are overrides like any other, checked by the parser.
+  std::vector<std::string> overrides = opts.overrides;
+  if (opts.tp > 0) {
+    overrides.push_back(fmt::format("parallelism.tensor_model_parallel_size={}", opts.tp));
+  }
+  if (opts.sequence_parallel) overrides.push_back("parallelism.sequence_parallel=true");
+  engine::TrainConfig config = engine::load_train_config(opts.config_path, overrides);
   const RankEnv env = detect_rank_env();
   if (opts.sim_ranks > 0) {
     TS_CHECK(env.world == 1, "--sim-ranks runs thread ranks in one process, but this process "
              "is rank {} of {} ({}): use one or the other", env.rank, env.world, env.source);
-    log_rank0("thread ranks: {} data-parallel ranks in this process", opts.sim_ranks);
+    log_rank0("thread ranks: {} ranks in this process", opts.sim_ranks);
     const int threads = config.threads > 0 ? config.threads : default_threads_per_rank(opts.sim_ranks);
     parallel::spawn_ranks(opts.sim_ranks, [&](parallel::ProcessGroup& group) {
       set_thread_rank(group.rank());

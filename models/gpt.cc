@@ -12,22 +12,50 @@
 
 namespace tessera::models {
 
-ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool head_copy) {
+ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool head_copy,
+                                 TpLayout tp) {
   config.validate();
-  const GptLayers layers(config, wte_chunks, head_copy);
-  const int64_t C = config.n_embd, V = config.vocab_size, L = config.n_layer;
+  check_tensor_parallel(config, tp.size);
+  const GptLayers layers(config, wte_chunks, head_copy, tp);
+  const int64_t C = config.n_embd, L = config.n_layer, t = tp.size, r = tp.rank;
+  const int64_t Ca = layers.local_width(), F = layers.local_hidden(), Vr = layers.vocab_rows;
   const float std_base = 0.02f;
   const float std_resid = static_cast<float>(0.02 / std::sqrt(2.0 * L));
   ParamRegistry reg;
   auto normal = [](float s) { return std::pair{ParamInit::Normal, s}; };
+  // A part of a whole parameter `whole`: row runs and a column offset (TpSlice).
+  struct Part {
+    TpSplit split = TpSplit::None;
+    Shape whole;
+    std::vector<TpSlice::RowRun> runs;
+    int64_t col_begin = 0;
+  };
   auto add = [&](std::string name, Shape shape, int layer, std::pair<ParamInit, float> init,
-                 int64_t rows_per_layer = 0) {
-    reg.add(ParamSpec{std::move(name), std::move(shape), layer, init.first, init.second,
-                      TpSplit::None, 0, rows_per_layer});
+                 int64_t rows_per_layer = 0, Part part = {}) {
+    ParamSpec spec{std::move(name), std::move(shape), layer, init.first, init.second,
+                   TpSplit::None, {}, 0, rows_per_layer};
+    if (t > 1 && part.split != TpSplit::None) {
+      spec.split = part.split;
+      spec.tp = TpSlice{std::move(part.whole), std::move(part.runs), part.col_begin};
+    }
+    reg.add(std::move(spec));
+  };
+  // Column-parallel: this rank's block of `rows` of `whole_rows`; c_attn's q, k and v each.
+  auto rows_part = [&](Shape whole, int64_t rows, int pieces = 1) {
+    Part p{TpSplit::Rows, std::move(whole), {}, 0};
+    const int64_t piece = p.whole[0] / pieces;
+    for (int k = 0; k < pieces; ++k) p.runs.push_back({k * piece + r * rows, rows});
+    return p;
+  };
+  auto cols_part = [&](Shape whole, int64_t cols) {
+    Part p{TpSplit::Cols, std::move(whole), {{0, 0}}, r * cols};
+    p.runs[0].rows = p.whole[0];
+    return p;
   };
   const std::pair ones{ParamInit::Ones, 0.0f}, zeros{ParamInit::Zeros, 0.0f};
-  add("wte.weight", {V, C}, layers.wte_layer(0), normal(std_base),
-      layers.chunked() ? layers.rows_per_chunk() : 0);
+  add("wte.weight", {Vr, C}, layers.wte_layer(0), normal(std_base),
+      layers.chunked() ? layers.rows_per_chunk() : 0,
+      rows_part({int64_t{config.vocab_size}, C}, Vr));
   add("wpe.weight", {config.block_size, C}, layers.wpe_layer(), normal(std_base));
   for (int l = 0; l < L; ++l) {
     const std::string h = fmt::format("h.{}.", l);
@@ -37,22 +65,25 @@ ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool h
     const int mlp_out = layers.block_layer(l, kMlpOut);
     add(h + "ln_1.weight", {C}, attn_in, ones);
     add(h + "ln_1.bias", {C}, attn_in, zeros);
-    add(h + "attn.c_attn.weight", {3 * C, C}, attn_in, normal(std_base));
-    add(h + "attn.c_attn.bias", {3 * C}, attn_in, zeros);
-    add(h + "attn.c_proj.weight", {C, C}, attn_out, normal(std_resid));
+    add(h + "attn.c_attn.weight", {3 * Ca, C}, attn_in, normal(std_base), 0,
+        rows_part({3 * C, C}, Ca, 3));
+    add(h + "attn.c_attn.bias", {3 * Ca}, attn_in, zeros, 0, rows_part({3 * C}, Ca, 3));
+    add(h + "attn.c_proj.weight", {C, Ca}, attn_out, normal(std_resid), 0, cols_part({C, C}, Ca));
     add(h + "attn.c_proj.bias", {C}, attn_out, zeros);
     add(h + "ln_2.weight", {C}, mlp_in, ones);
     add(h + "ln_2.bias", {C}, mlp_in, zeros);
-    add(h + "mlp.c_fc.weight", {4 * C, C}, mlp_in, normal(std_base));
-    add(h + "mlp.c_fc.bias", {4 * C}, mlp_in, zeros);
-    add(h + "mlp.c_proj.weight", {C, 4 * C}, mlp_out, normal(std_resid));
+    add(h + "mlp.c_fc.weight", {F, C}, mlp_in, normal(std_base), 0, rows_part({4 * C, C}, F));
+    add(h + "mlp.c_fc.bias", {F}, mlp_in, zeros, 0, rows_part({4 * C}, F));
+    add(h + "mlp.c_proj.weight", {C, F}, mlp_out, normal(std_resid), 0,
+        cols_part({C, 4 * C}, F));
     add(h + "mlp.c_proj.bias", {C}, mlp_out, zeros);
   }
   add("ln_f.weight", {C}, layers.lnf_layer(), ones);
   add("ln_f.bias", {C}, layers.lnf_layer(), zeros);
   if (head_copy) {
-    add("lm_head.weight", {V, C}, layers.head_layer(0), zeros,
-        layers.chunked() ? layers.rows_per_chunk() : 0);
+    add("lm_head.weight", {Vr, C}, layers.head_layer(0), zeros,
+        layers.chunked() ? layers.rows_per_chunk() : 0,
+        rows_part({int64_t{config.vocab_size}, C}, Vr));
   }
   TS_CHECK(reg.num_layers() == layers.num_layers(), "GPT registry holds {} layers, expected {}",
            reg.num_layers(), layers.num_layers());
@@ -65,19 +96,28 @@ ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool h
   return reg;
 }
 
+void check_tensor_parallel(const GPTConfig& config, int tp_size) {
+  TS_CHECK(tp_size >= 1, "tensor_model_parallel_size must be >= 1, got {}", tp_size);
+  TS_CHECK(config.n_head % tp_size == 0,
+           "tensor_model_parallel_size {} does not divide n_head {}: each rank holds whole "
+           "attention heads, so choose a divisor of {}",
+           tp_size, config.n_head, config.n_head);
+}
+
 template <typename T>
-GPT<T>::GPT(const GPTConfig& config, DType dtype, Device device, int wte_chunks)
+GPT<T>::GPT(const GPTConfig& config, DType dtype, Device device, int wte_chunks, TpLayout tp)
     : config_(config),
       dtype_(dtype),
-      layers_(config, wte_chunks),
-      registry_(build_gpt_registry(config, wte_chunks)),
+      layers_(config, wte_chunks, false, tp),
+      registry_(build_gpt_registry(config, wte_chunks, false, tp)),
       ops_(kernels::make_ops<T>(device, dtype)),
       stage_(config_, layers_, registry_, *ops_, 0, layers_.num_layers()) {}
 
 template <typename T>
 int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_, DType dtype,
-                                     const RecomputePolicy& recompute, int wte_chunks) {
-  GPT<T> planner(config, dtype, Device::cpu(), wte_chunks);
+                                     const RecomputePolicy& recompute, int wte_chunks,
+                                     TpLayout tp) {
+  GPT<T> planner(config, dtype, Device::cpu(), wte_chunks, tp);
   planner.stage_.set_recompute(recompute);
   return planner.stage_.activation_bytes_for(1, B, T_);
 }

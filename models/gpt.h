@@ -35,8 +35,14 @@ namespace tessera::models {
 // wte_chunks > 1 splits the word embedding by rows over that many layers (GptLayers);
 // head_copy adds the head's own copy of it, lm_head.weight, after ln_f (zero-initialised:
 // its owner fills it with wte's values, as Megatron's embedding group does at start-up).
+// tp: this rank's part of every parameter (TpSplit / TpSlice): c_attn split by heads (each
+// rank its heads' rows of q, k and v), mlp.c_fc by rows, attn.c_proj and mlp.c_proj by
+// columns (their biases whole, added once after the reduction), wte by vocabulary rows of the
+// padded vocabulary (padded_vocab); LayerNorms and wpe whole on every rank.
 ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks = 1,
-                                 bool head_copy = false);
+                                 bool head_copy = false, TpLayout tp = {});
+// Throws, naming the numbers, unless tp_size divides n_head.
+void check_tensor_parallel(const GPTConfig& config, int tp_size);
 
 template <typename T>
 class GPT {
@@ -46,8 +52,10 @@ class GPT {
   // wte_chunks: the word embedding (and the head) in that many layers, so that ZeRO-3 gathers
   // and reduces it a chunk at a time (GptLayers); the results agree with one layer's to
   // rounding, not bit for bit (the head's softmax is summed chunk by chunk).
+  // tp: this rank's part of a tensor-parallel model (the stage then needs its group:
+  // stage().set_tensor_parallel).
   explicit GPT(const GPTConfig& config, DType dtype = dtype_of<T>(), Device device = Device::cpu(),
-               int wte_chunks = 1);
+               int wte_chunks = 1, TpLayout tp = {});
 
   const GPTConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
@@ -65,7 +73,8 @@ class GPT {
   // What allocate_activations(B, T) would allocate, without allocating (for the estimator).
   static int64_t activation_bytes_for(const GPTConfig& config, int B, int seq_len,
                                       DType dtype = dtype_of<T>(),
-                                      const RecomputePolicy& recompute = {}, int wte_chunks = 1);
+                                      const RecomputePolicy& recompute = {}, int wte_chunks = 1,
+                                      TpLayout tp = {});
 
   // Forward over inputs [B,T]; with targets, returns the mean cross-entropy loss over the
   // B*T positions (else 0). Keeps what backward needs.

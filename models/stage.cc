@@ -1,7 +1,9 @@
 #include "models/stage.h"
 
 #include <algorithm>
+#include <type_traits>
 
+#include "parallel/tp/conjugate.h"
 #include "runtime/core/error.h"
 
 namespace tessera::models {
@@ -30,6 +32,119 @@ Stage<T>::Stage(const GPTConfig& config, const GptLayers& layers, const ParamReg
            "build the model with a head copy (GptLayers::head_copy)",
            first, last);
   set_recompute(RecomputePolicy{});
+}
+
+template <typename T>
+void Stage<T>::set_tensor_parallel(parallel::ProcessGroup* group) {
+  TS_CHECK((std::is_same_v<T, float>), "tensor parallelism runs in f32, bf16 or f16 (GPT<float>)");
+  TS_CHECK(group != nullptr && group->size() == layers_.tp.size &&
+               group->rank() == layers_.tp.rank,
+           "the tensor-parallel group must be rank {} of {} ranks, as the layers were built",
+           layers_.tp.rank, layers_.tp.size);
+  tp_group_ = group;
+}
+
+template <typename T>
+int64_t Stage<T>::residual_rows(int B, int seq_len) const {
+  const int64_t BT = int64_t{B} * seq_len;
+  return sp() ? BT / layers_.tp.size : BT;
+}
+
+template <typename T>
+void Stage<T>::tp_sum(T* x, int64_t n) {
+  parallel::tp::reduce_from_region_forward(*tp_group_, x, static_cast<size_t>(n), DType::F32)
+      ->wait();
+}
+
+template <typename T>
+const void* Stage<T>::gather_ln(const void* stored, int B, int seq_len) {
+  if (!sp()) return stored;
+  const size_t local = static_cast<size_t>(residual_rows(B, seq_len) * config_.n_embd);
+  void* full = buf(layout_.tp_gathered);
+  parallel::tp::gather_sequence_forward(*tp_group_, stored, full, local, ops_.storage())->wait();
+  return full;
+}
+
+template <typename T>
+const T* Stage<T>::gather_residual_grad(const T* dres, int B, int seq_len) {
+  if (!sp()) return dres;
+  const size_t local = static_cast<size_t>(residual_rows(B, seq_len) * config_.n_embd);
+  T* full = buf(layout_.tp_full);
+  parallel::tp::reduce_scatter_sequence_backward(*tp_group_, dres, full, local, DType::F32)
+      ->wait();
+  return full;
+}
+
+template <typename T>
+void Stage<T>::row_parallel_forward(T* out, const void* inp, const PartWeights& w, int B,
+                                    int seq_len, int64_t in) {
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  if (!tp()) {
+    ops_.linear_forward(out, inp, w.matrix, w.bias, BT, in, C);
+    return;
+  }
+  // Each rank's partial sum over its columns; the bias once, after the reduction.
+  const int64_t rows = residual_rows(B, seq_len);
+  if (sp()) {
+    T* partial = buf(layout_.tp_full);
+    ops_.linear_forward(partial, inp, w.matrix, nullptr, BT, in, C);
+    parallel::tp::reduce_scatter_sequence_forward(*tp_group_, partial, out,
+                                                  static_cast<size_t>(rows * C), DType::F32)
+        ->wait();
+  } else {
+    ops_.linear_forward(out, inp, w.matrix, nullptr, BT, in, C);
+    tp_sum(out, BT * C);
+  }
+  ops_.bias_add(out, w.bias, rows, C);
+}
+
+template <typename T>
+const T* Stage<T>::column_parallel_backward(const PartGrads& g, const PartWeights& w,
+                                            const T* dout, const void* inp, int B, int seq_len,
+                                            int64_t out) {
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  T* dln = buf(layout_.dln);
+  void* dout16 = buf(layout_.dout16);
+  ops_.zero(dln, BT * C);
+  if (!tp()) {
+    ops_.linear_backward(dln, g.matrix, g.bias, dout, dout16, inp, w.matrix, BT, C, out);
+    return dln;
+  }
+  // The input gradient first, its sum over the group in flight while the weight gradient's
+  // GEMM runs.
+  ops_.linear_backward(dln, nullptr, nullptr, dout, dout16, inp, w.matrix, BT, C, out);
+  T* result = dln;
+  parallel::WorkPtr work;
+  if (sp()) {
+    result = buf(layout_.tp_full);
+    work = parallel::tp::gather_sequence_backward(
+        *tp_group_, dln, result, static_cast<size_t>(residual_rows(B, seq_len) * C), DType::F32);
+  } else {
+    work = parallel::tp::copy_to_region_backward(*tp_group_, dln, static_cast<size_t>(BT * C),
+                                                 DType::F32);
+  }
+  ops_.linear_backward(nullptr, g.matrix, g.bias, dout, dout16, inp, w.matrix, BT, C, out);
+  work->wait();
+  return result;
+}
+
+template <typename T>
+void Stage<T>::layernorm_backward_tp(T* dres, T* dweight, T* dbias, const T* dln, const T* inp,
+                                     const T* weight, const T* mean, const T* rstd,
+                                     int64_t rows) {
+  const int64_t C = config_.n_embd;
+  if (!sp()) {
+    ops_.layernorm_backward(dres, dweight, dbias, dln, inp, weight, mean, rstd, rows, C);
+    return;
+  }
+  // Each rank saw only its rows: this micro-batch's part is summed over the group before it
+  // joins the accumulated gradients (weight and bias lie side by side).
+  TS_CHECK(dbias == dweight + C, "a LayerNorm's weight and bias gradients must be adjacent");
+  T* part = buf(layout_.tp_ln_grad);
+  ops_.zero(part, 2 * C);
+  ops_.layernorm_backward(dres, part, part + C, dln, inp, weight, mean, rstd, rows, C);
+  tp_sum(part, 2 * C);
+  ops_.residual_forward(dweight, dweight, part, 2 * C);
 }
 
 template <typename T>
@@ -77,7 +192,10 @@ int64_t Stage<T>::stored_elems(int64_t n) const {
 
 template <typename T>
 int64_t Stage<T>::place_block(T* base, int B, int seq_len, Dropped dropped, BlockActs* out) const {
-  const int64_t C = config_.n_embd, cap = int64_t{B} * seq_len;
+  // cap: all the micro-batch's tokens (the tensor-parallel regions), rows: the residual
+  // stream's (this rank's block under sequence parallelism); Ca, F: this rank's widths.
+  const int64_t C = config_.n_embd, cap = int64_t{B} * seq_len, rows = residual_rows(B, seq_len);
+  const int64_t Ca = layers_.local_width(), F = layers_.local_hidden();
   int64_t off = 0;
   // 64-byte aligned for float; a smaller batch uses each buffer's prefix.
   auto take = [&](int64_t elems) {
@@ -89,19 +207,19 @@ int64_t Stage<T>::place_block(T* base, int B, int seq_len, Dropped dropped, Bloc
     return drop ? nullptr : static_cast<void*>(take(stored_elems(n)));
   };
   BlockActs a{};
-  a.ln1 = take_stored(cap * C, dropped.ln);
-  a.ln1_mean = take(cap);
-  a.ln1_rstd = take(cap);
-  a.qkv = take_stored(3 * cap * C, false);
-  a.atty = take_stored(cap * C, false);
-  a.lse = take(int64_t{B} * config_.n_head * seq_len);
-  a.residual2 = take(cap * C);
-  a.ln2 = take_stored(cap * C, dropped.ln);
-  a.ln2_mean = take(cap);
-  a.ln2_rstd = take(cap);
-  a.fch = take_stored(4 * cap * C, false);
-  a.fch_gelu = take_stored(4 * cap * C, dropped.gelu);
-  a.residual3 = take(cap * C);
+  a.ln1 = take_stored(rows * C, dropped.ln);
+  a.ln1_mean = take(rows);
+  a.ln1_rstd = take(rows);
+  a.qkv = take_stored(3 * cap * Ca, false);
+  a.atty = take_stored(cap * Ca, false);
+  a.lse = take(int64_t{B} * layers_.local_heads(config_.n_head) * seq_len);
+  a.residual2 = take(rows * C);
+  a.ln2 = take_stored(rows * C, dropped.ln);
+  a.ln2_mean = take(rows);
+  a.ln2_rstd = take(rows);
+  a.fch = take_stored(cap * F, false);
+  a.fch_gelu = take_stored(cap * F, dropped.gelu);
+  a.residual3 = take(rows * C);
   a.recompute_ln = dropped.ln;
   a.recompute_gelu = dropped.gelu;
   if (out != nullptr) *out = a;
@@ -117,6 +235,12 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
            "model.block_size",
            seq_len, config_.block_size);
   const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, V = config_.vocab_size;
+  TS_CHECK(!sp() || BT % layers_.tp.size == 0,
+           "sequence_parallel splits a micro-batch's {} x {} = {} tokens over "
+           "tensor_model_parallel_size {}: make micro batch x seq_len divisible by it",
+           B, seq_len, BT, layers_.tp.size);
+  const int64_t R = residual_rows(B, seq_len), Ca = layers_.local_width(),
+                F = layers_.local_hidden();
   const Dropped drops = selective_drops();
   Layout l;
   l.slots = slots;
@@ -140,7 +264,7 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
     return recompute_.cpu_checkpointing && g + 1 < groups_.size() && groups_[g + 1].recompute;
   };
   // One slot.
-  l.input = place(BT * C);
+  l.input = place(R * C);
   l.block_stride = place_block(nullptr, B, seq_len, drops, nullptr);
   l.blocks = place(int64_t{kept_blocks} * l.block_stride);
   l.group_out.assign(groups_.size(), -1);
@@ -150,16 +274,16 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
     if (!groups_[g].recompute) continue;
     if (on_host(g)) {
       l.group_out_host[g] = host_off;
-      host_off += (BT * C + 15) / 16 * 16;
+      host_off += (R * C + 15) / 16 * 16;
     } else {
-      l.group_out[g] = place(BT * C);
+      l.group_out[g] = place(R * C);
     }
   }
   l.host_slot_stride = host_off;
   if (has_head()) {
-    l.lnf = place_stored(BT * C);
-    l.lnf_mean = place(BT);
-    l.lnf_rstd = place(BT);
+    l.lnf = place_stored(R * C);
+    l.lnf_mean = place(R);
+    l.lnf_rstd = place(R);
     l.losses = place(BT);
   }
   l.slot_stride = off;
@@ -172,20 +296,26 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
   const int64_t head_rows = chunked ? BT : std::min<int64_t>(BT, ops_.head_chunk_rows());
   const int64_t head_cols = chunked ? layers_.rows_per_chunk() : V;
   if (has_head()) l.head_scratch = place(head_rows * head_cols);
-  if (has_head() && chunked) l.ce_stats = place(3 * BT);
-  l.dres = place(BT * C);
+  if (has_head() && chunked) l.ce_stats = place((tp() ? 4 : 3) * BT);
+  l.dres = place(R * C);
   l.dln = place(BT * C);
-  l.dqkv = place(3 * BT * C);
-  l.datty = place(BT * C);
-  l.dfch = place(4 * BT * C);
-  l.dfch_gelu = place(4 * BT * C);
+  l.dqkv = place(3 * BT * Ca);
+  l.datty = place(BT * Ca);
+  l.dfch = place(BT * F);
+  // Also where selective recomputation refills a LayerNorm output (rows x C).
+  l.dfch_gelu = place(std::max(BT * F, R * C));
   if (largest_group > 0) {
     l.full_block_stride = place_block(nullptr, B, seq_len, Dropped{}, nullptr);
     l.recompute_blocks = place(int64_t{largest_group} * l.full_block_stride);
-    if (host_off > 0) l.boundary = place(BT * C);
+    if (host_off > 0) l.boundary = place(R * C);
   }
-  if (drops.ln) l.sel_ln = place_stored(BT * C);
-  if (drops.gelu) l.sel_gelu = place_stored(4 * BT * C);
+  if (drops.ln) l.sel_ln = place_stored(R * C);
+  if (drops.gelu) l.sel_gelu = place_stored(BT * F);
+  if (sp()) {
+    l.tp_full = place(BT * C);
+    l.tp_gathered = place_stored(BT * C);
+    l.tp_ln_grad = place(2 * C);
+  }
   if (ops_.stages_gradients()) {
     // The largest gradient workspace but the embeddings': a block's layer or ln_f.
     int64_t layer_numel = 0;
@@ -198,7 +328,7 @@ typename Stage<T>::Layout Stage<T>::plan(int slots, int B, int seq_len) const {
     for (int layer = 0; has_embedding() && layer < layers_.embedding_layers(); ++layer) {
       embedding_numel = std::max(embedding_numel, registry_.layer(layer).numel());
     }
-    if (has_head()) l.lnf_wide = place(BT * C);
+    if (has_head()) l.lnf_wide = place(R * C);
     l.dout16 = place_stored(4 * BT * C);
     if (has_head()) l.head_scratch16 = place_stored(head_rows * head_cols);
     l.grad_ws = place(layer_numel);
@@ -267,7 +397,7 @@ const T* Stage<T>::group_input(int slot, int g) {
   if (!prev.recompute) return block_acts(slot, first_block() + prev.first + prev.count - 1).residual3;
   if (layout_.group_out[g - 1] >= 0) return slot_buf(slot, layout_.group_out[g - 1]);
   // A host checkpoint: back to the device first.
-  const int64_t BTC = int64_t{layout_.B} * layout_.seq * config_.n_embd;
+  const int64_t BTC = residual_rows(layout_.B, layout_.seq) * config_.n_embd;
   T* host = static_cast<T*>(host_checkpoints_.data()) + int64_t{slot} * layout_.host_slot_stride +
             layout_.group_out_host[g - 1];
   ops_.from_host(buf(layout_.boundary), host, BTC);
@@ -298,18 +428,18 @@ const T* Stage<T>::output(int slot) {
 
 template <typename T>
 typename Stage<T>::PartOffsets Stage<T>::part_offsets(BlockPart part) const {
-  const int64_t C = config_.n_embd;
-  // Registry order within each layer (build_gpt_registry); `small` is where a 16-bit table
-  // widens the layer's small tensors, within the 13 C of layout_.small.
+  const int64_t C = config_.n_embd, Ca = layers_.local_width(), F = layers_.local_hidden();
+  // Registry order within each layer (build_gpt_registry), this rank's widths; `small` is
+  // where a 16-bit table widens the layer's small tensors, within the 13 C of layout_.small.
   switch (part) {
     case kAttentionIn:
-      return {0, C, 2 * C, 2 * C + 3 * C * C, 0};
+      return {0, C, 2 * C, 2 * C + 3 * Ca * C, 0};
     case kAttentionOut:
-      return {-1, -1, 0, C * C, 5 * C};
+      return {-1, -1, 0, C * Ca, 5 * C};
     case kMlpIn:
-      return {0, C, 2 * C, 2 * C + 4 * C * C, 6 * C};
+      return {0, C, 2 * C, 2 * C + F * C, 6 * C};
     case kMlpOut:
-      return {-1, -1, 0, 4 * C * C, 12 * C};
+      return {-1, -1, 0, C * F, 12 * C};
   }
   TS_THROW(Error, "no block part {}", static_cast<int>(part));
 }
@@ -317,7 +447,9 @@ typename Stage<T>::PartOffsets Stage<T>::part_offsets(BlockPart part) const {
 template <typename T>
 int64_t Stage<T>::part_bias_size(BlockPart part) const {
   const int64_t C = config_.n_embd;
-  return part == kAttentionIn ? 3 * C : part == kMlpIn ? 4 * C : C;
+  return part == kAttentionIn ? 3 * layers_.local_width()
+         : part == kMlpIn     ? layers_.local_hidden()
+                              : C;
 }
 
 template <typename T>
@@ -385,53 +517,58 @@ void Stage<T>::close_grads(ParamAccess& params, int layer, T* workspace) {
 template <typename T>
 void Stage<T>::block_forward(ParamAccess& params, int block, const BlockActs& a, const T* input,
                              int B, int seq_len) {
-  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, R = residual_rows(B, seq_len);
+  const int64_t Ca = layers_.local_width(), F = layers_.local_hidden();
+  const int heads = layers_.local_heads(config_.n_head);
   kernels::Ops<T>& o = ops_;
   // Each GEMM's layer is gathered just for it. Results kept in 16 bits are computed in
-  // backward's scratch buffers first.
+  // backward's scratch buffers first. Tensor parallelism: this rank's heads and hidden
+  // columns; the LayerNorms and the residual stream over this rank's R rows.
   PartWeights w = acquire_part(params, block, kAttentionIn);
   T* ln1 = o.target(a.ln1, buf(layout_.dln));
-  o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln_weight, w.ln_bias, BT, C);
-  o.save(a.ln1, ln1, BT * C);
+  o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln_weight, w.ln_bias, R, C);
+  o.save(a.ln1, ln1, R * C);
   T* qkv = o.target(a.qkv, buf(layout_.dqkv));
-  o.linear_forward(qkv, a.ln1, w.matrix, w.bias, BT, C, 3 * C);
-  o.save(a.qkv, qkv, 3 * BT * C);
+  o.linear_forward(qkv, gather_ln(a.ln1, B, seq_len), w.matrix, w.bias, BT, C, 3 * Ca);
+  o.save(a.qkv, qkv, 3 * BT * Ca);
   release_part(params, block, kAttentionIn);
   // Attention reads q, k, v as backward will, as stored: the log-sum-exp it saves then
   // matches the probabilities backward recomputes.
-  const T* qkv_stored = o.view(a.qkv, qkv, 3 * BT * C);
+  const T* qkv_stored = o.view(a.qkv, qkv, 3 * BT * Ca);
   T* atty = o.target(a.atty, buf(layout_.dln));
-  o.attention_forward(atty, a.lse, qkv_stored, B, seq_len, static_cast<int>(C), config_.n_head);
-  o.save(a.atty, atty, BT * C);
+  o.attention_forward(atty, a.lse, qkv_stored, B, seq_len, static_cast<int>(Ca), heads);
+  o.save(a.atty, atty, BT * Ca);
   // The projection is written straight into the residual stream and the input added in
   // place: backward never needs the projection's output on its own.
   w = acquire_part(params, block, kAttentionOut);
-  o.linear_forward(a.residual2, a.atty, w.matrix, w.bias, BT, C, C);
+  row_parallel_forward(a.residual2, a.atty, w, B, seq_len, Ca);
   release_part(params, block, kAttentionOut);
-  o.residual_forward(a.residual2, a.residual2, input, BT * C);
+  o.residual_forward(a.residual2, a.residual2, input, R * C);
   w = acquire_part(params, block, kMlpIn);
   T* ln2 = o.target(a.ln2, buf(layout_.dln));
-  o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln_weight, w.ln_bias, BT, C);
-  o.save(a.ln2, ln2, BT * C);
+  o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln_weight, w.ln_bias, R, C);
+  o.save(a.ln2, ln2, R * C);
   T* fch = o.target(a.fch, buf(layout_.dfch));
-  o.linear_forward(fch, a.ln2, w.matrix, w.bias, BT, C, 4 * C);
-  o.save(a.fch, fch, 4 * BT * C);
+  o.linear_forward(fch, gather_ln(a.ln2, B, seq_len), w.matrix, w.bias, BT, C, F);
+  o.save(a.fch, fch, BT * F);
   release_part(params, block, kMlpIn);
   T* gelu = o.target(a.fch_gelu, buf(layout_.dfch_gelu));
-  o.gelu_forward(gelu, fch, 4 * BT * C);
-  o.save(a.fch_gelu, gelu, 4 * BT * C);
+  o.gelu_forward(gelu, fch, BT * F);
+  o.save(a.fch_gelu, gelu, BT * F);
   w = acquire_part(params, block, kMlpOut);
-  o.linear_forward(a.residual3, a.fch_gelu, w.matrix, w.bias, BT, 4 * C, C);
+  row_parallel_forward(a.residual3, a.fch_gelu, w, B, seq_len, F);
   release_part(params, block, kMlpOut);
-  o.residual_forward(a.residual3, a.residual3, a.residual2, BT * C);
+  o.residual_forward(a.residual3, a.residual3, a.residual2, R * C);
 }
 
 template <typename T>
 void Stage<T>::block_backward(ParamAccess& params, int block, const BlockActs& a, const T* input,
                               int B, int seq_len) {
-  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd, R = residual_rows(B, seq_len);
+  const int64_t Ca = layers_.local_width(), F = layers_.local_hidden();
+  const int heads = layers_.local_heads(config_.n_head);
   kernels::Ops<T>& o = ops_;
-  T* dres = buf(layout_.dres);  // dL/d(block output) on entry, dL/d(input) on exit
+  T* dres = buf(layout_.dres);  // dL/d(block output) on entry, dL/d(input) on exit (R rows)
   T* dln = buf(layout_.dln);
   T* dqkv = buf(layout_.dqkv);
   T* datty = buf(layout_.datty);
@@ -441,56 +578,57 @@ void Stage<T>::block_backward(ParamAccess& params, int block, const BlockActs& a
   // MLP branch: residual3 = residual2 + mlp(ln2(residual2)); the residual stream's gradient
   // passes through unchanged and the branch adds its part.
   if (a.recompute_gelu) {  // selective: only where storage is T (Stage::selective_drops)
-    o.gelu_forward(o.target(a.fch_gelu, nullptr), o.view(a.fch, nullptr, 4 * BT * C), 4 * BT * C);
+    o.gelu_forward(o.target(a.fch_gelu, nullptr), o.view(a.fch, nullptr, BT * F), BT * F);
   }
   PartWeights w = acquire_part(params, block, kMlpOut);
   PartGrads g = open_part_grads(params, block, kMlpOut);
-  o.zero(dfch_gelu, 4 * BT * C);
-  o.linear_backward(dfch_gelu, g.matrix, g.bias, dres, dout16, a.fch_gelu, w.matrix, BT, 4 * C, C);
+  o.zero(dfch_gelu, BT * F);
+  o.linear_backward(dfch_gelu, g.matrix, g.bias, gather_residual_grad(dres, B, seq_len), dout16,
+                    a.fch_gelu, w.matrix, BT, F, C);
   release_part(params, block, kMlpOut);
   close_part_grads(params, block, kMlpOut);
   w = acquire_part(params, block, kMlpIn);
   g = open_part_grads(params, block, kMlpIn);
-  o.zero(dfch, 4 * BT * C);
-  o.gelu_backward(dfch, a.fch, dfch_gelu, 4 * BT * C);
+  o.zero(dfch, BT * F);
+  o.gelu_backward(dfch, a.fch, dfch_gelu, BT * F);
   // Selective recomputation refills the LayerNorm outputs (and their statistics, the same
   // values) through dfch_gelu, free once GELU's backward has read it.
   if (a.recompute_ln) {
     T* ln2 = o.target(a.ln2, dfch_gelu);
-    o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln_weight, w.ln_bias, BT, C);
-    o.save(a.ln2, ln2, BT * C);
+    o.layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.residual2, w.ln_weight, w.ln_bias, R, C);
+    o.save(a.ln2, ln2, R * C);
   }
-  o.zero(dln, BT * C);
-  o.linear_backward(dln, g.matrix, g.bias, dfch, dout16, a.ln2, w.matrix, BT, C, 4 * C);
-  o.layernorm_backward(dres, g.ln_weight, g.ln_bias, dln, a.residual2, w.ln_weight, a.ln2_mean,
-                       a.ln2_rstd, BT, C);
+  const T* dln2 =
+      column_parallel_backward(g, w, dfch, gather_ln(a.ln2, B, seq_len), B, seq_len, F);
+  layernorm_backward_tp(dres, g.ln_weight, g.ln_bias, dln2, a.residual2, w.ln_weight,
+                        a.ln2_mean, a.ln2_rstd, R);
   release_part(params, block, kMlpIn);
   close_part_grads(params, block, kMlpIn);
   // Attention branch: residual2 = input + proj(attn(ln1(input))).
   w = acquire_part(params, block, kAttentionOut);
   g = open_part_grads(params, block, kAttentionOut);
-  o.zero(datty, BT * C);
-  o.linear_backward(datty, g.matrix, g.bias, dres, dout16, a.atty, w.matrix, BT, C, C);
+  o.zero(datty, BT * Ca);
+  o.linear_backward(datty, g.matrix, g.bias, gather_residual_grad(dres, B, seq_len), dout16,
+                    a.atty, w.matrix, BT, Ca, C);
   release_part(params, block, kAttentionOut);
   close_part_grads(params, block, kAttentionOut);
   // Attention's saved input and output in T: widened on 16-bit tables into buffers that are
   // free until further down.
-  const T* atty = o.view(a.atty, dln, BT * C);
-  const T* qkv = o.view(a.qkv, dfch, 3 * BT * C);
-  o.zero(dqkv, 3 * BT * C);
-  o.attention_backward(dqkv, datty, qkv, atty, a.lse, B, seq_len, static_cast<int>(C),
-                       config_.n_head);
+  const T* atty = o.view(a.atty, dln, BT * Ca);
+  const T* qkv = o.view(a.qkv, dfch, 3 * BT * Ca);
+  o.zero(dqkv, 3 * BT * Ca);
+  o.attention_backward(dqkv, datty, qkv, atty, a.lse, B, seq_len, static_cast<int>(Ca), heads);
   w = acquire_part(params, block, kAttentionIn);
   g = open_part_grads(params, block, kAttentionIn);
   if (a.recompute_ln) {
     T* ln1 = o.target(a.ln1, dfch_gelu);
-    o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln_weight, w.ln_bias, BT, C);
-    o.save(a.ln1, ln1, BT * C);
+    o.layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, input, w.ln_weight, w.ln_bias, R, C);
+    o.save(a.ln1, ln1, R * C);
   }
-  o.zero(dln, BT * C);
-  o.linear_backward(dln, g.matrix, g.bias, dqkv, dout16, a.ln1, w.matrix, BT, C, 3 * C);
-  o.layernorm_backward(dres, g.ln_weight, g.ln_bias, dln, input, w.ln_weight, a.ln1_mean,
-                       a.ln1_rstd, BT, C);
+  const T* dln1 =
+      column_parallel_backward(g, w, dqkv, gather_ln(a.ln1, B, seq_len), B, seq_len, 3 * Ca);
+  layernorm_backward_tp(dres, g.ln_weight, g.ln_bias, dln1, input, w.ln_weight, a.ln1_mean,
+                        a.ln1_rstd, R);
   release_part(params, block, kAttentionIn);
   close_part_grads(params, block, kAttentionIn);
 }
@@ -509,7 +647,7 @@ const T* Stage<T>::forward_group(ParamAccess& params, int slot, int g, const T* 
   if (!group.recompute || !keep_output) return h;
   // The recomputed group's output outlives its working set: the next group's input (its
   // checkpoint, if that group is recomputed too) or the stage's output.
-  const int64_t BTC = int64_t{B} * seq_len * config_.n_embd;
+  const int64_t BTC = residual_rows(B, seq_len) * config_.n_embd;
   if (layout_.group_out[g] >= 0) {
     T* kept = slot_buf(slot, layout_.group_out[g]);
     ops_.copy(kept, h, BTC);
@@ -525,7 +663,9 @@ const T* Stage<T>::forward_group(ParamAccess& params, int slot, int g, const T* 
 template <typename T>
 void Stage<T>::forward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len) {
   check_batch(slot, B, seq_len);
-  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  const int64_t C = config_.n_embd, R = residual_rows(B, seq_len);
+  TS_CHECK(!tp() || tp_group_ != nullptr,
+           "a tensor-parallel stage needs its group: call set_tensor_parallel first");
   T* x = input(slot);
   if (has_embedding()) {
     TS_CHECK(tokens != nullptr, "the first stage's forward needs the input tokens");
@@ -542,9 +682,9 @@ void Stage<T>::forward(ParamAccess& params, int slot, const int32_t* tokens, int
     void* lnf = slot_buf(slot, layout_.lnf);
     T* out = ops_.target(lnf, buf(layout_.lnf_wide));
     ops_.layernorm_forward(out, slot_buf(slot, layout_.lnf_mean), slot_buf(slot, layout_.lnf_rstd),
-                           h, lnf_w, lnf_w + C, BT, C);
+                           h, lnf_w, lnf_w + C, R, C);
     params.release(lnf_layer);
-    ops_.save(lnf, out, BT * C);
+    ops_.save(lnf, out, R * C);
   }
 }
 
@@ -583,12 +723,14 @@ template <typename T>
 double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targets, int B,
                               int seq_len, bool backward, double grad_scale) {
   const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
-  const void* x = slot_buf(slot, layout_.lnf);
+  // The final LayerNorm's output over every row (gathered under sequence parallelism).
+  const void* x = gather_ln(slot_buf(slot, layout_.lnf), B, seq_len);
   T* logits = buf(layout_.head_scratch);  // [BT, rows of a chunk]
   T* lse = buf(layout_.ce_stats);         // the running max, then the log-sum-exp
   T* sum = lse + BT;
   T* target_logit = sum + BT;
-  // Pass 1: the softmax statistics of every row, a vocabulary chunk at a time.
+  // Pass 1: the softmax statistics of every row, a vocabulary chunk at a time (of this
+  // rank's slice; chunks holding only padding are skipped: padding never enters the softmax).
   // A row with sum 0 has no chunk folded in yet (cross_entropy_fold): its max is not read.
   ops_.zero(lse, BT);
   ops_.zero(sum, BT);
@@ -596,10 +738,25 @@ double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targ
   for (int k = 0; k < layers_.wte_chunks; ++k) {
     const int layer = layers_.head_layer(k);
     const int64_t rows = layers_.chunk_rows(k);
-    ops_.linear_forward(logits, x, params.acquire(layer), nullptr, BT, C, rows);
+    const void* wte_k = params.acquire(layer);
+    if (rows > 0) {
+      ops_.linear_forward(logits, x, wte_k, nullptr, BT, C, rows);
+      ops_.cross_entropy_fold(lse, sum, target_logit, logits, targets, BT, rows,
+                              layers_.chunk_begin(k));
+    }
     params.release(layer);
-    ops_.cross_entropy_fold(lse, sum, target_logit, logits, targets, BT, rows,
-                            layers_.chunk_begin(k));
+  }
+  if (tp()) {
+    // Vocabulary parallelism: the group's max of each row, every rank's sum made relative to
+    // it, then the sums and the target logits (zero where a rank does not hold the target)
+    // summed in one all-reduce: the whole row's statistics on every rank.
+    T* global_max = target_logit + BT;
+    ops_.cross_entropy_mask_empty(lse, sum, BT);
+    parallel::AllreduceOptions max_op;
+    max_op.op = parallel::ReduceOp::Max;
+    tp_group_->all_reduce(lse, global_max, static_cast<size_t>(BT), DType::F32, max_op)->wait();
+    ops_.cross_entropy_rescale(lse, sum, global_max, BT);
+    tp_sum(sum, 2 * BT);  // sum and target_logit, adjacent
   }
   const double loss_sum =
       ops_.cross_entropy_finish(lse, slot_buf(slot, layout_.losses), sum, target_logit, BT);
@@ -615,13 +772,32 @@ double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targ
     const int64_t rows = layers_.chunk_rows(k);
     const void* wte_k = params.acquire(layer);
     T* dwte_k = open_grads(params, layer, buf(layout_.grad_ws0));
-    ops_.linear_forward(logits, x, wte_k, nullptr, BT, C, rows);
-    ops_.cross_entropy_chunk_backward(logits, lse, targets, BT, rows, layers_.chunk_begin(k),
-                                      scale);
-    ops_.linear_backward(dlnf, dwte_k, nullptr, logits, buf(layout_.head_scratch16), x, wte_k, BT,
-                         C, rows);
+    if (rows > 0) {
+      ops_.linear_forward(logits, x, wte_k, nullptr, BT, C, rows);
+      ops_.cross_entropy_chunk_backward(logits, lse, targets, BT, rows, layers_.chunk_begin(k),
+                                        scale);
+      ops_.linear_backward(dlnf, dwte_k, nullptr, logits, buf(layout_.head_scratch16), x, wte_k,
+                           BT, C, rows);
+    }
     params.release(layer);
     close_grads(params, layer, buf(layout_.grad_ws0));
+  }
+  if (tp()) {
+    // The head is a column-parallel linear over the vocabulary: its input gradient is summed
+    // over the group (this rank's rows of it under sequence parallelism, where backward reads
+    // them from dln's start).
+    if (sp()) {
+      const int64_t R = residual_rows(B, seq_len);
+      T* mine = buf(layout_.tp_full);
+      parallel::tp::gather_sequence_backward(*tp_group_, dlnf, mine, static_cast<size_t>(R * C),
+                                             DType::F32)
+          ->wait();
+      ops_.copy(dlnf, mine, R * C);
+    } else {
+      parallel::tp::copy_to_region_backward(*tp_group_, dlnf, static_cast<size_t>(BT * C),
+                                            DType::F32)
+          ->wait();
+    }
   }
   head_ran_ = true;  // the head's part is in: backward may run
   return loss_sum;
@@ -630,22 +806,36 @@ double Stage<T>::chunked_head(ParamAccess& params, int slot, const int32_t* targ
 template <typename T>
 void Stage<T>::embedding_forward(ParamAccess& params, T* x, const int32_t* tokens, int B,
                                  int seq_len) {
-  const int64_t C = config_.n_embd, V = config_.vocab_size;
+  const int64_t C = config_.n_embd, V = config_.vocab_size, BT = int64_t{B} * seq_len;
   if (!layers_.chunked()) {
     const void* emb = params.acquire(0);
     ops_.embedding_forward(x, tokens, emb, ops_.at(emb, V * C), B, seq_len, static_cast<int>(C));
     params.release(0);
     return;
   }
-  ops_.position_embedding_forward(x, params.acquire(layers_.wpe_layer()), B, seq_len,
-                                  static_cast<int>(C));
-  params.release(layers_.wpe_layer());
+  // Vocabulary parallelism: each rank adds the rows of the tokens it holds (the positions on
+  // group rank 0 only) and the sum over the group is the embedding, scattered by rows under
+  // sequence parallelism.
+  T* e = sp() ? buf(layout_.tp_full) : x;
+  if (!tp() || layers_.tp.rank == 0) {
+    ops_.position_embedding_forward(e, params.acquire(layers_.wpe_layer()), B, seq_len,
+                                    static_cast<int>(C));
+    params.release(layers_.wpe_layer());
+  } else {
+    ops_.zero(e, BT * C);
+  }
   for (int k = 0; k < layers_.wte_chunks; ++k) {
     const int layer = layers_.wte_layer(k);
-    ops_.token_embedding_rows_forward(x, tokens, params.acquire(layer), layers_.chunk_begin(k),
-                                      layers_.chunk_rows(k), int64_t{B} * seq_len,
-                                      static_cast<int>(C));
+    ops_.token_embedding_rows_forward(e, tokens, params.acquire(layer), layers_.chunk_begin(k),
+                                      layers_.chunk_rows(k), BT, static_cast<int>(C));
     params.release(layer);
+  }
+  if (sp()) {
+    parallel::tp::reduce_scatter_sequence_forward(
+        *tp_group_, e, x, static_cast<size_t>(residual_rows(B, seq_len) * C), DType::F32)
+        ->wait();
+  } else if (tp()) {
+    tp_sum(x, BT * C);
   }
 }
 
@@ -661,6 +851,9 @@ void Stage<T>::embedding_backward(ParamAccess& params, const int32_t* tokens, in
     close_grads(params, 0, ws0);
     return;
   }
+  // Every row's gradient (gathered under sequence parallelism): the positions' gradients are
+  // then whole on every rank, and each rank adds its vocabulary rows'.
+  dres = gather_residual_grad(dres, B, seq_len);
   T* dwpe = open_grads(params, layers_.wpe_layer(), ws0);
   ops_.position_embedding_backward(dwpe, dres, B, seq_len, static_cast<int>(C));
   close_grads(params, layers_.wpe_layer(), ws0);
@@ -677,7 +870,7 @@ void Stage<T>::embedding_backward(ParamAccess& params, const int32_t* tokens, in
 template <typename T>
 void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, int B, int seq_len) {
   check_batch(slot, B, seq_len);
-  const int64_t BT = int64_t{B} * seq_len, C = config_.n_embd;
+  const int64_t C = config_.n_embd, R = residual_rows(B, seq_len);
   T* dres = buf(layout_.dres);
   T* ws = buf(layout_.grad_ws);
   if (has_head()) {
@@ -686,10 +879,9 @@ void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, in
     const int lnf_layer = layers_.lnf_layer();
     const T* lnf_w = ops_.view(params.acquire(lnf_layer), buf(layout_.small), 2 * C);
     T* g = open_grads(params, lnf_layer, ws);
-    ops_.zero(dres, BT * C);
-    ops_.layernorm_backward(dres, g, g + C, buf(layout_.dln), output(slot), lnf_w,
-                            slot_buf(slot, layout_.lnf_mean), slot_buf(slot, layout_.lnf_rstd),
-                            BT, C);
+    ops_.zero(dres, R * C);
+    layernorm_backward_tp(dres, g, g + C, buf(layout_.dln), output(slot), lnf_w,
+                          slot_buf(slot, layout_.lnf_mean), slot_buf(slot, layout_.lnf_rstd), R);
     params.release(lnf_layer);
     close_grads(params, lnf_layer, ws);
   }
@@ -720,6 +912,8 @@ void Stage<T>::backward(ParamAccess& params, int slot, const int32_t* tokens, in
 template <typename T>
 void Stage<T>::logits_at(ParamAccess& params, int slot, int b, int t, int seq_len, T* out) {
   TS_CHECK(has_head(), "logits come from the last stage");
+  TS_CHECK(!tp(), "logits_at reads a row's whole logits, which a tensor-parallel rank never "
+                  "forms: sample from the gathered weights (Trainer::whole_weights)");
   const int64_t C = config_.n_embd, V = config_.vocab_size;
   const int64_t row = (int64_t{b} * seq_len + t) * C;
   const void* x = ops_.at(slot_buf(slot, layout_.lnf), row);

@@ -18,6 +18,17 @@
 // in flight (a pipeline schedule's forwards ahead of their backwards). Backward's scratch, the
 // gradient workspaces and the head's logits chunk are shared by all slots.
 //
+// Tensor parallelism (layers().tp, Megatron's layout): each rank holds its heads' part of
+// c_attn, its rows of mlp.c_fc, its columns of attn.c_proj and mlp.c_proj and its slice of the
+// vocabulary. The conjugate operators (parallel/tp/conjugate.h) sit at the region edges: the
+// row-parallel outputs (and the embedding) are summed over the group, their biases added once
+// after; the column-parallel input gradients are summed in backward while the weight-gradient
+// GEMM runs; the head's cross-entropy merges each rank's row statistics (max, then sums and
+// target logits) and never forms a row's whole logits. With sequence parallelism the
+// LayerNorm and residual regions hold rows / t tokens (this rank's block): all-gathers before
+// the column-parallel GEMMs and reduce-scatters after the row-parallel ones replace the sums,
+// and the LayerNorms' (and ln_f's) gradients are summed over the group.
+//
 // Activation checkpointing (models/recompute.h) is the stage's policy: blocks are split into
 // groups, and a recomputed group keeps only its input per slot and re-runs its forward, into a
 // working set shared by all slots, just before its backward.
@@ -33,6 +44,7 @@
 #include "models/gpt_config.h"
 #include "models/gpt_layers.h"
 #include "models/recompute.h"
+#include "parallel/comm/process_group.h"
 #include "runtime/core/params.h"
 #include "runtime/core/storage.h"
 #include "runtime/kernels/ops.h"
@@ -52,6 +64,13 @@ class Stage {
   bool has_embedding() const { return first_ == 0; }
   bool has_head() const { return last_ == layers_.num_layers(); }
   const GptLayers& layers() const { return layers_; }
+
+  // The tensor-parallel group (layers().tp.size ranks, this one at layers().tp.rank); needed
+  // before the first forward when layers().tp is active. f32 only (T = float).
+  void set_tensor_parallel(parallel::ProcessGroup* group);
+  // Rows of the residual stream this rank holds for B x seq_len tokens: all of them, or its
+  // block of B seq_len / t with sequence parallelism.
+  int64_t residual_rows(int B, int seq_len) const;
 
   // Activation checkpointing; takes effect at the next allocate().
   void set_recompute(const RecomputePolicy& policy);
@@ -83,7 +102,8 @@ class Stage {
   // Logits [V] of position (b, t) of `slot` after forward (last stage).
   void logits_at(ParamAccess& params, int slot, int b, int t, int seq_len, T* out);
 
-  // [B, T, C] entering the stage (the embeddings' output on the first stage).
+  // [B, T, C] entering the stage (the embeddings' output on the first stage); with sequence
+  // parallelism, this rank's residual_rows of it (and so output() and the gradients).
   T* input(int slot);
   // [B, T, C] leaving a stage without the head: its last block's output.
   const T* output(int slot);
@@ -134,6 +154,11 @@ class Stage {
     int64_t shared = 0;
     int64_t dres = 0, dln = 0, dqkv = 0, datty = 0, dfch = 0, dfch_gelu = 0, head_scratch = 0;
     int64_t ce_stats = 0;  // chunked head: per row the max / log-sum-exp, sum, target logit
+                           // (and, vocabulary-parallel, the group's max)
+    // Tensor parallelism: a [B T, C] buffer in T (sequence parallelism: a row-parallel
+    // output before its reduce-scatter, a gathered gradient, the embedding before its
+    // scatter), the gathered LayerNorm output (stored) and a LayerNorm's partial gradients.
+    int64_t tp_full = 0, tp_gathered = 0, tp_ln_grad = 0;
     int64_t recompute_blocks = 0, full_block_stride = 0, boundary = 0, sel_ln = 0, sel_gelu = 0;
     int64_t lnf_wide = 0, dout16 = 0, head_scratch16 = 0, grad_ws = 0, grad_ws0 = 0, small = 0;
     int64_t total = 0;
@@ -189,6 +214,27 @@ class Stage {
                      int seq_len);
   void block_backward(ParamAccess& params, int block, const BlockActs& a, const T* input, int B,
                       int seq_len);
+  // Tensor parallelism (conjugate.h), each waiting for its collective unless it returns one.
+  bool tp() const { return layers_.tp.active(); }
+  bool sp() const { return tp() && layers_.tp.sequence_parallel; }
+  void tp_sum(T* x, int64_t n);
+  // A LayerNorm output kept in `stored` (this rank's rows): the whole B T rows the GEMM reads,
+  // gathered under sequence parallelism.
+  const void* gather_ln(const void* stored, int B, int seq_len);
+  // The residual stream's gradient over all B T rows (gathered under sequence parallelism).
+  const T* gather_residual_grad(const T* dres, int B, int seq_len);
+  // out (this rank's residual rows) = inp [B T, in] W^T + bias, W this rank's columns.
+  void row_parallel_forward(T* out, const void* inp, const PartWeights& w, int B, int seq_len,
+                            int64_t in);
+  // dln = d(inp) for this rank's residual rows of a column-parallel linear [B T, C] ->
+  // [B T, out]: the partial input gradients summed over the group (reduce-scattered under
+  // sequence parallelism) while the weight gradients are formed. Returns where it is.
+  const T* column_parallel_backward(const PartGrads& g, const PartWeights& w, const T* dout,
+                                    const void* inp, int B, int seq_len, int64_t out);
+  // A LayerNorm's backward over this rank's rows; its parameter gradients summed over the
+  // group under sequence parallelism.
+  void layernorm_backward_tp(T* dres, T* dweight, T* dbias, const T* dln, const T* inp,
+                             const T* weight, const T* mean, const T* rstd, int64_t rows);
   void embedding_forward(ParamAccess& params, T* x, const int32_t* tokens, int B, int seq_len);
   // Adds the embeddings' gradients from dL/d(input) (in backward's dres) and reports them.
   void embedding_backward(ParamAccess& params, const int32_t* tokens, int B, int seq_len);
@@ -208,6 +254,7 @@ class Stage {
   Storage host_checkpoints_;  // cpu_checkpointing
   bool ws0_open_ = false;  // layer 0's workspace holds the head's wte gradient (tied in place)
   bool head_ran_ = false;  // head(..., backward = true) ran since the last backward
+  parallel::ProcessGroup* tp_group_ = nullptr;
 };
 
 }  // namespace tessera::models

@@ -324,10 +324,56 @@ void read_conv1d_slice(const SafetensorsTensor& t, int64_t rows, int64_t cols, i
 
 }  // namespace
 
+namespace {
+
+bool tensor_parallel(const ParamRegistry& registry) {
+  return std::any_of(registry.params().begin(), registry.params().end(),
+                     [](const ParamSpec& p) { return p.tp.split(); });
+}
+
+// A tensor-parallel rank's part of the file: each split parameter's whole tensor read (as
+// the one-rank model lays it out) and this rank's elements picked; padding is zero.
+void load_tensor_parallel_range(const std::string& path, const GPTConfig& config,
+                                const ParamRegistry& registry, int64_t begin, int64_t end,
+                                float* out) {
+  const ParamRegistry whole = build_gpt_registry(config);
+  TS_CHECK(whole.params().size() == registry.params().size(),
+           "load weights {}: the tensor-parallel registry holds {} parameters, the model {}", path,
+           registry.params().size(), whole.params().size());
+  std::vector<float> tensor;
+  for (size_t i = 0; i < registry.params().size(); ++i) {
+    const ParamSpec& spec = registry.params()[i];
+    const ParamSpec& w = whole.params()[i];
+    const int64_t a = std::max<int64_t>(begin - spec.offset, 0);
+    const int64_t b = std::min<int64_t>(end - spec.offset, spec.numel());
+    if (a >= b) continue;
+    float* dst = out + (spec.offset + a - begin);
+    if (!spec.tp.split()) {
+      load_gpt_safetensors_range(path, config, whole, w.offset + a, w.offset + b, dst);
+      continue;
+    }
+    tensor.resize(static_cast<size_t>(w.numel()));
+    load_gpt_safetensors_range(path, config, whole, w.offset, w.offset + w.numel(), tensor.data());
+    for (int64_t j = a; j < b; ++j) {
+      const int64_t at = spec.whole_index(j);
+      dst[j - a] = at >= 0 ? tensor[static_cast<size_t>(at)] : 0.0f;
+    }
+  }
+}
+
+}  // namespace
+
 void load_gpt_safetensors_range(const std::string& path, const GPTConfig& config,
                                 const ParamRegistry& registry, int64_t begin, int64_t end,
                                 float* out) {
   config.validate();
+  if (tensor_parallel(registry)) {
+    TS_CHECK(0 <= begin && begin <= end && end <= registry.numel(),
+             "load weights {}: [{}, {}) is not a range of the model's {} parameters", path, begin,
+             end, registry.numel());
+    load_tensor_parallel_range(path, config, registry, begin, end, out);
+    return;
+  }
   check_registry(config, registry);
   TS_CHECK(0 <= begin && begin <= end && end <= registry.numel(),
            "load weights {}: [{}, {}) is not a range of the model's {} parameters", path, begin,

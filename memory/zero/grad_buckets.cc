@@ -33,9 +33,6 @@ GradBuckets::GradBuckets(const ParamRegistry& registry, parallel::ProcessGroup& 
     b.end = plan.end;
     b.layers = b.pending = plan.layers;
     b.rounds = plan.grad_reports;
-    TS_CHECK(b.rounds == 1 || options.slots,
-             "layers reported {} times a pass need gradient bucket slots (ZeRO stage 2-3)",
-             b.rounds);
     if (options.reduction == GradReduction::ReduceScatter) {
       b.counts = layout_.counts(b.begin, b.end);
     }
@@ -111,7 +108,11 @@ void GradBuckets::ready(int layer) {
   ++reported_[layer];
   if (--bucket.pending > 0) return;
   ++bucket.round;
-  if (bucket.round < bucket.rounds) bucket.pending = bucket.layers;
+  if (bucket.round < bucket.rounds) {
+    bucket.pending = bucket.layers;
+    // In place, the rounds add into the same gradients: one reduction, after the last.
+    if (!options_.slots) return;
+  }
   if (options_.reduction == GradReduction::AllReduce) {
     parallel::AllreduceOptions opts;
     opts.op = parallel::ReduceOp::Avg;

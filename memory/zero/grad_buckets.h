@@ -18,8 +18,9 @@
 //   writes it first and the embedding last, so it stays open all of backward); the shared
 //   slots are reclaimed from the oldest reduction when none is free.
 // - layers reported twice a pass (LayerRange::grad_reports: a chunked tied embedding) form
-//   buckets of their own, reduced once per round of reports; only slots allow it (a second
-//   in-place reduction would average the first one's result again).
+//   buckets of their own, reduced once per round of reports with slots; in place (stages 0-1:
+//   a second reduction would average the first one's result again) the rounds add into the
+//   same gradients and the bucket is reduced once, after the last.
 #pragma once
 
 #include <cstdint>

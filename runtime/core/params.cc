@@ -7,6 +7,23 @@
 
 namespace tessera {
 
+int64_t ParamSpec::whole_index(int64_t j) const {
+  if (!tp.split()) return j;
+  const int64_t cols = shape.size() >= 2 ? numel() / shape[0] : 1;
+  const int64_t whole_rows = tp.whole.empty() ? 0 : tp.whole[0];
+  const int64_t whole_cols = tp.whole.size() >= 2 ? shape_numel(tp.whole) / whole_rows : 1;
+  int64_t row = j / cols;
+  for (const TpSlice::RowRun& run : tp.runs) {
+    if (row < run.rows) {
+      const int64_t whole_row = run.whole_row + row;
+      if (whole_row >= whole_rows) return -1;
+      return whole_row * whole_cols + tp.col_begin + j % cols;
+    }
+    row -= run.rows;
+  }
+  TS_THROW(Error, "parameter {}: element {} is outside its tensor-parallel runs", name, j);
+}
+
 const ParamSpec& ParamRegistry::add(ParamSpec spec) {
   TS_CHECK(spec.layer == num_layers() - 1 || spec.layer == num_layers(),
            "parameter {} registered for layer {} after layer {}: register in forward order",
@@ -61,6 +78,19 @@ void init_params_range(const ParamRegistry& registry, T* out, uint64_t seed, int
     const int64_t j1 = std::min<int64_t>(end - p.offset, p.numel());
     if (j0 >= j1) continue;
     T* dst = out + (p.offset + j0 - begin);
+    if (p.tp.split()) {
+      // A tensor-parallel part: each element is the whole parameter's element it stands for,
+      // so any t starts from the one-rank model; padding is zero.
+#pragma omp parallel for schedule(static)
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t w = p.whole_index(j);
+        T v = T(0);
+        if (w >= 0 && p.init == ParamInit::Ones) v = T(1);
+        if (w >= 0 && p.init == ParamInit::Normal) v = static_cast<T>(p.init_std * normal_at(seed, i, w));
+        dst[j - j0] = v;
+      }
+      continue;
+    }
     switch (p.init) {
       case ParamInit::Zeros:
         for (int64_t j = j0; j < j1; ++j) dst[j - j0] = T(0);

@@ -16,8 +16,27 @@
 namespace tessera {
 
 enum class ParamInit { Zeros, Ones, Normal };
-// How Megatron-style tensor parallelism splits a parameter (none until TP lands).
+// How Megatron-style tensor parallelism splits a parameter over the tensor-parallel group:
+// not at all (replicated: LayerNorms, row-parallel biases, positions), by rows of its
+// [out, in] matrix (column-parallel weights and their biases, the vocabulary-parallel word
+// embedding) or by columns (row-parallel weights).
 enum class TpSplit { None, Rows, Cols };
+
+// The part of the whole (one-rank, Hugging Face) parameter a tensor-parallel rank holds. The
+// parameter is seen as a matrix [rows, cols] (a vector: [n, 1]); the rank holds runs of whole
+// rows (c_attn holds three: its heads' q, k and v) restricted to columns [col_begin,
+// col_begin + local cols). Rows past the whole parameter's are padding (the vocabulary padded
+// to a multiple of 128 x t): zero, never read by a kernel, never trained.
+struct TpSlice {
+  struct RowRun {
+    int64_t whole_row;  // the run's first row in the whole parameter
+    int64_t rows;
+  };
+  Shape whole;  // empty: not split, the rank holds the whole parameter
+  std::vector<RowRun> runs;
+  int64_t col_begin = 0;
+  bool split() const { return !whole.empty(); }
+};
 
 struct ParamSpec {
   std::string name;  // Hugging Face GPT-2 name, e.g. "h.3.attn.c_attn.weight"
@@ -27,12 +46,16 @@ struct ParamSpec {
   ParamInit init = ParamInit::Zeros;
   float init_std = 0.0f;  // for ParamInit::Normal
   TpSplit split = TpSplit::None;
+  TpSlice tp;  // set with split != None
   int64_t offset = 0;  // elements from the start of the flat buffer (set by the registry)
   // > 0: the parameter is split by rows (its first dimension) into consecutive layers of this
   // many rows each (the last may hold fewer), starting at `layer`: the word embedding,
   // gathered a chunk at a time under ZeRO-3.
   int64_t rows_per_layer = 0;
   int64_t numel() const { return shape_numel(shape); }
+  // The whole parameter's element that element j of this rank's part is, or -1 for padding.
+  int64_t whole_index(int64_t j) const;
+  int64_t whole_numel() const { return tp.split() ? shape_numel(tp.whole) : numel(); }
 };
 
 struct LayerRange {

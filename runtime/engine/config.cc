@@ -431,6 +431,25 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
              "{}: zero_optimization.stage3_max_live_parameters must be >= 1", source);
   }
 
+  if (root.has("parallelism")) {
+    Block p = root.child("parallelism");
+    int pipeline = 1;
+    p.get("tensor_model_parallel_size", c.tensor_parallel);
+    p.get("sequence_parallel", c.sequence_parallel);
+    p.get("pipeline_model_parallel_size", pipeline);
+    p.reject_unknown();
+    TS_CHECK(c.tensor_parallel >= 1, "{}: parallelism.tensor_model_parallel_size must be >= 1",
+             source);
+    TS_CHECK(pipeline == 1,
+             "{}: parallelism.pipeline_model_parallel_size {}: pipeline parallelism is not built "
+             "yet: set it to 1",
+             source, pipeline);
+    TS_CHECK(!c.sequence_parallel || c.tensor_parallel > 1,
+             "{}: parallelism.sequence_parallel splits the sequence over tensor-parallel ranks: "
+             "set tensor_model_parallel_size > 1 or turn it off",
+             source);
+  }
+
   if (root.has("activation_checkpointing")) {
     // DeepSpeed's block, in Megatron's terms; present means checkpointing (full by default).
     Block a = root.child("activation_checkpointing");
@@ -487,8 +506,9 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
              "set recompute_granularity to full",
              source);
     TS_CHECK(!partition,
-             "{}: activation_checkpointing.partition_activations splits checkpoints across "
-             "tensor-parallel ranks, which tessera does not have yet: set it to false",
+             "{}: activation_checkpointing.partition_activations is not supported (with "
+             "parallelism.sequence_parallel the checkpoints are already split over the "
+             "tensor-parallel ranks): set it to false",
              source);
     TS_CHECK(!profile,
              "{}: activation_checkpointing.profile is not supported (the step time already "
@@ -510,6 +530,10 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     m.get("init_from", c.init_from);
     m.reject_unknown();
     c.model.validate();
+    TS_CHECK(c.model.n_head % c.tensor_parallel == 0,
+             "{}: parallelism.tensor_model_parallel_size {} does not divide model.n_head {}: each "
+             "rank holds whole attention heads, so choose a divisor of {}",
+             source, c.tensor_parallel, c.model.n_head, c.model.n_head);
   }
   TS_CHECK(root.has("data"), "{}: missing the 'data' block (\"data\": {{\"train\": \"...bin\"}})",
            source);

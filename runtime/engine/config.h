@@ -75,6 +75,11 @@ struct TrainConfig {
   // operands (f32, f16 with loss scaling, or bf16), with fp32 master weights and moments.
   DType precision = DType::F32;
   LossScalerConfig loss_scaler;  // the fp16 block's scaling keys; used when precision is f16
+  // The parallelism block, in Megatron's names: tensor_model_parallel_size (t ranks split
+  // every layer; the world is then data-parallel groups of t ranks, TP fastest) and
+  // sequence_parallel.
+  int tensor_parallel = 1;
+  bool sequence_parallel = false;
   // The activation_checkpointing block (none unless the block is present).
   models::RecomputePolicy recompute;
 

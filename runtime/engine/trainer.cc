@@ -56,14 +56,45 @@ void check_fp16_range(const ParamRegistry& registry, const float* weights, memor
   }
 }
 
+// The world in Megatron's layout when the layers are split over tensor-parallel ranks.
+std::unique_ptr<parallel::Topology> tensor_parallel_topology(parallel::ProcessGroup* world,
+                                                             const TrainConfig& c) {
+  const int t = c.tensor_parallel;
+  if (t == 1) return nullptr;
+  const int ranks = world != nullptr ? world->size() : 1;
+  TS_CHECK(ranks % t == 0,
+           "parallelism.tensor_model_parallel_size {} needs a multiple of {} ranks, this run has "
+           "{}: run {} ranks (--sim-ranks or mpirun -np) or lower it",
+           t, t, ranks, t);
+  return std::make_unique<parallel::Topology>(*world, parallel::ParallelShape{ranks / t, t, 1});
+}
+
+parallel::ProcessGroup* data_parallel_group(parallel::ProcessGroup* world,
+                                            const parallel::Topology* topology) {
+  parallel::ProcessGroup* dp = topology != nullptr ? &topology->dp() : world;
+  return dp != nullptr && dp->size() > 1 ? dp : nullptr;
+}
+
+models::TpLayout tp_layout(const parallel::Topology* topology, const TrainConfig& c) {
+  if (topology == nullptr) return {};
+  return {topology->shape().tp, topology->coords().tp, c.sequence_parallel};
+}
+
 }  // namespace
 
-Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
+Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     : config_(std::move(config)),
-      dp_(dp_group != nullptr && dp_group->size() > 1 ? dp_group : nullptr),
-      model_(
-          config_.model, config_.precision, Device::cpu(),
-          dp_ != nullptr && config_.zero.stage == 3 ? models::zero3_wte_chunks(config_.model) : 1) {
+      world_(world != nullptr && world->size() > 1 ? world : nullptr),
+      topology_(tensor_parallel_topology(world_, config_)),
+      dp_(data_parallel_group(world_, topology_.get())),
+      tp_(topology_ != nullptr ? &topology_->tp() : nullptr),
+      model_(config_.model, config_.precision, Device::cpu(),
+             dp_ != nullptr && config_.zero.stage == 3
+                 ? models::zero3_wte_chunks(config_.model, config_.tensor_parallel)
+                 : 1,
+             tp_layout(topology_.get(), config_)),
+      full_registry_(models::build_gpt_registry(config_.model)) {
+  if (tp_ != nullptr) model_.stage().set_tensor_parallel(tp_);
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
   config_.resolve_batch(dp_size());
   if (config_.precision == DType::F16) scaler_.emplace(config_.loss_scaler);
@@ -93,7 +124,7 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
     access_ = std::move(access);
     if (dtype == DType::F16) {
       const memory::OptimizerShard shard = sharded_->shard();
-      check_fp16_range(registry, shard.master, shard.range, dp_);
+      check_fp16_range(registry, shard.master, shard.range, tp_ != nullptr ? world_ : dp_);
     }
   } else {
     // Stage 0 keeps the whole model: build it straight in its fp32 weights (the master copy
@@ -115,7 +146,10 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* dp_group)
       dp_->broadcast(weights, static_cast<size_t>(numel), DType::F32)->wait();
     }
     // Identical on every rank: each checks the whole model alone and all agree.
-    if (dtype == DType::F16) check_fp16_range(registry, weights, {0, numel}, nullptr);
+    // (With tensor parallelism each holds its part: all agree through the world.)
+    if (dtype == DType::F16) {
+      check_fp16_range(registry, weights, {0, numel}, tp_ != nullptr ? world_ : nullptr);
+    }
     memory::store_working(dtype, weights, state_->params(), numel);
     if (dp_ != nullptr) {
       auto replicated = std::make_unique<memory::ReplicatedParamAccess>(
@@ -170,15 +204,30 @@ memory::OptimizerShard Trainer::optimizer_shard() {
 
 double Trainer::grad_norm() {
   const memory::OptimizerShard s = optimizer_shard();
-  const int64_t n = s.range.numel();
-  double sum = s.dtype == DType::F32
-                   ? k::sum_squares(static_cast<const float*>(s.grads), n)
-                   : k::sum_squares16(s.dtype, static_cast<const uint16_t*>(s.grads), n);
-  if (sharded_ != nullptr) {
-    // Shards partition the model: the global sum of squares is the sum of the ranks' sums.
-    // Gathered in f64 and added in rank order, so every rank gets the same bits.
-    std::vector<double> sums(dp_size());
-    dp_->all_gather(&sum, sums.data(), 1, DType::F64)->wait();
+  auto sum_squares = [&](int64_t at, int64_t n) {
+    return s.dtype == DType::F32
+               ? k::sum_squares(static_cast<const float*>(s.grads) + at, n)
+               : k::sum_squares16(s.dtype, static_cast<const uint16_t*>(s.grads) + at, n);
+  };
+  double sum = 0.0;
+  if (tp_ == nullptr) {
+    sum = sum_squares(0, s.range.numel());
+  } else {
+    // Every parameter once: each rank's part of a split one, a replicated one (the same on
+    // every tensor-parallel rank) from group rank 0 alone.
+    for (const ParamSpec& p : model_.registry().params()) {
+      if (p.split == TpSplit::None && tp_->rank() != 0) continue;
+      const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, s.range);
+      if (part.numel() > 0) sum += sum_squares(part.begin - s.range.begin, part.numel());
+    }
+  }
+  // Shards partition the model over the data-parallel ranks, tensor-parallel parts over their
+  // group: the global sum of squares is the sum over the ranks holding disjoint pieces.
+  // Gathered in f64 and added in rank order, so every rank gets the same bits.
+  parallel::ProcessGroup* pieces = sharded_ != nullptr ? (tp_ != nullptr ? world_ : dp_) : tp_;
+  if (pieces != nullptr) {
+    std::vector<double> sums(pieces->size());
+    pieces->all_gather(&sum, sums.data(), 1, DType::F64)->wait();
     sum = 0.0;
     for (double x : sums) sum += x;
   }
@@ -186,11 +235,11 @@ double Trainer::grad_norm() {
 }
 
 bool Trainer::any_rank(bool local) {
-  if (dp_ == nullptr) return local;
+  if (world_ == nullptr) return local;
   float flag = local ? 1.0f : 0.0f;
   parallel::AllreduceOptions opts;
   opts.op = parallel::ReduceOp::Max;
-  dp_->all_reduce(&flag, 1, DType::F32, opts)->wait();
+  world_->all_reduce(&flag, 1, DType::F32, opts)->wait();
   return flag > 0.0f;
 }
 
@@ -227,6 +276,43 @@ void Trainer::optimizer_step(double lr, double grad_scale) {
 }
 
 Trainer::WholeWeights Trainer::whole_weights() {
+  WholeWeights mine = local_weights();
+  if (tp_ == nullptr) return mine;
+  // Every tensor-parallel rank's part, gathered, then each element put where the whole
+  // parameter holds it (replicated parameters from group rank 0; padding dropped).
+  const ParamRegistry& registry = model_.registry();
+  const auto local = static_cast<size_t>(registry.numel());
+  const int t = tp_->size();
+  Storage parts(local * t * sizeof(float), MemCategory::Other, Device::cpu(), /*zero=*/false);
+  const auto* all = static_cast<const float*>(parts.data());
+  tp_->all_gather(mine.data, parts.data(), local, DType::F32)->wait();
+  mine = WholeWeights{};  // the local copy is no longer needed
+  WholeWeights w;
+  w.gathered = Storage(static_cast<size_t>(full_registry_.numel()) * sizeof(float),
+                       MemCategory::Other, Device::cpu(), /*zero=*/false);
+  auto* whole = static_cast<float*>(w.gathered.data());
+  for (int r = 0; r < t; ++r) {
+    models::TpLayout layout = tp_layout(topology_.get(), config_);
+    layout.rank = r;
+    const ParamRegistry rank_registry =
+        models::build_gpt_registry(config_.model, model_.layers().wte_chunks, false, layout);
+    const float* from = all + local * r;
+    for (size_t i = 0; i < rank_registry.params().size(); ++i) {
+      const ParamSpec& p = rank_registry.params()[i];
+      if (p.split == TpSplit::None && r != 0) continue;
+      float* to = whole + full_registry_.params()[i].offset;
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < p.numel(); ++j) {
+        const int64_t at = p.whole_index(j);
+        if (at >= 0) to[at] = from[p.offset + j];
+      }
+    }
+  }
+  w.data = whole;
+  return w;
+}
+
+Trainer::WholeWeights Trainer::local_weights() {
   WholeWeights w;
   if (sharded_ == nullptr) {
     w.data = state_->master();
@@ -241,7 +327,7 @@ Trainer::WholeWeights Trainer::whole_weights() {
 
 std::vector<float> Trainer::full_params() {
   const WholeWeights w = whole_weights();
-  return std::vector<float>(w.data, w.data + model_.registry().numel());
+  return std::vector<float>(w.data, w.data + full_registry_.numel());
 }
 
 StepStats Trainer::step() {
@@ -286,6 +372,7 @@ StepStats Trainer::step() {
   TS_CHECK(stats.has_value(), "schedule '{}' has no optimizer step", schedule_.name);
   stats->ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  // Tensor-parallel ranks share their micro-batches: the tokens are the data-parallel ranks'.
   stats->tokens_per_s = static_cast<double>(accum) * B * T * dp_size() / (stats->ms / 1000.0);
   return *stats;
 }
@@ -344,7 +431,7 @@ double Trainer::evaluate() {
 
 void Trainer::run() {
   namespace fs = std::filesystem;
-  const bool writer = dp_rank() == 0;
+  const bool writer = world_rank() == 0;
   const auto& m = config_.model;
   log_rank0("model: {} layers, {} heads, {} dims, vocab {}, block {}: {:.2f}M parameters",
             m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size, m.num_params() / 1e6);
@@ -352,6 +439,13 @@ void Trainer::run() {
             "tokens/step, {} threads per rank",
             config_.micro_batch_size, config_.seq_len, config_.gradient_accumulation_steps,
             dp_size(), config_.train_batch_size * config_.seq_len, omp_get_max_threads());
+  if (tp_ != nullptr) {
+    log_rank0("tensor parallel: {} ranks per layer ({} backend), {} heads and {} vocabulary rows "
+              "(of {}, padded from {}) each{}; {} data-parallel group(s)",
+              tp_size(), tp_->backend_name(), model_.layers().local_heads(m.n_head),
+              model_.layers().vocab_rows, models::padded_vocab(m.vocab_size, tp_size()),
+              m.vocab_size, config_.sequence_parallel ? ", sequence parallel" : "", dp_size());
+  }
   if (replicated_ != nullptr) {
     log_rank0("data parallel: {} ranks ({} backend), gradients in {} all-reduce bucket(s)",
               dp_size(), dp_->backend_name(), replicated_->num_buckets());
@@ -391,7 +485,7 @@ void Trainer::run() {
   metrics_options.run_dir = config_.output_dir;
   metrics_options.total_steps = config_.steps;
   metrics_options.steps_per_print = config_.steps_per_print;
-  metrics_options.rank = dp_rank();
+  metrics_options.rank = world_rank();
   MetricsLogger metrics(metrics_options);
   for (int64_t i = 0; i < config_.steps; ++i) {
     const StepStats s = step();
@@ -403,7 +497,8 @@ void Trainer::run() {
     record.ms = s.ms;
     record.tokens_per_s = s.tokens_per_s;
     record.gflops = s.tokens_per_s * flops_per_token / 1e9;
-    record.mfu = model_flops_utilization(s.tokens_per_s, flops_per_token, dp_size(), peak_gflops);
+    record.mfu =
+        model_flops_utilization(s.tokens_per_s, flops_per_token, world_size(), peak_gflops);
     if (s.loss_scale) {
       record.loss_scale = s.loss_scale;
       record.skipped_steps = s.skipped_steps;
@@ -422,7 +517,7 @@ void Trainer::run() {
   const WholeWeights weights_now = whole_weights();  // collective at stages 1-3
   if (writer) {
     const std::string weights = (fs::path(config_.output_dir) / "model.safetensors").string();
-    models::save_gpt_safetensors(weights, config_.model, model_.registry(), weights_now.data);
+    models::save_gpt_safetensors(weights, config_.model, full_registry_, weights_now.data);
     log_rank0("saved {} (and config.json beside it)", weights);
   }
 }

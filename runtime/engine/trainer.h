@@ -15,6 +15,7 @@
 #include "memory/zero/sharded_access.h"
 #include "parallel/comm/process_group.h"
 #include "parallel/pp/schedule.h"
+#include "parallel/topology.h"
 #include "models/gpt.h"
 #include "runtime/engine/config.h"
 #include "runtime/engine/loss_scaler.h"
@@ -39,9 +40,12 @@ struct StepStats {
 
 class Trainer {
  public:
-  // dp_group: the data-parallel group this rank trains in (null: one rank). Every rank
-  // builds its own Trainer with the same config; rank 0 writes metrics and weights.
-  explicit Trainer(TrainConfig config, parallel::ProcessGroup* dp_group = nullptr);
+  // world: every rank of the run (null: one rank). With tensor_parallel t > 1 it is laid out
+  // in Megatron's order (parallel/topology.h): groups of t consecutive ranks split each
+  // layer, and the ranks with the same place in them form the data-parallel groups; else the
+  // whole world is data-parallel. Every rank builds its own Trainer with the same config
+  // (collective); world rank 0 writes metrics and weights.
+  explicit Trainer(TrainConfig config, parallel::ProcessGroup* world = nullptr);
   ~Trainer();
 
   // One optimizer step over gradient_accumulation_steps micro-batches. Throws when a
@@ -69,20 +73,26 @@ class Trainer {
   // The ZeRO stage 1-3 access when this rank trains sharded (null at stage 0 or on one rank:
   // with nothing to partition every stage is stage 0).
   memory::ShardedParamAccess* sharded() { return sharded_; }
-  // The full fp32 parameters (the master weights when training in 16 bits), to read while
-  // the trainer lives (saving, sampling): at stage 0 a view of the trainer's own weights, no
-  // copy; at stages 1-3 gathered (collective: every rank of the group must call it) into a
-  // buffer charged to MemCategory::Other.
+  // The full fp32 parameters (the master weights when training in 16 bits), laid out by
+  // full_registry(), to read while the trainer lives (saving, sampling): at stage 0 without
+  // tensor parallelism a view of the trainer's own weights, no copy; else gathered
+  // (collective: every rank must call it) into a buffer charged to MemCategory::Other.
   struct WholeWeights {
     const float* data = nullptr;
-    Storage gathered;  // stages 1-3 only
+    Storage gathered;  // stages 1-3 or tensor parallelism only
   };
   WholeWeights whole_weights();
+  // The one-rank model's registry (Hugging Face's tensors, whole): whole_weights()'s layout.
+  const ParamRegistry& full_registry() const { return full_registry_; }
   // A copy of whole_weights() (tests). Collective at stages 1-3.
   std::vector<float> full_params();
   int64_t steps_done() const { return steps_done_; }
   int dp_rank() const { return dp_ != nullptr ? dp_->rank() : 0; }
   int dp_size() const { return dp_ != nullptr ? dp_->size() : 1; }
+  int tp_rank() const { return tp_ != nullptr ? tp_->rank() : 0; }
+  int tp_size() const { return tp_ != nullptr ? tp_->size() : 1; }
+  int world_rank() const { return world_ != nullptr ? world_->rank() : 0; }
+  int world_size() const { return world_ != nullptr ? world_->size() : 1; }
 
  private:
   // The schedule's OptimizerStep: the mean loss over ranks, the gradient norm, fp16's
@@ -98,13 +108,19 @@ class Trainer {
   double grad_norm();
   // Whether any rank's value of `local` is true.
   bool any_rank(bool local);
+  // This rank's weights (the one-rank layout's part it holds, whole over data parallelism).
+  WholeWeights local_weights();
 
   // The mean of x over data-parallel ranks (x itself on one rank).
   double dp_mean(double x);
 
   TrainConfig config_;
-  parallel::ProcessGroup* dp_ = nullptr;
+  parallel::ProcessGroup* world_ = nullptr;            // null on one rank
+  std::unique_ptr<parallel::Topology> topology_;       // tensor parallelism only
+  parallel::ProcessGroup* dp_ = nullptr;                // null: one data-parallel rank
+  parallel::ProcessGroup* tp_ = nullptr;                // null: no tensor parallelism
   models::GPT<float> model_;
+  ParamRegistry full_registry_;
   std::unique_ptr<memory::FlatState> state_;  // stage 0 only
   std::optional<LossScaler> scaler_;        // fp16 only
   GradientHook gradient_hook_;

@@ -48,6 +48,9 @@ void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n);
 // out = a + b, and its backward: da += dout, db += dout.
 template <typename T>
 void residual_forward(T* out, const T* a, const T* b, int64_t n);
+// out[n, c] += bias[c]: a row-parallel linear's bias, added once after the reduction.
+template <typename T>
+void bias_add(T* out, const T* bias, int64_t N, int64_t C);
 template <typename T>
 void residual_backward(T* da, T* db, const T* dout, int64_t n);
 
@@ -124,6 +127,14 @@ void cross_entropy_fold(T* max, T* sum, T* target_logit, const T* logits, const 
 template <typename T>
 double cross_entropy_finish(T* max_to_lse, T* losses, const T* sum, const T* target_logit,
                             int64_t N);
+// Vocabulary parallelism merges the ranks' statistics between the folds and the finish:
+// mask_empty gives a row no chunk was folded into (sum 0) the lowest max, so an all-reduce
+// (max) of max ignores it; rescale then makes sum relative to the global max and takes it
+// as its max, before the sums and target logits are all-reduced (summed).
+template <typename T>
+void cross_entropy_mask_empty(T* max, const T* sum, int64_t N);
+template <typename T>
+void cross_entropy_rescale(T* max, T* sum, const T* global_max, int64_t N);
 template <typename T>
 void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* targets, int64_t N,
                                   int64_t Vc, int64_t v_begin, T grad_scale);

@@ -81,6 +81,8 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, 
 
 // out = a + b; da += dout, db += dout.
 void residual_forward(float* out, const float* a, const float* b, int64_t n, Stream stream);
+// out [N, C] += bias [C].
+void bias_add(float* out, const float* bias, int64_t N, int64_t C, Stream stream);
 void residual_backward(float* da, float* db, const float* dout, int64_t n, Stream stream);
 
 // Causal multi-head self-attention, same layout and memory contract as the CPU one: qkv
@@ -140,6 +142,10 @@ double cross_entropy_finish(float* max_to_lse, float* losses, const float* sum,
 void cross_entropy_chunk_backward(float* logits, const float* lse, const int32_t* targets,
                                   int64_t N, int64_t Vc, int64_t v_begin, float grad_scale,
                                   Stream stream);
+// Vocabulary parallelism's merge of the row statistics, as the CPU kernels of the same names.
+void cross_entropy_mask_empty(float* max, const float* sum, int64_t N, Stream stream);
+void cross_entropy_rescale(float* max, float* sum, const float* global_max, int64_t N,
+                           Stream stream);
 
 // Sum of squares of n values, accumulated in double; deterministic; waits for stream.
 double sum_squares(const float* x, int64_t n, Stream stream);

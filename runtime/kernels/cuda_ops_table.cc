@@ -109,6 +109,9 @@ class CudaOps final : public Ops<float> {
   void residual_forward(float* out, const float* a, const float* b, int64_t n) override {
     cuda::residual_forward(out, a, b, n, stream_);
   }
+  void bias_add(float* out, const float* bias, int64_t N, int64_t C) override {
+    cuda::bias_add(out, bias, N, C, stream_);
+  }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T_, int C,
                          int NH) override {
     cuda::attention_forward(out, lse, qkv, B, T_, C, NH, stream_);
@@ -184,6 +187,13 @@ class CudaOps final : public Ops<float> {
       losses = static_cast<float*>(losses_.data());
     }
     return cuda::cross_entropy_finish(max_to_lse, losses, sum, target_logit, N, stream_);
+  }
+  void cross_entropy_mask_empty(float* max, const float* sum, int64_t N) override {
+    cuda::cross_entropy_mask_empty(max, sum, N, stream_);
+  }
+  void cross_entropy_rescale(float* max, float* sum, const float* global_max,
+                             int64_t N) override {
+    cuda::cross_entropy_rescale(max, sum, global_max, N, stream_);
   }
   void cross_entropy_chunk_backward(float* logits, const float* lse, const int32_t* targets,
                                     int64_t N, int64_t Vc, int64_t v_begin,

@@ -77,6 +77,8 @@ class Ops {
   // dinp += GELU'(inp) * dout, inp as stored.
   virtual void gelu_backward(T* dinp, const void* inp, const T* dout, int64_t n) = 0;
   virtual void residual_forward(T* out, const T* a, const T* b, int64_t n) = 0;
+  // out [N, C] += bias [C] on every row.
+  virtual void bias_add(T* out, const T* bias, int64_t N, int64_t C) = 0;
   virtual void attention_forward(T* out, T* lse, const T* qkv, int B, int T_, int C, int NH) = 0;
   virtual void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out,
                                   const T* lse, int B, int T_, int C, int NH) = 0;
@@ -120,6 +122,11 @@ class Ops {
   // lse[n] - target_logit[n] (losses may be null); returns the sum of the losses in double.
   virtual double cross_entropy_finish(T* max_to_lse, T* losses, const T* sum, const T* target_logit,
                                       int64_t N) = 0;
+  // Vocabulary parallelism, between the folds and the finish (cpu_kernels.h): a row nothing
+  // was folded into gets the lowest max; then sum is made relative to global_max (the
+  // all-reduced max), which max takes.
+  virtual void cross_entropy_mask_empty(T* max, const T* sum, int64_t N) = 0;
+  virtual void cross_entropy_rescale(T* max, T* sum, const T* global_max, int64_t N) = 0;
   // The chunk's logits [N, Vc] become their gradient in place:
   // (exp(logit - lse[n]) - [v_begin + j == targets[n]]) * grad_scale.
   virtual void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* targets,

@@ -677,7 +677,7 @@ TEST(ConfigActivationCheckpointing, RefusesWhatItCannotDo) {
   EXPECT_TRUE(Contains(error_for({{"recompute_granularity", "selective"}, {"cpu_checkpointing", true}}),
                        "set recompute_granularity to full"));
   EXPECT_TRUE(Contains(error_for({{"partition_activations", true}}),
-                       "partition_activations splits checkpoints across tensor-parallel ranks"));
+                       "partition_activations is not supported"));
   EXPECT_TRUE(Contains(error_for({{"profile", true}}), "profile is not supported"));
   EXPECT_TRUE(Contains(error_for({{"recompute_granularty", "full"}}),
                        "did you mean 'activation_checkpointing.recompute_granularity'"));

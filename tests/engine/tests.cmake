@@ -24,4 +24,16 @@ if(TESSERA_WITH_MPI)
     set_tests_properties(engine_mpi_stage3_memory_np${np} PROPERTIES LABELS "slow;mpi;multirank"
                          TIMEOUT ${slow_timeout})
   endforeach()
+
+  # Tensor parallelism (with DP and ZeRO) against the single-rank run, under mpirun -np 4.
+  add_executable(engine_mpi_tensor_parallel ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/mpi_main.cc
+    ${CMAKE_CURRENT_LIST_DIR}/mpi/tensor_parallel_mpi_test.cc)
+  target_link_libraries(engine_mpi_tensor_parallel PRIVATE GTest::gtest tessera_engine)
+  target_include_directories(engine_mpi_tensor_parallel PRIVATE ${CMAKE_SOURCE_DIR}
+                             ${CMAKE_CURRENT_LIST_DIR})
+  add_test(NAME engine_mpi_tensor_parallel_np4
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/run_mpi.sh 4
+                   $<TARGET_FILE:engine_mpi_tensor_parallel>)
+  set_tests_properties(engine_mpi_tensor_parallel_np4 PROPERTIES LABELS "mpi;multirank"
+                       TIMEOUT 300)
 endif()

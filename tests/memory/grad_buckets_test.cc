@@ -254,14 +254,43 @@ TEST(GradBuckets, LayersReportedTwiceAreReducedOncePerRoundIntoTheShard) {
   }
 }
 
-TEST(GradBuckets, LayersReportedTwiceNeedSlots) {
+// In place (stages 0-1: vocabulary-parallel embeddings are reported twice there too), the
+// two rounds add into the same gradients and the bucket is reduced once, after the second:
+// averaging twice would be wrong.
+TEST(GradBuckets, LayersReportedTwiceInPlaceAreReducedOnceAfterTheLastRound) {
   const ParamRegistry registry = twice_reported_model();
-  parallel::spawn_ranks(2, [&](parallel::ProcessGroup& group) {
-    std::vector<float> full(static_cast<size_t>(registry.numel()), 0.0f);
-    GradBucketOptions o;
-    o.reduction = GradReduction::ReduceScatter;
-    EXPECT_THROW(GradBuckets(registry, group, o, full.data(), nullptr), InvalidArgument);
-  });
+  for (const GradReduction reduction : {GradReduction::AllReduce, GradReduction::ReduceScatter}) {
+    parallel::spawn_ranks(2, [&](parallel::ProcessGroup& group) {
+      const int64_t numel = registry.numel();
+      std::vector<float> full(static_cast<size_t>(numel), 0.0f);
+      GradBucketOptions o;
+      o.bucket_elems = 32;
+      o.reduction = reduction;
+      GradBuckets buckets(registry, group, o, full.data(), nullptr);
+      auto report = [&](int layer, float weight) {
+        const LayerRange& r = registry.layer(layer);
+        auto* g = static_cast<float*>(buckets.grads(layer));
+        for (int64_t i = 0; i < r.numel(); ++i)
+          g[i] += weight * fake_value(r.begin + i, group.rank());
+        buckets.ready(layer);
+      };
+      for (int layer = 2; layer >= 0; --layer) report(layer, 1.0f);  // the head's part
+      EXPECT_EQ(buckets.reductions_in_flight(), 0);                   // nothing reduced yet
+      for (int layer = 5; layer >= 3; --layer) report(layer, 1.0f);
+      for (int layer = 2; layer >= 0; --layer) report(layer, 2.0f);  // the embedding's part
+      EXPECT_THROW(buckets.ready(0), InvalidArgument);               // a third report
+      buckets.drain(/*complete_pass=*/true);
+      const ShardRange owned = ShardLayout(numel, group.rank(), group.size()).owned();
+      for (int64_t i = 0; i < numel; ++i) {
+        if (reduction == GradReduction::ReduceScatter && (i < owned.begin || i >= owned.end)) {
+          continue;  // only the rank's own piece is reduced in place
+        }
+        const bool chunk = i < registry.layer(3).begin;
+        ASSERT_FLOAT_EQ(full[i], (chunk ? 3.0f : 1.0f) * expected_average(i, group.size(), 1))
+            << "element " << i;
+      }
+    });
+  }
 }
 
 }  // namespace

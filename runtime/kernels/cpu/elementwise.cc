@@ -34,6 +34,16 @@ void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
 }
 
 template <typename T>
+void bias_add(T* out, const T* bias, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    T* row = out + n * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) row[c] += bias[c];
+  }
+}
+
+template <typename T>
 void residual_forward(T* out, const T* a, const T* b, int64_t n) {
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
@@ -66,6 +76,7 @@ void scale(T* x, T s, int64_t n) {
   template void gelu_forward<T>(T*, const T*, int64_t);           \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t); \
   template void residual_forward<T>(T*, const T*, const T*, int64_t); \
+  template void bias_add<T>(T*, const T*, int64_t, int64_t);          \
   template void residual_backward<T>(T*, T*, const T*, int64_t);  \
   template double sum_squares<T>(const T*, int64_t);              \
   template void scale<T>(T*, T, int64_t);

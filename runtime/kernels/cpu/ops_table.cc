@@ -59,6 +59,9 @@ class CpuOps final : public Ops<T> {
   void residual_forward(T* out, const T* a, const T* b, int64_t n) override {
     cpu::residual_forward(out, a, b, n);
   }
+  void bias_add(T* out, const T* bias, int64_t N, int64_t C) override {
+    cpu::bias_add(out, bias, N, C);
+  }
   void attention_forward(T* out, T* lse, const T* qkv, int B, int T_, int C, int NH) override {
     cpu::attention_forward(out, lse, qkv, B, T_, C, NH);
   }
@@ -106,6 +109,12 @@ class CpuOps final : public Ops<T> {
   double cross_entropy_finish(T* max_to_lse, T* losses, const T* sum, const T* target_logit,
                               int64_t N) override {
     return cpu::cross_entropy_finish(max_to_lse, losses, sum, target_logit, N);
+  }
+  void cross_entropy_mask_empty(T* max, const T* sum, int64_t N) override {
+    cpu::cross_entropy_mask_empty(max, sum, N);
+  }
+  void cross_entropy_rescale(T* max, T* sum, const T* global_max, int64_t N) override {
+    cpu::cross_entropy_rescale(max, sum, global_max, N);
   }
   void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* targets, int64_t N,
                                     int64_t Vc, int64_t v_begin, T grad_scale) override {
@@ -175,6 +184,9 @@ class CpuOps16 final : public Ops<float> {
   void residual_forward(float* out, const float* a, const float* b, int64_t n) override {
     cpu::residual_forward(out, a, b, n);
   }
+  void bias_add(float* out, const float* bias, int64_t N, int64_t C) override {
+    cpu::bias_add(out, bias, N, C);
+  }
   void attention_forward(float* out, float* lse, const float* qkv, int B, int T_, int C,
                          int NH) override {
     cpu::attention_forward(out, lse, qkv, B, T_, C, NH);
@@ -223,6 +235,13 @@ class CpuOps16 final : public Ops<float> {
   double cross_entropy_finish(float* max_to_lse, float* losses, const float* sum,
                               const float* target_logit, int64_t N) override {
     return cpu::cross_entropy_finish(max_to_lse, losses, sum, target_logit, N);
+  }
+  void cross_entropy_mask_empty(float* max, const float* sum, int64_t N) override {
+    cpu::cross_entropy_mask_empty(max, sum, N);
+  }
+  void cross_entropy_rescale(float* max, float* sum, const float* global_max,
+                             int64_t N) override {
+    cpu::cross_entropy_rescale(max, sum, global_max, N);
   }
   void cross_entropy_chunk_backward(float* logits, const float* lse, const int32_t* targets,
                                     int64_t N, int64_t Vc, int64_t v_begin,

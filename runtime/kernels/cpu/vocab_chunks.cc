@@ -145,6 +145,23 @@ void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* target
   }
 }
 
+template <typename T>
+void cross_entropy_mask_empty(T* max, const T* sum, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) {
+    if (sum[n] == T(0)) max[n] = std::numeric_limits<T>::lowest();
+  }
+}
+
+template <typename T>
+void cross_entropy_rescale(T* max, T* sum, const T* global_max, int64_t N) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    // Exactly 1 on the rank holding the row's largest logit, 0 where nothing was folded.
+    if (sum[n] != T(0) && max[n] != global_max[n]) sum[n] *= std::exp(max[n] - global_max[n]);
+    max[n] = global_max[n];
+  }
+}
+
 #define TS_VOCAB_CHUNKS_INSTANTIATE(T)                                                           \
   template void position_embedding_forward<T>(T*, const T*, int, int, int);                      \
   template void token_embedding_rows_forward<T>(T*, const int32_t*, const T*, int64_t, int64_t,  \
@@ -155,6 +172,8 @@ void cross_entropy_chunk_backward(T* logits, const T* lse, const int32_t* target
   template void cross_entropy_fold<T>(T*, T*, T*, const T*, const int32_t*, int64_t, int64_t,    \
                                       int64_t);                                                  \
   template double cross_entropy_finish<T>(T*, T*, const T*, const T*, int64_t);                  \
+  template void cross_entropy_mask_empty<T>(T*, const T*, int64_t);                              \
+  template void cross_entropy_rescale<T>(T*, T*, const T*, int64_t);                             \
   template void cross_entropy_chunk_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t,  \
                                                 int64_t, T);
 TS_VOCAB_CHUNKS_INSTANTIATE(float)

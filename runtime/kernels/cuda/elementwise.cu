@@ -45,6 +45,10 @@ __global__ void residual_forward_kernel(T* out, const T* a, const T* b, int64_t 
   TS_GRID_STRIDE(i, n) { store_f(out + i, load_f(a + i) + load_f(b + i)); }
 }
 
+__global__ void bias_add_kernel(float* out, const float* bias, int64_t C, int64_t n) {
+  TS_GRID_STRIDE(i, n) { out[i] += bias[i % C]; }
+}
+
 // da and db may be the same buffer (both branches of a block feeding one gradient): each
 // element is then read and written twice by the same thread, in order.
 template <typename T>
@@ -100,6 +104,11 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, 
 void residual_forward(float* out, const float* a, const float* b, int64_t n, Stream stream) {
   detail::launch_elementwise(detail::residual_forward_kernel<float>, "residual_forward_kernel", n,
                              stream, out, a, b);
+}
+
+void bias_add(float* out, const float* bias, int64_t N, int64_t C, Stream stream) {
+  detail::launch_elementwise(detail::bias_add_kernel, "bias_add_kernel", N * C, stream, out, bias,
+                             C);
 }
 
 void residual_backward(float* da, float* db, const float* dout, int64_t n, Stream stream) {

@@ -1,3 +1,4 @@
+#include <cfloat>
 // The word embedding and the tied head in vocabulary row chunks (cuda_kernels.h), the CUDA side
 // of cpu/vocab_chunks.cc. The embedding kernels repeat embedding.cu's arithmetic (one f32 add
 // per contribution; the batch summed per (t, c) for dwpe; atomics for dwte); the cross-entropy
@@ -123,6 +124,22 @@ __global__ void cross_entropy_chunk_backward_kernel(float* logits, const float* 
     float g = expf(logits[i] - lse[n]);
     if (v_begin + j == targets[n]) g -= 1.0f;
     logits[i] = g * grad_scale;
+  }
+}
+
+__global__ void cross_entropy_mask_empty_kernel(float* max, const float* sum, int64_t N) {
+  for (int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; n < N;
+       n += int64_t{gridDim.x} * blockDim.x) {
+    if (sum[n] == 0.0f) max[n] = -FLT_MAX;
+  }
+}
+
+__global__ void cross_entropy_rescale_kernel(float* max, float* sum, const float* global_max,
+                                             int64_t N) {
+  for (int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; n < N;
+       n += int64_t{gridDim.x} * blockDim.x) {
+    if (sum[n] != 0.0f && max[n] != global_max[n]) sum[n] *= expf(max[n] - global_max[n]);
+    max[n] = global_max[n];
   }
 }
 
@@ -260,6 +277,21 @@ void cross_entropy_chunk_backward(float* logits, const float* lse, const int32_t
       detail::grid_for(N * Vc), detail::kElementwiseThreads, 0, detail::to_cuda(stream)>>>(
       logits, lse, targets, N, Vc, v_begin, grad_scale);
   TS_CUDA_CHECK_LAUNCH("cross_entropy_chunk_backward_kernel");
+}
+
+void cross_entropy_mask_empty(float* max, const float* sum, int64_t N, Stream stream) {
+  if (N <= 0) return;
+  detail::cross_entropy_mask_empty_kernel<<<detail::grid_for(N), detail::kElementwiseThreads, 0,
+                                            detail::to_cuda(stream)>>>(max, sum, N);
+  TS_CUDA_CHECK_LAUNCH("cross_entropy_mask_empty_kernel");
+}
+
+void cross_entropy_rescale(float* max, float* sum, const float* global_max, int64_t N,
+                           Stream stream) {
+  if (N <= 0) return;
+  detail::cross_entropy_rescale_kernel<<<detail::grid_for(N), detail::kElementwiseThreads, 0,
+                                         detail::to_cuda(stream)>>>(max, sum, global_max, N);
+  TS_CUDA_CHECK_LAUNCH("cross_entropy_rescale_kernel");
 }
 
 }  // namespace tessera::kernels::cuda
