@@ -437,6 +437,72 @@ TEST(CrossEntropyFoldTest, RescalesWhenTheMaximumGrows) {
   }
 }
 
+// Vocabulary parallelism: each "rank" folds its own columns; masking the empty rows, taking the
+// max over ranks, rescaling and summing the sums and target logits gives the one-rank
+// statistics, hence its loss and lse. Rank 2 holds no columns at all (a rank of padding), row 0
+// has all its large logits on rank 1 and its target on rank 0.
+TEST(CrossEntropyMergeTest, RanksMergedEqualTheWholeVocabulary) {
+  const int64_t N = 4, V = 10;
+  const Chunks ranks = {6, 4, 0};
+  std::vector<float> logits = {-3, -2, -1, -4, -5, -6, 40, 41, 39, 42,  //
+                               1, 2, 3, 4, 5, 6, 7, 8, 9, 10,           //
+                               -300, -301, -302, -303, -304, -305, -306, -307, -308, -309,
+                               0.5, -0.5, 2.5, 1.5, 0, 0, 3, -1, 2, 1};
+  const std::vector<int32_t> targets = {0, 9, 4, 6};
+  std::vector<float> max(N, 0.0f), sum(N, 0.0f), target_logit(N, 0.0f), losses(N);
+  cross_entropy_fold(max.data(), sum.data(), target_logit.data(), logits.data(), targets.data(),
+                     N, V, 0);
+  cross_entropy_finish(max.data(), losses.data(), sum.data(), target_logit.data(), N);
+  // Per rank, then merged as Stage::chunked_head does over the group.
+  const size_t R = ranks.size();
+  std::vector<std::vector<float>> rmax(R, std::vector<float>(N, 0.0f)),
+      rsum(R, std::vector<float>(N, 0.0f)), rtarget(R, std::vector<float>(N, 0.0f));
+  int64_t begin = 0;
+  for (size_t r = 0; r < R; ++r) {
+    if (ranks[r] > 0) {
+      std::vector<float> cols(static_cast<size_t>(N * ranks[r]));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < ranks[r]; ++j) cols[n * ranks[r] + j] = logits[n * V + begin + j];
+      cross_entropy_fold(rmax[r].data(), rsum[r].data(), rtarget[r].data(), cols.data(),
+                         targets.data(), N, ranks[r], begin);
+    }
+    cross_entropy_mask_empty(rmax[r].data(), rsum[r].data(), N);
+    begin += ranks[r];
+  }
+  EXPECT_EQ(rmax[2][0], std::numeric_limits<float>::lowest());  // ignored by the max
+  std::vector<float> global_max(N, std::numeric_limits<float>::lowest());
+  for (size_t r = 0; r < R; ++r)
+    for (int64_t n = 0; n < N; ++n) global_max[n] = std::max(global_max[n], rmax[r][n]);
+  std::vector<float> merged_sum(N, 0.0f), merged_target(N, 0.0f);
+  for (size_t r = 0; r < R; ++r) {
+    cross_entropy_rescale(rmax[r].data(), rsum[r].data(), global_max.data(), N);
+    EXPECT_EQ(rmax[r], global_max);
+    for (int64_t n = 0; n < N; ++n) {
+      merged_sum[n] += rsum[r][n];
+      merged_target[n] += rtarget[r][n];
+    }
+  }
+  std::vector<float> merged_losses(N);
+  auto lse = global_max;
+  cross_entropy_finish(lse.data(), merged_losses.data(), merged_sum.data(), merged_target.data(),
+                       N);
+  for (int64_t n = 0; n < N; ++n) {
+    EXPECT_NEAR(lse[n], max[n], 1e-5 * (1 + std::abs(max[n]))) << "row " << n;
+    EXPECT_NEAR(merged_losses[n], losses[n], 1e-5 * (1 + std::abs(losses[n]))) << "row " << n;
+    EXPECT_EQ(merged_target[n], target_logit[n]) << "row " << n;
+  }
+}
+
+TEST(BiasAddTest, AddsTheBiasToEveryRow) {
+  const int64_t N = 3, C = 37;  // not a multiple of any vector width
+  const auto out0 = random_vector<double>(N * C, 271, -1.0, 1.0);
+  const auto bias = random_vector<double>(C, 272, -1.0, 1.0);
+  auto out = out0;
+  bias_add(out.data(), bias.data(), N, C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) EXPECT_EQ(out[n * C + c], out0[n * C + c] + bias[c]);
+}
+
 // Zeroed statistics start a fold (sum 0: max unread), however far below 0 the logits lie:
 // a maximum taken from the zero would underflow every exponential.
 TEST(CrossEntropyFoldTest, ZeroedStatisticsStartAFoldBelowZero) {

@@ -578,6 +578,30 @@ TEST_F(CudaKernelsTest, CrossEntropyChunksMatchCpu) {
                tessera::InvalidArgument);
 }
 
+// Vocabulary parallelism's merge kernels and the row-parallel bias against the CPU's.
+TEST_F(CudaKernelsTest, CrossEntropyMergeAndBiasAddMatchCpu) {
+  const int64_t N = 300, C = 37;
+  auto max = random_floats(N, 170, 5.0f), sum = random_floats(N, 171, 1.0f);
+  for (int64_t n = 0; n < N; n += 7) sum[n] = 0.0f;  // rows nothing was folded into
+  for (float& s : sum) s = std::abs(s);
+  DeviceArray<float> d_max(max), d_sum(sum);
+  cu::cross_entropy_mask_empty(d_max.get(), d_sum.get(), N, nullptr);
+  cpu::cross_entropy_mask_empty<float>(max.data(), sum.data(), N);
+  expect_same_bits(d_max.to_host(), max, "masked max");
+  auto global = max;
+  for (float& g : global) g += 0.25f;
+  DeviceArray<float> d_global(global);
+  cu::cross_entropy_rescale(d_max.get(), d_sum.get(), d_global.get(), N, nullptr);
+  cpu::cross_entropy_rescale<float>(max.data(), sum.data(), global.data(), N);
+  expect_same_bits(d_max.to_host(), max, "rescaled max");
+  expect_close(d_sum.to_host(), sum, kSumTol, "rescaled sum");
+  auto out = random_floats(N * C, 172), bias = random_floats(C, 173);
+  DeviceArray<float> d_out(out), d_bias(bias);
+  cu::bias_add(d_out.get(), d_bias.get(), N, C, nullptr);
+  cpu::bias_add<float>(out.data(), bias.data(), N, C);
+  expect_same_bits(d_out.to_host(), out, "bias_add");
+}
+
 // The ops tables end to end: the chunked embedding and head on the CUDA table (host token ids
 // uploaded per call, ids and targets alternating; the loss sum without per-row losses) against
 // the CPU table on the same stored values.
