@@ -5,6 +5,9 @@
 //   accumulation and clipping acting;
 // - t = 2 x DP 2 at ZeRO stages 0-3;
 // - bf16 and fp16 (the loss scale agreed by every rank) within the mixed-precision tolerance;
+// - activation checkpointing (full, selective) on a tensor-parallel stage;
+// - faults: an fp16 overflow on one rank skips the step on all; a rank failing mid-step ends
+//   every rank instead of leaving its peer waiting;
 // - the weights: a t-rank model starts from the one-rank model's weights bit for bit (seeded or
 //   read from a file), and whole_weights() gathers the Hugging Face layout back.
 #include <gtest/gtest.h>
@@ -102,6 +105,61 @@ TEST_P(TensorParallel16, LossesMatchSingleRankOfTheSamePrecision) {
 
 INSTANTIATE_TEST_SUITE_P(Precisions, TensorParallel16, testing::Values(DType::BF16, DType::F16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+// Activation checkpointing on a tensor-parallel stage: the recomputed blocks run their
+// collectives again in the same order on every rank, and the losses are still one rank's.
+TEST(TensorParallelRecompute, FullAndSelectiveMatchSingleRank) {
+  for (const auto granularity :
+       {models::RecomputeGranularity::Full, models::RecomputeGranularity::Selective}) {
+    TrainConfig c = tp_config(2, true, 257, 2);
+    c.recompute.granularity = granularity;
+    expect_matches(ranks_run(2, c), single_rank(c), 1e-5, 1e-5);
+  }
+}
+
+// fp16 overflow on one tensor-parallel rank only (an inf in its part of the gradients): every
+// rank skips the step and lowers its scale alike, so they stay one model.
+TEST(TensorParallelFaults, AnOverflowOnOneRankSkipsTheStepOnAll) {
+  TrainConfig c = tp_config(2, false, 257, 1);
+  c.precision = DType::F16;
+  c.loss_scaler.hysteresis = 1;  // the first overflow halves the scale
+  std::vector<std::vector<bool>> skipped(2);
+  std::vector<std::vector<double>> scales(2);
+  parallel::spawn_ranks(2, [&](parallel::ProcessGroup& group) {
+    Trainer t(c, &group);
+    t.set_gradient_hook([&](int64_t step, const memory::OptimizerShard& shard) {
+      if (step == 3 && group.rank() == 1) {
+        static_cast<uint16_t*>(shard.grads)[5] = 0x7c00;  // +inf in fp16
+      }
+    });
+    for (int i = 0; i < 5; ++i) {
+      const StepStats s = t.step();
+      skipped[group.rank()].push_back(s.skipped);
+      scales[group.rank()].push_back(*s.loss_scale);
+    }
+  });
+  EXPECT_EQ(skipped[0], skipped[1]);
+  EXPECT_EQ(scales[0], scales[1]);
+  EXPECT_TRUE(skipped[0][2]);
+  EXPECT_FALSE(skipped[0][1]);
+  EXPECT_LT(scales[0][3], scales[0][2]);
+}
+
+// A tensor-parallel rank failing mid-step ends the run on every rank (its peer's collective
+// fails instead of waiting for it), with the first failure's message.
+TEST(TensorParallelFaults, ARankFailingMidStepEndsEveryRank) {
+  const TrainConfig c = tp_config(2, true, 257, 1);
+  const std::string m = test_util::message_of<Error>([&] {
+    parallel::spawn_ranks(2, [&](parallel::ProcessGroup& group) {
+      Trainer t(c, &group);
+      t.set_gradient_hook([&](int64_t step, const memory::OptimizerShard&) {
+        if (step == 2 && group.rank() == 1) throw InvalidArgument("rank 1 fails at step 2");
+      });
+      for (int i = 0; i < 4; ++i) t.step();
+    });
+  });
+  EXPECT_TRUE(Contains(m, "rank 1 fails at step 2")) << m;
+}
 
 // The t-rank model is the one-rank model split: seeded, or read from a file, its gathered
 // weights are the one-rank weights bit for bit (padding dropped).
