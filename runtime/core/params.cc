@@ -10,7 +10,7 @@ namespace tessera {
 int64_t ParamSpec::whole_index(int64_t j) const {
   if (!tp.split()) return j;
   const int64_t cols = shape.size() >= 2 ? numel() / shape[0] : 1;
-  const int64_t whole_rows = tp.whole.empty() ? 0 : tp.whole[0];
+  const int64_t whole_rows = tp.whole[0];
   const int64_t whole_cols = tp.whole.size() >= 2 ? shape_numel(tp.whole) / whole_rows : 1;
   int64_t row = j / cols;
   for (const TpSlice::RowRun& run : tp.runs) {
@@ -21,7 +21,7 @@ int64_t ParamSpec::whole_index(int64_t j) const {
     }
     row -= run.rows;
   }
-  TS_THROW(Error, "parameter {}: element {} is outside its tensor-parallel runs", name, j);
+  return -1;  // unreachable: ParamRegistry::add checks the runs cover the rows
 }
 
 const ParamSpec& ParamRegistry::add(ParamSpec spec) {
@@ -30,6 +30,18 @@ const ParamSpec& ParamRegistry::add(ParamSpec spec) {
            spec.name, spec.layer, num_layers() - 1);
   for (const ParamSpec& p : params_) {
     TS_CHECK(p.name != spec.name, "parameter {} registered twice", spec.name);
+  }
+  if (spec.tp.split()) {
+    int64_t rows = 0;
+    for (const TpSlice::RowRun& run : spec.tp.runs) rows += run.rows;
+    const int64_t cols = spec.shape.size() >= 2 ? spec.numel() / spec.shape[0] : 1;
+    const int64_t whole_cols = spec.tp.whole.size() >= 2 ? shape_numel(spec.tp.whole) / spec.tp.whole[0] : 1;
+    TS_CHECK(!spec.shape.empty() && rows == spec.shape[0] && spec.tp.col_begin >= 0 &&
+                 spec.tp.col_begin + cols <= whole_cols,
+             "parameter {}: its tensor-parallel runs cover {} rows and columns [{}, {}) of a "
+             "whole parameter with {} columns, not its {} rows",
+             spec.name, rows, spec.tp.col_begin, spec.tp.col_begin + cols, whole_cols,
+             spec.shape.empty() ? 0 : spec.shape[0]);
   }
   spec.offset = numel_;
   numel_ += spec.numel();
