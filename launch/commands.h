@@ -42,7 +42,9 @@ struct EstimateOptions {
   std::string model;    // a preset, or
   int64_t params = 0;   // a parameter count (formula only)
   int stage = 0;
-  int ranks = 1;
+  int ranks = 1;  // data-parallel ranks (each a group of `tp` ranks)
+  int tp = 1;     // tensor-parallel size: per-rank figures of the rank-0 local model
+  bool sequence_parallel = false;  // with tp > 1: LayerNorm / residual rows split over tp
   std::string dtype = "f32";
   std::string offload = "none";
   int batch = 0;  // > 0: add the activations of one micro-batch

@@ -1,6 +1,7 @@
-// `tessera estimate`: per-rank memory of a model at a ZeRO stage and rank count, from the
-// same planning code the runtime allocates by (memory/zero/zero_plan.h, GPT's activation
-// layout), so for shapes that run here the estimate equals the measurement.
+// `tessera estimate`: per-rank memory of a model at a ZeRO stage, data-parallel rank count and
+// tensor-parallel size, from the same planning code the runtime allocates by
+// (memory/zero/zero_plan.h over the rank's local registry, GPT's activation layout), so for
+// shapes that run here the estimate equals the measurement.
 #include <iostream>
 
 #include <fmt/format.h>
@@ -39,6 +40,14 @@ int run_estimate(const EstimateOptions& o) {
            "--recompute {} is unknown: use none, full or selective", o.recompute);
   TS_CHECK(o.recompute_num_layers >= 1, "--recompute-num-layers must be >= 1, got {}",
            o.recompute_num_layers);
+  TS_CHECK(o.tp >= 1, "--tp must be >= 1, got {}", o.tp);
+  TS_CHECK(!o.sequence_parallel || o.tp > 1,
+           "--sequence-parallel splits the sequence over tensor-parallel ranks: give --tp > 1");
+  // Without a preset there are no shapes to split: which parameters are replicated depends on
+  // them.
+  TS_CHECK(o.tp == 1 || !o.model.empty(),
+           "--tp {} needs --model PRESET: tensor parallelism splits each layer by its shape",
+           o.tp);
   models::RecomputePolicy recompute;
   recompute.granularity = o.recompute == "full"        ? models::RecomputeGranularity::Full
                           : o.recompute == "selective" ? models::RecomputeGranularity::Selective
@@ -77,12 +86,34 @@ int run_estimate(const EstimateOptions& o) {
     return 0;
   }
   const models::GPTConfig config = models::gpt_preset(o.model);
-  // As the trainer lays the model out: stage 3 on several ranks chunks a large word embedding.
-  const int wte_chunks = o.stage == 3 && o.ranks > 1 ? models::zero3_wte_chunks(config) : 1;
-  const ParamRegistry registry = models::build_gpt_registry(config, wte_chunks);
+  try {
+    models::check_tensor_parallel(config, o.tp);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(fmt::format("--tp {} with --model {}: {}", o.tp, o.model, e.what()));
+  }
+  // As the trainer lays the model out: the rank's part of every layer (tensor-parallel rank 0:
+  // every rank holds the same shapes), ZeRO over the data-parallel group, and stage 3 on
+  // several data-parallel ranks chunks a large word embedding (of the rank's vocabulary slice).
+  const models::TpLayout tp{o.tp, 0, o.sequence_parallel};
+  const int wte_chunks =
+      o.stage == 3 && o.ranks > 1 ? models::zero3_wte_chunks(config, o.tp) : 1;
+  const ParamRegistry registry = models::build_gpt_registry(config, wte_chunks, false, tp);
   const memory::ModelStateBytes b = memory::plan_model_state(registry, z, rank, o.ranks);
-  std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} ranks, {}, per rank:\n",
-                           o.model, registry.numel() / 1e6, o.stage, o.ranks, o.dtype);
+  if (o.tp == 1) {
+    std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} ranks, {}, per rank:\n",
+                             o.model, registry.numel() / 1e6, o.stage, o.ranks, o.dtype);
+  } else {
+    std::cout << fmt::format(
+        "{} ({:.1f}M parameters, {:.1f}M on each tensor-parallel rank), ZeRO stage {}, ranks: "
+        "{} data-parallel x {} tensor-parallel = {}{}, {}, per rank:\n",
+        o.model, config.num_params() / 1e6, registry.numel() / 1e6, o.stage, o.ranks, o.tp,
+        int64_t{o.ranks} * o.tp, o.sequence_parallel ? " (sequence parallel)" : "", o.dtype);
+    const models::GptLayers layers(config, 1, false, tp);
+    std::cout << fmt::format("  vocabulary {} padded to {} (a multiple of 128 x {}): {} rows "
+                             "of the word embedding per tensor-parallel rank\n",
+                             config.vocab_size, models::padded_vocab(config.vocab_size, o.tp),
+                             o.tp, layers.vocab_rows);
+  }
   row("params", b.params,
       b.fixed.persistent_param_bytes + b.fixed.padding_param_bytes > 0
           ? fmt::format("(incl. {} whole small layers / padding)",
@@ -98,10 +129,11 @@ int run_estimate(const EstimateOptions& o) {
   if (o.batch > 0) {
     const int seq = o.seq > 0 ? o.seq : config.block_size;
     const int64_t acts = models::GPT<float>::activation_bytes_for(config, o.batch, seq, z.dtype,
-                                                                  recompute, wte_chunks);
+                                                                  recompute, wte_chunks, tp);
     row("activations", acts,
-        fmt::format("(micro-batch {} x {}{})", o.batch, seq,
-                    o.recompute == "none" ? "" : ", recompute " + o.recompute));
+        fmt::format("(micro-batch {} x {}{}{})", o.batch, seq,
+                    o.recompute == "none" ? "" : ", recompute " + o.recompute,
+                    o.sequence_parallel ? ", sequence parallel" : ""));
     total += acts;
   }
   if (o.stage == 3 && o.ranks > 1) {

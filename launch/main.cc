@@ -75,11 +75,20 @@ int main(int argc, char** argv) {
                     "that are not printable UTF-8 are shown as \\xNN)");
 
   EstimateOptions est;
-  auto* est_cmd = app.add_subcommand("estimate", "per-rank memory of a model at a ZeRO stage");
+  auto* est_cmd = app.add_subcommand(
+      "estimate", "per-rank memory of a model at a ZeRO stage and tensor-parallel size");
   est_cmd->add_option("--model", est.model, "model preset (gpt2-124M, ...)");
   est_cmd->add_option("--params", est.params, "parameter count (formula only)");
   est_cmd->add_option("--stage", est.stage, "ZeRO stage 0-3")->capture_default_str();
-  est_cmd->add_option("--ranks", est.ranks, "data-parallel ranks")->capture_default_str();
+  est_cmd->add_option("--ranks", est.ranks,
+                      "data-parallel ranks (with --tp T the run has ranks x T in all)")
+      ->capture_default_str();
+  est_cmd->add_option("--tp", est.tp,
+                      "tensor-parallel size T (a divisor of n_head): figures per rank of the "
+                      "tensor-parallel group")
+      ->capture_default_str();
+  est_cmd->add_flag("--sequence-parallel", est.sequence_parallel,
+                    "with --tp: LayerNorm and residual activations split over the T ranks");
   est_cmd->add_option("--dtype", est.dtype, "f32, bf16 or f16")->capture_default_str();
   est_cmd->add_option("--offload", est.offload, "none, cpu or nvme (where optimizer states go)")
       ->capture_default_str();

@@ -441,7 +441,7 @@ void Trainer::run() {
             dp_size(), config_.train_batch_size * config_.seq_len, omp_get_max_threads());
   if (tp_ != nullptr) {
     log_rank0("tensor parallel: {} ranks per layer ({} backend), {} heads and {} vocabulary rows "
-              "(of {}, padded from {}) each{}; {} data-parallel group(s)",
+              "(of {}, padded from {}) each{}; data-parallel size {}",
               tp_size(), tp_->backend_name(), model_.layers().local_heads(m.n_head),
               model_.layers().vocab_rows, models::padded_vocab(m.vocab_size, tp_size()),
               m.vocab_size, config_.sequence_parallel ? ", sequence parallel" : "", dp_size());

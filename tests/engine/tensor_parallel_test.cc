@@ -17,7 +17,9 @@
 #include <vector>
 
 #include "tensor_parallel_checks.h"
+#include "memory/zero/zero_plan.h"
 #include "models/weights_io.h"
+#include "runtime/core/memory_stats.h"
 #include "parallel/comm/thread_group.h"
 #include "runtime/engine/trainer.h"
 
@@ -159,6 +161,40 @@ TEST(TensorParallelFaults, ARankFailingMidStepEndsEveryRank) {
     });
   });
   EXPECT_TRUE(Contains(m, "rank 1 fails at step 2")) << m;
+}
+
+// Per-rank model-state bytes are the plan's for the rank's own registry (what `tessera estimate
+// --tp` prints), byte for byte, at every ZeRO stage over the data-parallel group; the
+// registry holds the rank's part: the layer's split matrices divided by t, LayerNorms,
+// row-parallel biases and positions whole, its slice of the padded vocabulary.
+TEST(TensorParallelMemory, PerRankModelStateIsThePlan) {
+  for (int stage = 0; stage <= 3; ++stage) {
+    TrainConfig c = tp_config(2, false, 257, 1);
+    c.zero.stage = stage;
+    c.zero.reduce_bucket_size = 4000;
+    c.zero.stage3_param_persistence_threshold = 100;
+    parallel::spawn_ranks(4, [&](parallel::ProcessGroup& group) {
+      MemoryTracker tracker;  // each rank's memory is its own
+      ScopedTracker scoped(tracker);
+      Trainer t(c, &group);
+      t.step();
+      const MemorySnapshot m = tracker.snapshot();
+      memory::ZeroOptions options = c.zero.options();
+      options.dtype = c.precision;
+      const memory::ModelStateBytes plan =
+          memory::plan_model_state(t.model().registry(), options, t.dp_rank(), t.dp_size());
+      SCOPED_TRACE("stage " + std::to_string(stage) + " rank " + std::to_string(group.rank()));
+      EXPECT_EQ(plan.params, m.current_of(MemCategory::Params));
+      EXPECT_EQ(plan.grads, m.current_of(MemCategory::Grads));
+      EXPECT_EQ(plan.optimizer, m.current_of(MemCategory::Optimizer));
+      // C = 32, 2 blocks, t = 2: 2 (2C + 3C^2/2 + 3C/2 + C^2/2 + C + 2C + 2C^2 + 2C + 2C^2 + C)
+      // + (512 / 2) C + 32 C + 2C.
+      const int64_t C = 32;
+      const int64_t block = 2 * C + 3 * C * C / 2 + 3 * C / 2 + C * C / 2 + C + 2 * C +
+                            2 * C * C + 2 * C + 2 * C * C + C;
+      EXPECT_EQ(t.model().registry().numel(), 2 * block + 256 * C + 32 * C + 2 * C);
+    });
+  }
 }
 
 // The t-rank model is the one-rank model split: seeded, or read from a file, its gathered

@@ -191,4 +191,15 @@ none=$(acts none) full=$(acts full) selective=$(acts selective)
 [ -n "$none" ] && [ "$none" != "$full" ] && [ "$full" != "$selective" ] \
   || fail "estimate --recompute: none $none, full $full, selective $selective"
 
+# Tensor parallelism: --ranks stays the data-parallel size; a size that does not divide the
+# heads is refused naming both numbers.
+expect_error "estimate with a tensor-parallel size that does not divide n_head" \
+  "--tp 5 with --model gpt2-124M: tensor_model_parallel_size 5 does not divide n_head 12" \
+  "$TESSERA" estimate --model gpt2-124M --tp 5
+tp=$("$TESSERA" estimate --model gpt2-124M --stage 1 --ranks 2 --tp 2 --sequence-parallel \
+  --batch 2 --seq 128) || fail "estimate --tp 2 exited non-zero"
+case "$tp" in *"ranks: 2 data-parallel x 2 tensor-parallel = 4"*"padded to 50432"*) ;;
+  *) fail "estimate --tp 2 did not name the layout and the padded vocabulary: $tp" ;; esac
+"$TESSERA" estimate --help | grep -q -- "--tp" || fail "estimate --help does not list --tp"
+
 echo "cli_errors.sh: all checks passed"
