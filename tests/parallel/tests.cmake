@@ -5,7 +5,8 @@ if(TESSERA_WITH_MPI)
   set(_mpi_dir ${CMAKE_CURRENT_LIST_DIR}/mpi)
   set(_run_mpi ${_mpi_dir}/run_mpi.sh)
 
-  add_executable(parallel_mpi_tests ${_mpi_dir}/mpi_main.cc ${_mpi_dir}/mpi_collectives_test.cc)
+  add_executable(parallel_mpi_tests ${_mpi_dir}/mpi_main.cc ${_mpi_dir}/mpi_collectives_test.cc
+                                    ${_mpi_dir}/mpi_conjugate_test.cc)
   target_link_libraries(parallel_mpi_tests PRIVATE GTest::gtest tessera_parallel)
   add_executable(parallel_mpi_failure ${_mpi_dir}/mpi_failure_main.cc)
   target_link_libraries(parallel_mpi_failure PRIVATE tessera_parallel)
