@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "memory/zero/zero_plan.h"
+
 namespace tessera::launch {
 
 struct PrepareOptions {
@@ -58,6 +60,8 @@ struct EstimateOptions {
   int64_t max_live_parameters = 1'000'000'000;
 };
 int run_estimate(const EstimateOptions& opts);
+// The ZeRO options the estimate plans with (its tests plan with the same).
+memory::ZeroOptions estimate_zero_options(const EstimateOptions& opts);
 
 struct HostSlots {
   std::string host;

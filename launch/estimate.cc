@@ -28,6 +28,17 @@ void print_offload(const std::string& offload, int64_t optimizer_bytes, int64_t 
 
 }  // namespace
 
+memory::ZeroOptions estimate_zero_options(const EstimateOptions& o) {
+  memory::ZeroOptions z;
+  z.stage = o.stage;
+  z.dtype = parse_dtype(o.dtype);
+  z.reduce_bucket_elems = o.reduce_bucket_size;
+  z.prefetch_elems = o.prefetch_bucket_size;
+  z.persistence_threshold = o.param_persistence_threshold;
+  z.max_live_elems = o.max_live_parameters;
+  return z;
+}
+
 int run_estimate(const EstimateOptions& o) {
   TS_CHECK(o.ranks >= 1, "--ranks must be >= 1, got {}", o.ranks);
   TS_CHECK(o.stage >= 0 && o.stage <= 3, "--stage {} does not exist: use 0, 1, 2 or 3", o.stage);
@@ -53,13 +64,7 @@ int run_estimate(const EstimateOptions& o) {
                           : o.recompute == "selective" ? models::RecomputeGranularity::Selective
                                                        : models::RecomputeGranularity::None;
   recompute.num_layers = o.recompute_num_layers;
-  memory::ZeroOptions z;
-  z.stage = o.stage;
-  z.dtype = parse_dtype(o.dtype);
-  z.reduce_bucket_elems = o.reduce_bucket_size;
-  z.prefetch_elems = o.prefetch_bucket_size;
-  z.persistence_threshold = o.param_persistence_threshold;
-  z.max_live_elems = o.max_live_parameters;
+  const memory::ZeroOptions z = estimate_zero_options(o);
   auto row = [](const char* what, int64_t bytes, const std::string& note = "") {
     std::cout << fmt::format("  {:<12} {:>12}  {}\n", what, format_bytes(bytes), note);
   };

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 
-from interop_common import parse_args, run_helper, skipped
+from interop_common import load_gpt2, read_logits, parse_args, run_helper, skipped
 
 TOLERANCE = 1e-4
 
@@ -37,21 +37,11 @@ def main() -> int:
         return skipped("torch/transformers", e, "torch transformers safetensors numpy")
 
     run_helper(exe, work)
-    with open(os.path.join(work, "shape.txt")) as f:
-        B, T, V = (int(x) for x in f.read().split())
-    tokens = np.fromfile(os.path.join(work, "tokens.i32"), dtype=np.int32).reshape(B, T)
-    expected = np.fromfile(os.path.join(work, "logits.f32"), dtype=np.float32).reshape(B, T, V)
+    tokens, expected = read_logits(np, work)
+    B, T, V = expected.shape
 
     # 1. Logits through transformers.
-    model, info = transformers.GPT2LMHeadModel.from_pretrained(
-        os.path.join(work, "f32"), output_loading_info=True, torch_dtype=torch.float32)
-    # Causal-mask buffers are not weights; lm_head is tied to wte.
-    ignorable = ("attn.bias", "attn.masked_bias", "lm_head.weight")
-    problems = {
-        kind: [k for k in info.get(kind, []) if not (isinstance(k, str) and k.endswith(ignorable))]
-        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
-    }
-    problems = {kind: keys for kind, keys in problems.items() if keys}
+    model, problems = load_gpt2(transformers, torch, os.path.join(work, "f32"))
     if problems:
         print(f"FAIL: transformers did not load every weight as is: {problems}")
         return 1

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from interop_common import skipped
+from interop_common import load_gpt2, read_logits, skipped
 
 TOLERANCE = 1e-4
 
@@ -57,17 +57,10 @@ def main() -> int:
                     "--tp", "2", "--sequence-parallel"], check=True, capture_output=True)
     out = os.path.join(work, "logits")
     subprocess.run([dump, "--logits", os.path.join(work, "run"), out], check=True)
-    with open(os.path.join(out, "shape.txt")) as f:
-        B, T, V = (int(x) for x in f.read().split())
-    tokens = np.fromfile(os.path.join(out, "tokens.i32"), dtype=np.int32).reshape(B, T)
-    expected = np.fromfile(os.path.join(out, "logits.f32"), dtype=np.float32).reshape(B, T, V)
+    tokens, expected = read_logits(np, out)
+    B, T, V = expected.shape
 
-    model, info = transformers.GPT2LMHeadModel.from_pretrained(
-        os.path.join(work, "run"), output_loading_info=True, torch_dtype=torch.float32)
-    ignorable = ("attn.bias", "attn.masked_bias", "lm_head.weight")
-    problems = {kind: [k for k in info.get(kind, []) if not (isinstance(k, str) and k.endswith(ignorable))]
-                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
-    problems = {kind: keys for kind, keys in problems.items() if keys}
+    model, problems = load_gpt2(transformers, torch, os.path.join(work, "run"))
     if problems:
         print(f"FAIL: transformers did not load every weight as is: {problems}")
         return 1

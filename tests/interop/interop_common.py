@@ -28,3 +28,26 @@ def run_helper(exe, work, capture=False):
     os.makedirs(work)
     result = subprocess.run([exe, work], check=True, capture_output=capture, text=True)
     return result.stdout if capture else None
+
+
+def load_gpt2(transformers, torch, folder):
+    """GPT2LMHeadModel.from_pretrained(folder) in f32, and what it did not load as is (missing,
+    unexpected or resized weights, errors): empty when every weight loaded. Causal-mask
+    buffers are not weights, and lm_head is tied to wte."""
+    model, info = transformers.GPT2LMHeadModel.from_pretrained(
+        folder, output_loading_info=True, torch_dtype=torch.float32)
+    ignorable = ("attn.bias", "attn.masked_bias", "lm_head.weight")
+    problems = {
+        kind: [k for k in info.get(kind, []) if not (isinstance(k, str) and k.endswith(ignorable))]
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+    }
+    return model, {kind: keys for kind, keys in problems.items() if keys}
+
+
+def read_logits(np, folder):
+    """(tokens [B, T], logits [B, T, V]) that interop_dump_logits wrote into folder."""
+    with open(os.path.join(folder, "shape.txt")) as f:
+        B, T, V = (int(x) for x in f.read().split())
+    tokens = np.fromfile(os.path.join(folder, "tokens.i32"), dtype=np.int32).reshape(B, T)
+    logits = np.fromfile(os.path.join(folder, "logits.f32"), dtype=np.float32).reshape(B, T, V)
+    return tokens, logits

@@ -41,17 +41,6 @@ std::string row_figure(const std::string& output, const std::string& name) {
   return "";
 }
 
-memory::ZeroOptions zero_options(const EstimateOptions& o) {
-  memory::ZeroOptions z;
-  z.stage = o.stage;
-  z.dtype = parse_dtype(o.dtype);
-  z.reduce_bucket_elems = o.reduce_bucket_size;
-  z.prefetch_elems = o.prefetch_bucket_size;
-  z.persistence_threshold = o.param_persistence_threshold;
-  z.max_live_elems = o.max_live_parameters;
-  return z;
-}
-
 EstimateOptions gpt2_options(int stage, int ranks, const std::string& dtype, int tp) {
   EstimateOptions o;
   o.model = "gpt2-124M";
@@ -79,7 +68,7 @@ TEST(EstimateTensorParallel, ModelStateIsThePlanOfTheLocalRegistry) {
     // data-parallel ranks chunking its vocabulary slice.
     const int chunks = c.stage == 3 && c.ranks > 1 ? models::zero3_wte_chunks(config, 2) : 1;
     const ParamRegistry local = models::build_gpt_registry(config, chunks, false, {2, 0, false});
-    const memory::ZeroOptions z = zero_options(o);
+    const memory::ZeroOptions z = estimate_zero_options(o);
     const memory::ModelStateBytes b = memory::plan_model_state(local, z, 0, c.ranks);
     EXPECT_EQ(row_figure(out, "params"), format_bytes(b.params)) << out;
     EXPECT_EQ(row_figure(out, "grads"), format_bytes(b.grads)) << out;

@@ -200,6 +200,15 @@ ParamRegistry twice_reported_model() {
   return r;
 }
 
+// Adds weight x fake_value to `layer`'s gradients, as a backward pass would, and reports them.
+void report_fake(GradBuckets& buckets, const ParamRegistry& registry, int layer, float weight,
+                 int rank) {
+  const LayerRange& r = registry.layer(layer);
+  auto* g = static_cast<float*>(buckets.grads(layer));
+  for (int64_t i = 0; i < r.numel(); ++i) g[i] += weight * fake_value(r.begin + i, rank);
+  buckets.ready(layer);
+}
+
 TEST(GradBuckets, LayersReportedTwiceAreReducedOncePerRoundIntoTheShard) {
   const ParamRegistry registry = twice_reported_model();
   ASSERT_EQ(registry.num_layers(), 6);
@@ -221,11 +230,7 @@ TEST(GradBuckets, LayersReportedTwiceAreReducedOncePerRoundIntoTheShard) {
       // No slot of its own for layer 0's bucket: it is never open all of backward.
       EXPECT_EQ(buckets.num_slots(), overlap ? 2 : 1);
       auto report = [&](int layer, float weight) {
-        const LayerRange& r = registry.layer(layer);
-        auto* g = static_cast<float*>(buckets.grads(layer));
-        for (int64_t i = 0; i < r.numel(); ++i)
-          g[i] += weight * fake_value(r.begin + i, group.rank());
-        buckets.ready(layer);
+        report_fake(buckets, registry, layer, weight, group.rank());
       };
       for (int pass = 0; pass < 2; ++pass) {
         for (int layer = 2; layer >= 0; --layer) report(layer, 1.0f);  // the head's part
@@ -268,11 +273,7 @@ TEST(GradBuckets, LayersReportedTwiceInPlaceAreReducedOnceAfterTheLastRound) {
       o.reduction = reduction;
       GradBuckets buckets(registry, group, o, full.data(), nullptr);
       auto report = [&](int layer, float weight) {
-        const LayerRange& r = registry.layer(layer);
-        auto* g = static_cast<float*>(buckets.grads(layer));
-        for (int64_t i = 0; i < r.numel(); ++i)
-          g[i] += weight * fake_value(r.begin + i, group.rank());
-        buckets.ready(layer);
+        report_fake(buckets, registry, layer, weight, group.rank());
       };
       for (int layer = 2; layer >= 0; --layer) report(layer, 1.0f);  // the head's part
       EXPECT_EQ(buckets.reductions_in_flight(), 0);                   // nothing reduced yet
