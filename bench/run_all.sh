@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark behind docs/PERFORMANCE.md in one session, so ratios are measured
 # side by side. Needs a build (scripts/build.sh) and, for the PyTorch twin, Debian's
-# python3-torch (skipped when absent). Takes ~15 minutes on 2 cores.
+# python3-torch (skipped when absent). Takes ~22 minutes on 2 cores.
 #   bench/run_all.sh [build-dir] | tee bench/results.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,9 @@ fi
 
 echo; echo "### ZeRO stages, 2 ranks"
 "$bin/bench_zero" --model gpt2-124M --batch 4 --seq 256 --ranks 2 --steps 2
+
+echo; echo "### tensor parallelism (t = 2, with and without SP) against DP = 2"
+"$bin/bench_tp" --models gpt2-124M,gpt2-350M --batch 1 --seq 128 --steps 3 --rounds 2
 
 echo; echo "### activation checkpointing (none / full / selective)"
 "$bin/bench_recompute" --model gpt2-124M --batch 4 --seq 256 --steps 3 --rounds 2

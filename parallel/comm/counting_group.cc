@@ -2,6 +2,31 @@
 
 namespace tessera::parallel {
 
+std::shared_ptr<ProcessGroup> CountingGroup::split(int color, int key) {
+  std::shared_ptr<ProcessGroup> inner = inner_.split(color, key);
+  if (inner == nullptr) return nullptr;
+  auto counted = std::make_shared<CountingGroup>(std::move(inner));
+  const std::lock_guard lock(subgroups_mutex_);
+  subgroups_.push_back(counted);
+  return counted;
+}
+
+std::vector<std::shared_ptr<CountingGroup>> CountingGroup::subgroups() const {
+  const std::lock_guard lock(subgroups_mutex_);
+  return subgroups_;
+}
+
+int64_t CountingGroup::total_volume_bytes() const {
+  int64_t total = volume_bytes();
+  for (const auto& g : subgroups()) total += g->total_volume_bytes();
+  return total;
+}
+
+void CountingGroup::reset() {
+  volume_ = 0;
+  for (const auto& g : subgroups()) g->reset();
+}
+
 void CountingGroup::add_ring(size_t bytes, double passes) {
   const double n = size();
   volume_ += static_cast<int64_t>(passes * static_cast<double>(bytes) * (n - 1) / n);
