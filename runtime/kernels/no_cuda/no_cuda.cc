@@ -56,6 +56,7 @@ void residual_forward(float*, const float*, const float*, int64_t, Stream) {
 void residual_backward(float*, float*, const float*, int64_t, Stream) {
   not_compiled("residual_backward");
 }
+void bias_add(float*, const float*, int64_t, int64_t, Stream) { not_compiled("bias_add"); }
 void attention_forward(float*, float*, const float*, int, int, int, int, Stream) {
   not_compiled("attention_forward");
 }
@@ -97,6 +98,12 @@ double cross_entropy_finish(float*, float*, const float*, const float*, int64_t,
 void cross_entropy_chunk_backward(float*, const float*, const int32_t*, int64_t, int64_t, int64_t,
                                   float, Stream) {
   not_compiled("cross_entropy_chunk_backward");
+}
+void cross_entropy_mask_empty(float*, const float*, int64_t, Stream) {
+  not_compiled("cross_entropy_mask_empty");
+}
+void cross_entropy_rescale(float*, float*, const float*, int64_t, Stream) {
+  not_compiled("cross_entropy_rescale");
 }
 double sum_squares(const float*, int64_t, Stream) { not_compiled("sum_squares"); }
 void scale(float*, float, int64_t, Stream) { not_compiled("scale"); }
