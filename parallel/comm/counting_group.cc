@@ -75,4 +75,13 @@ WorkPtr CountingGroup::recv(void* buf, size_t count, DType dtype, int src,
   return inner_.recv(buf, count, dtype, src, opts);
 }
 
+// As with send/recv, a message counts once: on the rank that sends it.
+WorkPtr CountingGroup::batch_send_recv(std::span<const P2POp> ops, const SendRecvOptions& opts) {
+  for (const P2POp& op : ops) {
+    if (op.kind == P2POp::Kind::Send)
+      volume_ += static_cast<int64_t>(op.count * dtype_size(op.dtype));
+  }
+  return inner_.batch_send_recv(ops, opts);
+}
+
 }  // namespace tessera::parallel

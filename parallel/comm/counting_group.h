@@ -52,6 +52,8 @@ class CountingGroup final : public ProcessGroup {
   WorkPtr send(const void* buf, size_t count, DType dtype, int dst,
                const SendRecvOptions& opts) override;
   WorkPtr recv(void* buf, size_t count, DType dtype, int src, const SendRecvOptions& opts) override;
+  // Forwarded whole, so the inner backend still runs it as one batch (NCCL: one launch).
+  WorkPtr batch_send_recv(std::span<const P2POp> ops, const SendRecvOptions& opts) override;
   WorkPtr barrier(const BarrierOptions& opts) override { return inner_.barrier(opts); }
   void abort(std::string_view reason) override { inner_.abort(reason); }
 

@@ -202,13 +202,18 @@ class MpiP2PWork final : public Work {
     return test_locked();
   }
 
+  const std::string& what() const { return what_; }
+
   void wait(Timeout timeout) override {
-    const auto deadline = Clock::now() + (timeout == kDefaultTimeout ? timeout_ : timeout);
+    const Timeout limit = timeout == kDefaultTimeout ? timeout_ : timeout;
+    const auto deadline = Clock::now() + limit;
     std::unique_lock lock(mutex_);
     for (;;) {
       if (test_locked()) break;
       if (Clock::now() >= deadline) {
-        const std::string message = fmt::format("{} did not complete within its timeout", what_);
+        const std::string message = fmt::format(
+            "{} did not complete within {:.1f} s (TESSERA_COMM_TIMEOUT_S or the op's timeout)",
+            what_, std::chrono::duration<double>(limit).count());
         lock.unlock();
         mpi_abort(message);
       }
@@ -235,7 +240,7 @@ class MpiP2PWork final : public Work {
         try {
           check_mpi(rc, "MPI_Test");
         } catch (const CommError& e) {
-          error_ = e.what();
+          error_ = fmt::format("{}: {}", what_, e.what());
         }
         done = 1;
       }
@@ -418,7 +423,8 @@ class MpiProcessGroup final : public ProcessGroup {
                const SendRecvOptions& opts) override {
     detail::check_rank("send", "destination", dst, size_);
     const int n = as_int_count(count, "send");
-    return submit_p2p("send", opts, [=, this] {
+    const auto what = detail::p2p_description(P2POp::Kind::Send, dst, opts.what, opts.tag);
+    return submit_p2p(what, opts, [=, this] {
       MPI_Request request;
       check_mpi(MPI_Isend(buf, n, mpi_type(dtype), dst, opts.tag, comm_, &request), "MPI_Isend");
       return request;
@@ -429,11 +435,20 @@ class MpiProcessGroup final : public ProcessGroup {
                const SendRecvOptions& opts) override {
     detail::check_rank("recv", "source", src, size_);
     const int n = as_int_count(count, "recv");
-    return submit_p2p("recv", opts, [=, this] {
+    const auto what = detail::p2p_description(P2POp::Kind::Recv, src, opts.what, opts.tag);
+    return submit_p2p(what, opts, [=, this] {
       MPI_Request request;
       check_mpi(MPI_Irecv(buf, n, mpi_type(dtype), src, opts.tag, comm_, &request), "MPI_Irecv");
       return request;
     });
+  }
+
+  // The interface's default: each op is an MPI_Isend/MPI_Irecv, which never blocks, so the
+  // progress thread posts the whole batch whatever its order and no neighbour can deadlock.
+  // Counts are checked first so that a bad one cannot leave half a batch posted.
+  WorkPtr batch_send_recv(std::span<const P2POp> ops, const SendRecvOptions& opts) override {
+    for (const P2POp& op : ops) as_int_count(op.count, "batch_send_recv");
+    return ProcessGroup::batch_send_recv(ops, opts);
   }
 
   WorkPtr barrier(const BarrierOptions& opts) override {
@@ -481,7 +496,7 @@ class MpiProcessGroup final : public ProcessGroup {
       try {
         work->posted(post());
       } catch (const std::exception& e) {
-        work->failed(e.what());
+        work->failed(fmt::format("{}: {}", work->what(), e.what()));
       }
     });
     return work;

@@ -3,10 +3,12 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 #include <vector>
 
+#include "parallel/comm/work.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 
@@ -213,7 +215,7 @@ class NcclProcessGroup final : public ProcessGroup {
     detail::check_rank("send", "destination", dst, size_);
     TS_CHECK(opts.tag == 0, "send: the nccl backend has no tags (got tag {}); order sends instead",
              opts.tag);
-    return launch("send", opts.timeout, [&] {
+    return launch(detail::p2p_description(P2POp::Kind::Send, dst, opts.what), opts.timeout, [&] {
       check_nccl(ncclSend(buf, nccl_count(count, dtype), nccl_type(dtype), dst, comm_, stream_),
                  "ncclSend");
     });
@@ -224,9 +226,39 @@ class NcclProcessGroup final : public ProcessGroup {
     detail::check_rank("recv", "source", src, size_);
     TS_CHECK(opts.tag == 0,
              "recv: the nccl backend has no tags (got tag {}); order receives instead", opts.tag);
-    return launch("recv", opts.timeout, [&] {
+    return launch(detail::p2p_description(P2POp::Kind::Recv, src, opts.what), opts.timeout, [&] {
       check_nccl(ncclRecv(buf, nccl_count(count, dtype), nccl_type(dtype), src, comm_, stream_),
                  "ncclRecv");
+    });
+  }
+
+  // One grouped launch with one event: issued one by one, NCCL would run the sends and
+  // receives in turn on the stream, and two neighbours that both send first would deadlock.
+  WorkPtr batch_send_recv(std::span<const P2POp> ops, const SendRecvOptions& opts) override {
+    detail::check_p2p_batch(ops, rank_, size_);
+    TS_CHECK(opts.tag == 0,
+             "batch_send_recv: the nccl backend has no tags (got tag {}); order batches instead",
+             opts.tag);
+    const Timeout timeout = resolve_timeout(opts.timeout);
+    if (ops.empty()) return completed_work("batch_send_recv of no ops");
+    return launch(batch_description(ops, opts.what), timeout, [&] {
+      check_nccl(ncclGroupStart(), "ncclGroupStart");
+      try {
+        for (const P2POp& op : ops) {
+          const size_t n = nccl_count(op.count, op.dtype);
+          if (op.kind == P2POp::Kind::Send) {
+            check_nccl(ncclSend(op.buf, n, nccl_type(op.dtype), op.peer, comm_, stream_),
+                       "ncclSend");
+          } else {
+            check_nccl(ncclRecv(op.buf, n, nccl_type(op.dtype), op.peer, comm_, stream_),
+                       "ncclRecv");
+          }
+        }
+      } catch (...) {
+        ncclGroupEnd();  // close the group so later launches are not swallowed into it
+        throw;
+      }
+      check_nccl(ncclGroupEnd(), "ncclGroupEnd");
     });
   }
 
@@ -265,6 +297,20 @@ class NcclProcessGroup final : public ProcessGroup {
     check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
     return std::make_shared<NcclWork>(fmt::format("nccl rank {}: {}", rank_, what), done, comm_,
                                       resolve_timeout(timeout));
+  }
+
+  // "batch of 2 ops: send of X (to rank 1), recv of Y (from rank 1)"; the one Work of a grouped
+  // launch stands for all of its ops, so its messages name them (the first few: one line).
+  static std::string batch_description(std::span<const P2POp> ops, std::string_view what) {
+    constexpr size_t kNamed = 4;
+    std::string text = fmt::format("batch of {} ops: ", ops.size());
+    for (size_t i = 0; i < std::min(ops.size(), kNamed); ++i) {
+      const P2POp& op = ops[i];
+      if (i > 0) text += ", ";
+      text += detail::p2p_description(op.kind, op.peer, op.what.empty() ? what : op.what);
+    }
+    if (ops.size() > kNamed) text += fmt::format(" and {} more", ops.size() - kNamed);
+    return text;
   }
 
   ncclComm_t comm_;

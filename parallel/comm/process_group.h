@@ -10,7 +10,20 @@
 // - Reductions (Sum, Avg, Max) accept F32, F16 and BF16; 16-bit values are accumulated in
 //   f32 and rounded once (round-to-nearest-even). Data-movement ops accept any DType.
 // - send/recv are posted in issue order but complete independently: a later collective does
-//   not wait for them, so wait on the recv's Work before reading its buffer.
+//   not wait for them, so wait on the recv's Work before reading its buffer. Messages between
+//   two ranks with one tag match in posting order.
+// - batch_send_recv posts a list of sends and receives at once and returns one Work for all
+//   of them (pipeline stages exchange activations and gradients this way). Every op of a batch
+//   is posted before anything waits, so two neighbours that each post "send to you, receive
+//   from you" cannot deadlock, whatever the message sizes or the order of ops within each
+//   batch. NCCL runs a batch as one grouped launch; the others post the ops one by one.
+//   A batch is checked whole before anything is posted: a peer outside the group, a null
+//   buffer with elements, or an op with its own rank that the batch does not pair up is an
+//   InvalidArgument. Sending to yourself is allowed (a copy) when the same batch has the
+//   matching receive: the k-th send to self pairs with the k-th receive from self, and the
+//   two must have the same byte size. The empty batch returns a completed Work.
+// - Point-to-point errors and timeouts name the op: its direction, its peer and its `what`,
+//   e.g. "recv of activation of micro-batch 3 from pipeline stage 0 (from rank 0)".
 // - Nothing waits forever: every op has a timeout (the option, else TESSERA_COMM_TIMEOUT_S).
 //   A failure or timeout on one rank aborts the group's communicator so the peers' waits fail
 //   with CommError too, instead of hanging.
@@ -18,6 +31,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -60,6 +74,20 @@ struct BroadcastOptions {
 struct SendRecvOptions {
   int tag = 0;
   Timeout timeout = kDefaultTimeout;
+  // What the message carries, for its errors and timeouts ("activation of micro-batch 3 from
+  // pipeline stage 0"); in batch_send_recv, the default for ops that name none.
+  std::string what = {};
+};
+
+// One send or receive of a batch_send_recv.
+struct P2POp {
+  enum class Kind : uint8_t { Send, Recv };
+  Kind kind = Kind::Send;
+  void* buf = nullptr;  // Send reads it (const), Recv writes it
+  size_t count = 0;
+  DType dtype = DType::F32;
+  int peer = 0;           // destination (Send) or source (Recv), a rank of this group
+  std::string what = {};  // for messages, as SendRecvOptions::what
 };
 struct BarrierOptions {
   Timeout timeout = kDefaultTimeout;
@@ -126,6 +154,13 @@ class ProcessGroup {
   virtual WorkPtr recv(void* buf, size_t count, DType dtype, int src,
                        const SendRecvOptions& opts = {}) = 0;
 
+  // Posts every op at once and completes them together: the Work completes when all have, and
+  // wait() rethrows the first failure (in op order). opts.tag and opts.timeout apply to every
+  // op. No order between neighbours' batches can deadlock (each side posts all its sends and
+  // receives before waiting on any). Empty batch: an already-completed Work. The default
+  // posts each op with send()/recv(); a backend whose p2p would serialise (NCCL) overrides it.
+  virtual WorkPtr batch_send_recv(std::span<const P2POp> ops, const SendRecvOptions& opts = {});
+
   virtual WorkPtr barrier(const BarrierOptions& opts = {}) = 0;
 
   // Fail-stop: makes every pending and future operation of this group's world fail (thread
@@ -142,6 +177,11 @@ void check_reducible(std::string_view op_name, DType dtype);
 void check_rank(std::string_view op_name, std::string_view what, int rank, int size);
 void check_counts(std::string_view op_name, std::span<const size_t> counts, int size);
 size_t total_count(std::span<const size_t> counts);
+// How a point-to-point op is named in its messages: "recv of <what> (from rank 0)", or
+// "send (to rank 2, tag 7)" without a what. Shared so every backend's errors read alike.
+std::string p2p_description(P2POp::Kind kind, int peer, std::string_view what, int tag = 0);
+// The checks batch_send_recv makes before posting anything (see the contract above).
+void check_p2p_batch(std::span<const P2POp> ops, int rank, int size);
 }  // namespace detail
 
 }  // namespace tessera::parallel

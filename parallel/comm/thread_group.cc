@@ -201,7 +201,9 @@ class GroupContext {
       }
       p2p_pending_.clear();
     }
-    for (auto& work : pending) work->mark_failed(fmt::format("thread comm aborted: {}", reason));
+    for (auto& work : pending) {
+      work->mark_failed(fmt::format("{}: thread comm aborted: {}", work->what(), reason));
+    }
   }
 
   // Point-to-point: whichever side is posted second does the copy and completes both Works.
@@ -211,7 +213,8 @@ class GroupContext {
     {
       std::lock_guard lock(p2p_mutex_);
       if (p2p_aborted_) {
-        request.work->mark_failed(fmt::format("thread comm aborted: {}", abort_reason()));
+        request.work->mark_failed(
+            fmt::format("{}: thread comm aborted: {}", request.work->what(), abort_reason()));
         return;
       }
       auto& mine = p2p_pending_[{src, dst, tag, is_send}];
@@ -230,8 +233,8 @@ class GroupContext {
           fmt::format("send from rank {} to rank {} (tag {}) has {} bytes but the recv expects {}",
                       src, dst, tag, send.bytes, recv.bytes);
       world_->abort(reason);
-      send.work->mark_failed(reason);
-      recv.work->mark_failed(reason);
+      send.work->mark_failed(fmt::format("{}: {}", send.work->what(), reason));
+      recv.work->mark_failed(fmt::format("{}: {}", recv.work->what(), reason));
       return;
     }
     if (send.bytes > 0) std::memcpy(recv.recv, send.send, send.bytes);
@@ -457,7 +460,8 @@ class ThreadProcessGroup final : public ProcessGroup {
   WorkPtr send(const void* buf, size_t count, DType dtype, int dst,
                const SendRecvOptions& opts) override {
     detail::check_rank("send", "destination", dst, size());
-    return submit_p2p("send", opts, [=, this](std::shared_ptr<CompletionWork> work) {
+    const auto what = detail::p2p_description(P2POp::Kind::Send, dst, opts.what, opts.tag);
+    return submit_p2p(what, opts, [=, this](std::shared_ptr<CompletionWork> work) {
       context_->post_p2p(rank_, dst, opts.tag, true,
                          P2PRequest{buf, nullptr, count * dtype_size(dtype), work});
     });
@@ -466,7 +470,8 @@ class ThreadProcessGroup final : public ProcessGroup {
   WorkPtr recv(void* buf, size_t count, DType dtype, int src,
                const SendRecvOptions& opts) override {
     detail::check_rank("recv", "source", src, size());
-    return submit_p2p("recv", opts, [=, this](std::shared_ptr<CompletionWork> work) {
+    const auto what = detail::p2p_description(P2POp::Kind::Recv, src, opts.what, opts.tag);
+    return submit_p2p(what, opts, [=, this](std::shared_ptr<CompletionWork> work) {
       context_->post_p2p(src, rank_, opts.tag, false,
                          P2PRequest{nullptr, buf, count * dtype_size(dtype), work});
     });

@@ -6,7 +6,7 @@ if(TESSERA_WITH_MPI)
   set(_run_mpi ${_mpi_dir}/run_mpi.sh)
 
   add_executable(parallel_mpi_tests ${_mpi_dir}/mpi_main.cc ${_mpi_dir}/mpi_collectives_test.cc
-                                    ${_mpi_dir}/mpi_conjugate_test.cc)
+                                    ${_mpi_dir}/mpi_conjugate_test.cc ${_mpi_dir}/mpi_p2p_test.cc)
   target_link_libraries(parallel_mpi_tests PRIVATE GTest::gtest tessera_parallel)
   add_executable(parallel_mpi_failure ${_mpi_dir}/mpi_failure_main.cc)
   target_link_libraries(parallel_mpi_failure PRIVATE tessera_parallel)
@@ -17,8 +17,9 @@ if(TESSERA_WITH_MPI)
   endforeach()
 
   # One rank throws, is SIGKILLed, or never arrives: the job must exit non-zero in bounded
-  # time. `absent` relies on the collective timeout, shortened here.
-  foreach(mode throw kill absent absent_inline)
+  # time. `absent` relies on the collective timeout, shortened here; `p2p_absent` on the
+  # point-to-point one (a batch_send_recv waiting on a rank that never sends).
+  foreach(mode throw kill absent absent_inline p2p_absent)
     add_test(NAME parallel_mpi_failure_${mode}
              COMMAND ${_run_mpi} 3 --expect-failure 60 $<TARGET_FILE:parallel_mpi_failure> ${mode})
     set_tests_properties(parallel_mpi_failure_${mode} PROPERTIES LABELS "mpi;multirank" TIMEOUT 120
