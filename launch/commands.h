@@ -24,6 +24,9 @@ struct TrainOptions {
   int sim_ranks = 0;  // > 0: that many ranks as threads of this process
   int tp = 0;         // > 0: parallelism.tensor_model_parallel_size
   bool sequence_parallel = false;
+  int pp = 0;          // > 0: parallelism.pipeline_model_parallel_size
+  int virtual_pp = 0;  // > 0: parallelism.virtual_pipeline_model_parallel_size
+  std::string schedule;  // non-empty: parallelism.pipeline_schedule
 };
 int run_train(const TrainOptions& opts);
 
@@ -62,6 +65,18 @@ struct EstimateOptions {
 int run_estimate(const EstimateOptions& opts);
 // The ZeRO options the estimate plans with (its tests plan with the same).
 memory::ZeroOptions estimate_zero_options(const EstimateOptions& opts);
+
+struct ScheduleOptions {
+  int pp = 1;            // pipeline ranks p (pipeline_model_parallel_size)
+  int micro = 1;         // micro-batches per step m (gradient_accumulation_steps)
+  int virtual_size = 1;  // model chunks per rank v (virtual_pipeline_model_parallel_size)
+  std::string schedule;  // gpipe, 1f1b or interleaved; empty: 1f1b, or interleaved when v > 1
+  int width = 120;       // wrap the timeline at this many columns (0: never)
+};
+// What `tessera schedule` prints: the timeline per rank, the step lists, the bubble beside
+// its formulas and the activations in flight.
+std::string format_schedule(const ScheduleOptions& opts);
+int run_schedule(const ScheduleOptions& opts);
 
 struct HostSlots {
   std::string host;

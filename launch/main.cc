@@ -1,5 +1,5 @@
-// The `tessera` command: train, prepare, generate, estimate, plot, launch, env. Every error is caught here, printed as one
-// line, and turned into a non-zero exit.
+// The `tessera` command: train, prepare, generate, estimate, schedule, plot, launch, env. Every
+// error is caught here, printed as one line, and turned into a non-zero exit.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
@@ -40,6 +40,13 @@ int main(int argc, char** argv) {
                         "tensor-parallel ranks per layer (parallelism.tensor_model_parallel_size)");
   train_cmd->add_flag("--sequence-parallel", train.sequence_parallel,
                       "LayerNorm and residual regions split over the tensor-parallel ranks");
+  train_cmd->add_option("--pp", train.pp,
+                        "pipeline stages (parallelism.pipeline_model_parallel_size)");
+  train_cmd->add_option("--virtual-pp", train.virtual_pp,
+                        "model chunks per stage, interleaved schedule "
+                        "(parallelism.virtual_pipeline_model_parallel_size)");
+  train_cmd->add_option("--schedule", train.schedule,
+                        "pipeline schedule: 1f1b, gpipe or interleaved (parallelism.pipeline_schedule)");
 
   LaunchOptions launch;
   auto* launch_cmd = app.add_subcommand("launch", "start ranks through mpirun: tessera launch -n N -- CMD...");
@@ -115,6 +122,24 @@ int main(int argc, char** argv) {
   est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size, "elements per bucket")
       ->capture_default_str();
 
+  ScheduleOptions sched;
+  auto* sched_cmd = app.add_subcommand(
+      "schedule", "draw a pipeline schedule: each rank's forwards and backwards, bubble, memory");
+  sched_cmd->add_option("--pp", sched.pp, "pipeline ranks p (pipeline_model_parallel_size)")
+      ->required();
+  sched_cmd->add_option("--micro", sched.micro,
+                        "micro-batches per step m (gradient_accumulation_steps)")
+      ->required();
+  sched_cmd
+      ->add_option("--virtual", sched.virtual_size,
+                   "model chunks per rank v (virtual_pipeline_model_parallel_size); v > 1 "
+                   "means the interleaved schedule")
+      ->capture_default_str();
+  sched_cmd->add_option("--schedule", sched.schedule,
+                        "1f1b, gpipe or interleaved (default: 1f1b, interleaved with --virtual > 1)");
+  sched_cmd->add_option("--width", sched.width, "wrap the timeline at this many columns (0: never)")
+      ->capture_default_str();
+
   std::string plot_run_dir, plot_out;
   int plot_width = tessera::engine::kDefaultPlotWidth;
   int plot_height = tessera::engine::kDefaultPlotHeight;
@@ -144,6 +169,7 @@ int main(int argc, char** argv) {
     if (*launch_cmd) return run_launch(launch);
     if (*gen_cmd) return run_generate(gen);
     if (*est_cmd) return run_estimate(est);
+    if (*sched_cmd) return run_schedule(sched);
     if (*plot_cmd) return tessera::engine::run_plot(plot_run_dir, plot_out, plot_width, plot_height);
   } catch (const std::exception& e) {
     std::fflush(stdout);

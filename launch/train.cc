@@ -60,6 +60,16 @@ int run_train(const TrainOptions& opts) {
     overrides.push_back(fmt::format("parallelism.tensor_model_parallel_size={}", opts.tp));
   }
   if (opts.sequence_parallel) overrides.push_back("parallelism.sequence_parallel=true");
+  if (opts.pp > 0) {
+    overrides.push_back(fmt::format("parallelism.pipeline_model_parallel_size={}", opts.pp));
+  }
+  if (opts.virtual_pp > 0) {
+    overrides.push_back(
+        fmt::format("parallelism.virtual_pipeline_model_parallel_size={}", opts.virtual_pp));
+  }
+  if (!opts.schedule.empty()) {
+    overrides.push_back(fmt::format("parallelism.pipeline_schedule={}", opts.schedule));
+  }
   engine::TrainConfig config = engine::load_train_config(opts.config_path, overrides);
   const RankEnv env = detect_rank_env();
   if (opts.sim_ranks > 0) {

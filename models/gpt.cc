@@ -13,9 +13,11 @@
 namespace tessera::models {
 
 ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool head_copy,
-                                 TpLayout tp) {
+                                 TpLayout tp, const PipelinePart& part) {
   config.validate();
   check_tensor_parallel(config, tp.size);
+  TS_CHECK(!part.active() || head_copy,
+           "a pipeline rank's registry needs the head copy (its last stage holds no wte)");
   const GptLayers layers(config, wte_chunks, head_copy, tp);
   const int64_t C = config.n_embd, L = config.n_layer, t = tp.size, r = tp.rank;
   const int64_t Ca = layers.local_width(), F = layers.local_hidden(), Vr = layers.vocab_rows;
@@ -30,13 +32,16 @@ ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool h
     std::vector<TpSlice::RowRun> runs;
     int64_t col_begin = 0;
   };
+  int next_id = 0;  // the parameter's index in the whole model's registry
   auto add = [&](std::string name, Shape shape, int layer, std::pair<ParamInit, float> init,
-                 int64_t rows_per_layer = 0, Part part = {}) {
+                 int64_t rows_per_layer = 0, Part tp_part = {}, int init_id = -1) {
+    const int id = next_id++;
+    if (!layers.holds(part, layer)) return;
     ParamSpec spec{std::move(name), std::move(shape), layer, init.first, init.second,
-                   TpSplit::None, {}, 0, rows_per_layer};
-    if (t > 1 && part.split != TpSplit::None) {
-      spec.split = part.split;
-      spec.tp = TpSlice{std::move(part.whole), std::move(part.runs), part.col_begin};
+                   TpSplit::None, {}, 0, init_id >= 0 ? init_id : id, rows_per_layer};
+    if (t > 1 && tp_part.split != TpSplit::None) {
+      spec.split = tp_part.split;
+      spec.tp = TpSlice{std::move(tp_part.whole), std::move(tp_part.runs), tp_part.col_begin};
     }
     reg.add(std::move(spec));
   };
@@ -81,10 +86,12 @@ ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks, bool h
   add("ln_f.weight", {C}, layers.lnf_layer(), ones);
   add("ln_f.bias", {C}, layers.lnf_layer(), zeros);
   if (head_copy) {
-    add("lm_head.weight", {Vr, C}, layers.head_layer(0), zeros,
+    // wte's twin: the same draws (wte is parameter 0).
+    add("lm_head.weight", {Vr, C}, layers.head_layer(0), normal(std_base),
         layers.chunked() ? layers.rows_per_chunk() : 0,
-        rows_part({int64_t{config.vocab_size}, C}, Vr));
+        rows_part({int64_t{config.vocab_size}, C}, Vr), /*init_id=*/0);
   }
+  reg.pad_layers(layers.num_layers());
   TS_CHECK(reg.num_layers() == layers.num_layers(), "GPT registry holds {} layers, expected {}",
            reg.num_layers(), layers.num_layers());
   // The head reports each chunk's gradient as soon as it is formed, the embedding its rows at
@@ -105,30 +112,53 @@ void check_tensor_parallel(const GPTConfig& config, int tp_size) {
 }
 
 template <typename T>
-GPT<T>::GPT(const GPTConfig& config, DType dtype, Device device, int wte_chunks, TpLayout tp)
+GPT<T>::GPT(const GPTConfig& config, DType dtype, Device device, int wte_chunks, TpLayout tp,
+            PipelinePart part)
     : config_(config),
       dtype_(dtype),
-      layers_(config, wte_chunks, false, tp),
-      registry_(build_gpt_registry(config, wte_chunks, false, tp)),
-      ops_(kernels::make_ops<T>(device, dtype)),
-      stage_(config_, layers_, registry_, *ops_, 0, layers_.num_layers()) {}
+      part_(std::move(part)),
+      layers_(config, wte_chunks, part_.active(), tp),
+      registry_(build_gpt_registry(config, wte_chunks, part_.active(), tp, part_)),
+      ops_(kernels::make_ops<T>(device, dtype)) {
+  if (!part_.active()) {
+    stages_.push_back(
+        std::make_unique<Stage<T>>(config_, layers_, registry_, *ops_, 0, layers_.num_layers()));
+  }
+  for (const auto& [b0, b1] : part_.chunks) {
+    TS_CHECK(0 <= b0 && b0 < b1 && b1 <= config_.n_layer,
+             "pipeline chunk: blocks [{}, {}) are not a range of the model's {} blocks", b0, b1,
+             config_.n_layer);
+    stages_.push_back(std::make_unique<Stage<T>>(config_, layers_, registry_, *ops_,
+                                                 layers_.stage_first_layer(b0),
+                                                 layers_.stage_last_layer(b1)));
+  }
+}
+
+template <typename T>
+void GPT<T>::whole_model(const char* what) const {
+  TS_CHECK(!part_.active(),
+           "GPT::{} runs the whole model; this one holds pipeline chunks (the engine drives "
+           "its stages)",
+           what);
+}
 
 template <typename T>
 int64_t GPT<T>::activation_bytes_for(const GPTConfig& config, int B, int T_, DType dtype,
                                      const RecomputePolicy& recompute, int wte_chunks,
                                      TpLayout tp) {
   GPT<T> planner(config, dtype, Device::cpu(), wte_chunks, tp);
-  planner.stage_.set_recompute(recompute);
-  return planner.stage_.activation_bytes_for(1, B, T_);
+  planner.stage().set_recompute(recompute);
+  return planner.stage().activation_bytes_for(1, B, T_);
 }
 
 template <typename T>
 double GPT<T>::forward(ParamAccess& params, const int32_t* inputs, const int32_t* targets, int B,
                        int T_) {
-  stage_.forward(params, 0, inputs, B, T_);
+  whole_model("forward");
+  stage().forward(params, 0, inputs, B, T_);
   last_T_ = T_;
   if (targets == nullptr) return 0.0;
-  const double loss_sum = stage_.head(params, 0, targets, B, T_, /*backward=*/false, 0.0);
+  const double loss_sum = stage().head(params, 0, targets, B, T_, /*backward=*/false, 0.0);
   return loss_sum / static_cast<double>(int64_t{B} * T_);
 }
 
@@ -136,10 +166,11 @@ template <typename T>
 double GPT<T>::forward_backward(ParamAccess& params, const int32_t* inputs, const int32_t* targets,
                                 int B, int T_, double grad_scale) {
   TS_CHECK(targets != nullptr, "forward_backward needs targets");
-  stage_.forward(params, 0, inputs, B, T_);
+  whole_model("forward_backward");
+  stage().forward(params, 0, inputs, B, T_);
   last_T_ = T_;
-  const double loss_sum = stage_.head(params, 0, targets, B, T_, /*backward=*/true, grad_scale);
-  stage_.backward(params, 0, inputs, B, T_);
+  const double loss_sum = stage().head(params, 0, targets, B, T_, /*backward=*/true, grad_scale);
+  stage().backward(params, 0, inputs, B, T_);
   return loss_sum / static_cast<double>(int64_t{B} * T_);
 }
 

@@ -33,14 +33,19 @@ namespace tessera::models {
 // shapes in tessera's [out, in] layout, and GPT-2 initialisation: normal(0, 0.02), residual
 // projections (attn.c_proj, mlp.c_proj) scaled by 1/sqrt(2 n_layer), LayerNorm 1/0, biases 0.
 // wte_chunks > 1 splits the word embedding by rows over that many layers (GptLayers);
-// head_copy adds the head's own copy of it, lm_head.weight, after ln_f (zero-initialised:
-// its owner fills it with wte's values, as Megatron's embedding group does at start-up).
+// head_copy adds the head's own copy of it, lm_head.weight, after ln_f, drawn as wte's twin
+// (the same initial values; loading a file fills it from wte.weight), where Megatron's
+// embedding group copies the values over at start-up.
+// part: a pipeline rank's registry (needs head_copy): only the layers of its chunks hold
+// parameters, the others are empty, so layer numbers and every parameter's initial values are
+// the whole model's.
 // tp: this rank's part of every parameter (TpSplit / TpSlice): c_attn split by heads (each
 // rank its heads' rows of q, k and v), mlp.c_fc by rows, attn.c_proj and mlp.c_proj by
 // columns (their biases whole, added once after the reduction), wte by vocabulary rows of the
 // padded vocabulary (padded_vocab); LayerNorms and wpe whole on every rank.
 ParamRegistry build_gpt_registry(const GPTConfig& config, int wte_chunks = 1,
-                                 bool head_copy = false, TpLayout tp = {});
+                                 bool head_copy = false, TpLayout tp = {},
+                                 const PipelinePart& part = {});
 // Throws, naming the numbers, unless tp_size divides n_head.
 void check_tensor_parallel(const GPTConfig& config, int tp_size);
 
@@ -54,8 +59,10 @@ class GPT {
   // rounding, not bit for bit (the head's softmax is summed chunk by chunk).
   // tp: this rank's part of a tensor-parallel model (the stage then needs its group:
   // stage().set_tensor_parallel).
+  // part: a pipeline rank's blocks, one stage per model chunk (with a head copy); forward,
+  // forward_backward, logits_at and decoding then refuse (the engine drives the stages).
   explicit GPT(const GPTConfig& config, DType dtype = dtype_of<T>(), Device device = Device::cpu(),
-               int wte_chunks = 1, TpLayout tp = {});
+               int wte_chunks = 1, TpLayout tp = {}, PipelinePart part = {});
 
   const GPTConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
@@ -64,12 +71,20 @@ class GPT {
   const GptLayers& layers() const { return layers_; }
   int num_layers() const { return registry_.num_layers(); }
   kernels::Ops<T>& ops() { return *ops_; }
-  Stage<T>& stage() { return stage_; }
+  const PipelinePart& part() const { return part_; }
+  // The first (the whole model's) stage, or model chunk `chunk`'s.
+  Stage<T>& stage(int chunk = 0) { return *stages_.at(chunk); }
+  const Stage<T>& stage(int chunk = 0) const { return *stages_.at(chunk); }
+  int num_stages() const { return static_cast<int>(stages_.size()); }
 
   // Sizes the activations for batches of up to B x T tokens (T <= block_size); later calls
   // with smaller shapes reuse them. Charged to MemCategory::Activations.
-  void allocate_activations(int B, int seq_len) { stage_.allocate(1, B, seq_len); }
-  int64_t activation_bytes() const { return stage_.activation_bytes(); }
+  void allocate_activations(int B, int seq_len) { stage().allocate(1, B, seq_len); }
+  int64_t activation_bytes() const {
+    int64_t bytes = 0;
+    for (const auto& s : stages_) bytes += s->activation_bytes();
+    return bytes;
+  }
   // What allocate_activations(B, T) would allocate, without allocating (for the estimator).
   static int64_t activation_bytes_for(const GPTConfig& config, int B, int seq_len,
                                       DType dtype = dtype_of<T>(),
@@ -88,7 +103,8 @@ class GPT {
 
   // After forward(..., targets = nullptr): logits [V] of position t of batch row b.
   void logits_at(ParamAccess& params, int b, int t, T* out) {
-    stage_.logits_at(params, 0, b, t, last_T_, out);
+    whole_model("logits_at");
+    stage().logits_at(params, 0, b, t, last_T_, out);
   }
 
   // Keys and values of every position decoded so far, per layer: generation runs one token
@@ -107,12 +123,15 @@ class GPT {
   void decode_step(ParamAccess& params, KvCache& cache, int32_t token, T* logits);
 
  private:
+  void whole_model(const char* what) const;
+
   GPTConfig config_;
   DType dtype_;
+  PipelinePart part_;
   GptLayers layers_;
   ParamRegistry registry_;
   std::unique_ptr<kernels::Ops<T>> ops_;
-  Stage<T> stage_;
+  std::vector<std::unique_ptr<Stage<T>>> stages_;
   int last_T_ = 0;  // sequence length of the latest forward, for logits_at
 };
 

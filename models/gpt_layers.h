@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "models/gpt_config.h"
@@ -35,6 +36,15 @@ struct TpLayout {
   int rank = 0;
   bool sequence_parallel = false;  // LayerNorm and residual regions hold rows / t tokens
   bool active() const { return size > 1; }
+};
+
+// The blocks a pipeline rank holds: blocks [first, second) for each of its model chunks (its
+// virtual stages), in chunk order. Empty: the whole model, one stage. The chunk starting at
+// block 0 holds the embeddings, the one ending at n_layer ln_f and the head, on the head's own
+// copy of the word embedding (GptLayers::head_copy), as Megatron's last stage does.
+struct PipelinePart {
+  std::vector<std::pair<int, int>> chunks;
+  bool active() const { return !chunks.empty(); }
 };
 
 // Megatron's make-vocab-size-divisible-by: with t > 1 the vocabulary is padded to a multiple
@@ -95,6 +105,21 @@ struct GptLayers {
   }
   int first_layer_of_block(int block) const { return block_layer(block, kAttentionIn); }
   int lnf_layer() const { return embedding_layers() + kBlockParts * n_layer; }
+  // The layers [stage_first_layer(b0), stage_last_layer(b1)) of a stage holding blocks
+  // [b0, b1): the embeddings before block 0, ln_f (and a head copy) after the last block.
+  int stage_first_layer(int begin_block) const {
+    return begin_block == 0 ? 0 : first_layer_of_block(begin_block);
+  }
+  int stage_last_layer(int end_block) const {
+    return end_block == n_layer ? num_layers() : first_layer_of_block(end_block);
+  }
+  bool holds(const PipelinePart& part, int layer) const {
+    if (!part.active()) return true;
+    for (const auto& [b0, b1] : part.chunks) {
+      if (layer >= stage_first_layer(b0) && layer < stage_last_layer(b1)) return true;
+    }
+    return false;
+  }
   // The layer the head reads chunk k of its weights from: wte's, or its copy's.
   int head_layer(int chunk) const { return head_copy ? lnf_layer() + 1 + chunk : wte_layer(chunk); }
   int num_layers() const { return lnf_layer() + 1 + (head_copy ? wte_chunks : 0); }

@@ -326,24 +326,32 @@ void read_conv1d_slice(const SafetensorsTensor& t, int64_t rows, int64_t cols, i
 
 namespace {
 
-bool tensor_parallel(const ParamRegistry& registry) {
-  return std::any_of(registry.params().begin(), registry.params().end(),
-                     [](const ParamSpec& p) { return p.tp.split(); });
+// A registry laid out otherwise than the one-rank model's: tensor-parallel parts, or a
+// pipeline rank's parameters (some of the model's, and the head's copy of wte).
+bool mapped(const ParamRegistry& registry) {
+  const std::vector<ParamSpec>& params = registry.params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].tp.split() || (params[i].init_id >= 0 && params[i].init_id != static_cast<int>(i))) {
+      return true;
+    }
+  }
+  return false;
 }
 
-// A tensor-parallel rank's part of the file: each split parameter's whole tensor read (as
-// the one-rank model lays it out) and this rank's elements picked; padding is zero.
-void load_tensor_parallel_range(const std::string& path, const GPTConfig& config,
-                                const ParamRegistry& registry, int64_t begin, int64_t end,
-                                float* out) {
+// Such a rank's part of the file: each parameter read as the one-rank model lays it out (its
+// init_id names it there; a head copy reads wte), and, when split, this rank's elements
+// picked; padding is zero.
+void load_mapped_range(const std::string& path, const GPTConfig& config,
+                       const ParamRegistry& registry, int64_t begin, int64_t end, float* out) {
   const ParamRegistry whole = build_gpt_registry(config);
-  TS_CHECK(whole.params().size() == registry.params().size(),
-           "load weights {}: the tensor-parallel registry holds {} parameters, the model {}", path,
-           registry.params().size(), whole.params().size());
   std::vector<float> tensor;
   for (size_t i = 0; i < registry.params().size(); ++i) {
     const ParamSpec& spec = registry.params()[i];
-    const ParamSpec& w = whole.params()[i];
+    const size_t id = spec.init_id >= 0 ? static_cast<size_t>(spec.init_id) : i;
+    TS_CHECK(id < whole.params().size(),
+             "load weights {}: parameter '{}' is not one of the model's {}", path, spec.name,
+             whole.params().size());
+    const ParamSpec& w = whole.params()[id];
     const int64_t a = std::max<int64_t>(begin - spec.offset, 0);
     const int64_t b = std::min<int64_t>(end - spec.offset, spec.numel());
     if (a >= b) continue;
@@ -367,11 +375,11 @@ void load_gpt_safetensors_range(const std::string& path, const GPTConfig& config
                                 const ParamRegistry& registry, int64_t begin, int64_t end,
                                 float* out) {
   config.validate();
-  if (tensor_parallel(registry)) {
+  if (mapped(registry)) {
     TS_CHECK(0 <= begin && begin <= end && end <= registry.numel(),
              "load weights {}: [{}, {}) is not a range of the model's {} parameters", path, begin,
              end, registry.numel());
-    load_tensor_parallel_range(path, config, registry, begin, end, out);
+    load_mapped_range(path, config, registry, begin, end, out);
     return;
   }
   check_registry(config, registry);

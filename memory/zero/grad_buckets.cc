@@ -72,7 +72,7 @@ int64_t GradBuckets::slot_bytes() const {
 void* GradBuckets::grads(int layer) {
   const LayerRange& r = registry_.layer(layer);
   if (!options_.slots) return elem(full_grads_, r.begin);
-  const int b = bucket_of_layer_.at(layer);
+  const int b = bucket_of(layer);
   return bucket_grads(b) + (r.begin - buckets_[b].begin) * static_cast<int64_t>(elem_size_);
 }
 
@@ -96,8 +96,14 @@ char* GradBuckets::bucket_grads(int b) {
   return static_cast<char*>(slots_[bucket.slot].data());
 }
 
-void GradBuckets::ready(int layer) {
+int GradBuckets::bucket_of(int layer) const {
   const int b = bucket_of_layer_.at(layer);
+  TS_CHECK(b >= 0, "layer {} holds no parameters on this rank (another pipeline stage's)", layer);
+  return b;
+}
+
+void GradBuckets::ready(int layer) {
+  const int b = bucket_of(layer);
   Bucket& bucket = buckets_[b];
   // Per layer, not per bucket: a layer reported too often must not stand in for a sibling.
   TS_CHECK(reported_[layer] < bucket.rounds,

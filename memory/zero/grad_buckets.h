@@ -95,6 +95,7 @@ class GradBuckets {
 
   char* elem(char* base, int64_t i) const { return base + i * static_cast<int64_t>(elem_size_); }
   char* bucket_grads(int b);
+  int bucket_of(int layer) const;
   void complete_oldest();
 
   const ParamRegistry& registry_;

@@ -9,12 +9,20 @@ namespace tessera::memory {
 std::vector<BucketPlan> plan_buckets(const ParamRegistry& registry, int64_t bucket_elems) {
   TS_CHECK(bucket_elems >= 1, "reduce_bucket_size must be >= 1, got {}", bucket_elems);
   std::vector<BucketPlan> buckets;
+  // Empty layers (another pipeline stage's, in a pipeline rank's registry) are never
+  // reported: they belong to no bucket, and a bucket never spans one.
+  auto empty = [&](int l) { return registry.layer(l).numel() == 0; };
   for (int l = registry.num_layers() - 1; l >= 0;) {
+    if (empty(l)) {
+      --l;
+      continue;
+    }
     BucketPlan b;
     b.end = registry.layer(l).end;
     b.grad_reports = registry.layer(l).grad_reports;
-    while (l >= 0 && (b.layers == 0 || (b.end - registry.layer(l).begin <= bucket_elems &&
-                                        registry.layer(l).grad_reports == b.grad_reports))) {
+    while (l >= 0 && !empty(l) &&
+           (b.layers == 0 || (b.end - registry.layer(l).begin <= bucket_elems &&
+                              registry.layer(l).grad_reports == b.grad_reports))) {
       b.begin = registry.layer(l).begin;
       b.first_layer = l;
       ++b.layers;

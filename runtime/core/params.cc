@@ -25,9 +25,10 @@ int64_t ParamSpec::whole_index(int64_t j) const {
 }
 
 const ParamSpec& ParamRegistry::add(ParamSpec spec) {
-  TS_CHECK(spec.layer == num_layers() - 1 || spec.layer == num_layers(),
+  TS_CHECK(spec.layer >= num_layers() - 1 && spec.layer >= 0,
            "parameter {} registered for layer {} after layer {}: register in forward order",
            spec.name, spec.layer, num_layers() - 1);
+  pad_layers(spec.layer);
   for (const ParamSpec& p : params_) {
     TS_CHECK(p.name != spec.name, "parameter {} registered twice", spec.name);
   }
@@ -61,6 +62,10 @@ const ParamSpec& ParamRegistry::add(ParamSpec spec) {
   return params_.back();
 }
 
+void ParamRegistry::pad_layers(int layers) {
+  while (num_layers() < layers) layers_.push_back({numel_, numel_});
+}
+
 void ParamRegistry::set_grad_reports(int layer, int reports) {
   TS_CHECK(reports == 1 || reports == 2,
            "a layer's gradients are reported once or twice a pass, "
@@ -90,6 +95,7 @@ void init_params_range(const ParamRegistry& registry, T* out, uint64_t seed, int
     const int64_t j1 = std::min<int64_t>(end - p.offset, p.numel());
     if (j0 >= j1) continue;
     T* dst = out + (p.offset + j0 - begin);
+    const uint64_t stream = p.init_id >= 0 ? static_cast<uint64_t>(p.init_id) : i;
     if (p.tp.split()) {
       // A tensor-parallel part: each element is the whole parameter's element it stands for,
       // so any t starts from the one-rank model; padding is zero.
@@ -98,7 +104,7 @@ void init_params_range(const ParamRegistry& registry, T* out, uint64_t seed, int
         const int64_t w = p.whole_index(j);
         T v = T(0);
         if (w >= 0 && p.init == ParamInit::Ones) v = T(1);
-        if (w >= 0 && p.init == ParamInit::Normal) v = static_cast<T>(p.init_std * normal_at(seed, i, w));
+        if (w >= 0 && p.init == ParamInit::Normal) v = static_cast<T>(p.init_std * normal_at(seed, stream, w));
         dst[j - j0] = v;
       }
       continue;
@@ -113,7 +119,7 @@ void init_params_range(const ParamRegistry& registry, T* out, uint64_t seed, int
       case ParamInit::Normal:
 #pragma omp parallel for schedule(static)
         for (int64_t j = j0; j < j1; ++j) {
-          dst[j - j0] = static_cast<T>(p.init_std * normal_at(seed, i, j));
+          dst[j - j0] = static_cast<T>(p.init_std * normal_at(seed, stream, j));
         }
         break;
     }

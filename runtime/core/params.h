@@ -48,6 +48,10 @@ struct ParamSpec {
   TpSplit split = TpSplit::None;
   TpSlice tp;  // set with split != None
   int64_t offset = 0;  // elements from the start of the flat buffer (set by the registry)
+  // The parameter whose initial values this one draws (its index in the whole model's
+  // registry; -1: its own index here). A pipeline rank's registry holds only some of the
+  // model's parameters, and a head copy starts as the word embedding's twin.
+  int init_id = -1;
   // > 0: the parameter is split by rows (its first dimension) into consecutive layers of this
   // many rows each (the last may hold fewer), starting at `layer`: the word embedding,
   // gathered a chunk at a time under ZeRO-3.
@@ -70,9 +74,13 @@ struct LayerRange {
 
 class ParamRegistry {
  public:
-  // Appends a parameter to `layer`, which must be the last layer registered or a new one
-  // (with rows_per_layer, the first of the layers it is split over).
+  // Appends a parameter to `layer`, which must be the last layer registered or a later one
+  // (with rows_per_layer, the first of the layers it is split over). Layers skipped on the way
+  // are empty: a pipeline rank's registry keeps the whole model's layer numbers and holds
+  // only its stages' layers.
   const ParamSpec& add(ParamSpec spec);
+  // Appends empty layers up to `layers` in all.
+  void pad_layers(int layers);
   // Backward reports `layer` this many times per pass (LayerRange::grad_reports).
   void set_grad_reports(int layer, int reports);
   const std::vector<ParamSpec>& params() const { return params_; }

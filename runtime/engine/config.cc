@@ -433,17 +433,33 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
 
   if (root.has("parallelism")) {
     Block p = root.child("parallelism");
-    int pipeline = 1;
     p.get("tensor_model_parallel_size", c.tensor_parallel);
     p.get("sequence_parallel", c.sequence_parallel);
-    p.get("pipeline_model_parallel_size", pipeline);
+    p.get("pipeline_model_parallel_size", c.pipeline_parallel);
+    if (p.has("virtual_pipeline_model_parallel_size") &&
+        p.raw("virtual_pipeline_model_parallel_size").is_null()) {
+      c.virtual_pipeline = 1;  // Megatron's None
+    } else {
+      p.get("virtual_pipeline_model_parallel_size", c.virtual_pipeline);
+    }
+    p.get("pipeline_schedule", c.pipeline_schedule);
+    p.get("pipeline_partition", c.pipeline_partition);
     p.reject_unknown();
     TS_CHECK(c.tensor_parallel >= 1, "{}: parallelism.tensor_model_parallel_size must be >= 1",
              source);
-    TS_CHECK(pipeline == 1,
-             "{}: parallelism.pipeline_model_parallel_size {}: pipeline parallelism is not built "
-             "yet: set it to 1",
-             source, pipeline);
+    TS_CHECK(c.pipeline_parallel >= 1, "{}: parallelism.pipeline_model_parallel_size must be >= 1",
+             source);
+    TS_CHECK(c.virtual_pipeline >= 1,
+             "{}: parallelism.virtual_pipeline_model_parallel_size must be >= 1", source);
+    TS_CHECK(c.pipeline_schedule == "1f1b" || c.pipeline_schedule == "gpipe" ||
+                 c.pipeline_schedule == "interleaved",
+             "{}: parallelism.pipeline_schedule '{}' is not one of 1f1b, gpipe, interleaved", source,
+             c.pipeline_schedule);
+    if (c.virtual_pipeline > 1 && c.pipeline_schedule == "1f1b") c.pipeline_schedule = "interleaved";
+    TS_CHECK(c.virtual_pipeline == 1 || c.pipeline_schedule == "interleaved",
+             "{}: parallelism.virtual_pipeline_model_parallel_size {} needs the interleaved "
+             "schedule, not {}: set pipeline_schedule to interleaved or the virtual size to 1",
+             source, c.virtual_pipeline, c.pipeline_schedule);
     TS_CHECK(!c.sequence_parallel || c.tensor_parallel > 1,
              "{}: parallelism.sequence_parallel splits the sequence over tensor-parallel ranks: "
              "set tensor_model_parallel_size > 1 or turn it off",
@@ -534,6 +550,12 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
              "{}: parallelism.tensor_model_parallel_size {} does not divide model.n_head {}: each "
              "rank holds whole attention heads, so choose a divisor of {}",
              source, c.tensor_parallel, c.model.n_head, c.model.n_head);
+    const int virtual_stages = c.pipeline_parallel * c.virtual_pipeline;
+    TS_CHECK(c.model.n_layer >= virtual_stages,
+             "{}: {} pipeline stage(s) x {} model chunk(s) need at least {} transformer blocks, "
+             "model.n_layer is {}: lower parallelism.pipeline_model_parallel_size or the virtual "
+             "size",
+             source, c.pipeline_parallel, c.virtual_pipeline, virtual_stages, c.model.n_layer);
   }
   TS_CHECK(root.has("data"), "{}: missing the 'data' block (\"data\": {{\"train\": \"...bin\"}})",
            source);
@@ -563,7 +585,10 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     t.get("sample_prompt", c.sample_prompt);
     t.get("sample_temperature", c.sample_temperature);
     t.get("sample_top_k", c.sample_top_k);
+    t.get("trace_file", c.trace_file);
+    t.get("trace_step", c.trace_step);
     t.reject_unknown();
+    TS_CHECK(c.trace_step >= 1, "{}: training.trace_step is 1-based, got {}", source, c.trace_step);
     TS_CHECK(c.steps >= 0, "{}: training.steps must be >= 0", source);
     TS_CHECK(c.threads >= 0, "{}: training.threads must be >= 0 (0 = all cores)", source);
     TS_CHECK(c.eval_iters >= 1, "{}: training.eval_iters must be >= 1", source);
@@ -579,6 +604,15 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     o.reject_unknown();
   }
   root.reject_unknown();
+  TS_CHECK(c.virtual_pipeline == 1 || c.pipeline_parallel >= 2,
+           "{}: parallelism.virtual_pipeline_model_parallel_size {} interleaves model chunks over "
+           "pipeline stages: set pipeline_model_parallel_size >= 2 or the virtual size to 1",
+           source, c.virtual_pipeline);
+  TS_CHECK(c.pipeline_parallel == 1 || c.zero.stage <= 2,
+           "{}: zero_optimization.stage 3 with parallelism.pipeline_model_parallel_size {} is not "
+           "supported (stage 3's gathers follow one forward then one backward per micro-batch, "
+           "which a pipeline schedule interleaves): use stage 0, 1 or 2 with pipelines",
+           source, c.pipeline_parallel);
   return c;
 }
 

@@ -80,6 +80,16 @@ struct TrainConfig {
   // sequence_parallel.
   int tensor_parallel = 1;
   bool sequence_parallel = false;
+  // pipeline_model_parallel_size (p stages of consecutive blocks, the outermost dimension:
+  // world = DP x TP x PP), virtual_pipeline_model_parallel_size (v model chunks per stage,
+  // the interleaved schedule), the schedule (1f1b, gpipe or interleaved) and how blocks are
+  // assigned to stages: uniform, parameters (DeepSpeed's partition_method) or explicit block
+  // counts per (virtual) stage ("3,3,2,2"). The micro-batches of a step are
+  // gradient_accumulation_steps.
+  int pipeline_parallel = 1;
+  int virtual_pipeline = 1;
+  std::string pipeline_schedule = "1f1b";
+  std::string pipeline_partition = "uniform";
   // The activation_checkpointing block (none unless the block is present).
   models::RecomputePolicy recompute;
 
@@ -103,6 +113,10 @@ struct TrainConfig {
   float sample_temperature = 0.8f;  // 0: greedy
   int sample_top_k = 40;            // 0: the whole vocabulary
   std::string output_dir = "runs/default";
+  // training.trace_file: a Chrome trace (Perfetto, chrome://tracing) of every rank's spans in
+  // step trace_step (1-based); "" for none.
+  std::string trace_file;
+  int64_t trace_step = 2;
 
   // Fills the batch triple from the data-parallel size (dp_world); throws with the
   // arithmetic when the three given values disagree.

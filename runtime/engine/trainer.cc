@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 
 #include "models/weights_io.h"
@@ -56,17 +57,27 @@ void check_fp16_range(const ParamRegistry& registry, const float* weights, memor
   }
 }
 
-// The world in Megatron's layout when the layers are split over tensor-parallel ranks.
-std::unique_ptr<parallel::Topology> tensor_parallel_topology(parallel::ProcessGroup* world,
-                                                             const TrainConfig& c) {
-  const int t = c.tensor_parallel;
-  if (t == 1) return nullptr;
+// The world in Megatron's layout when the layers are split over tensor-parallel ranks or
+// pipeline stages.
+std::unique_ptr<parallel::Topology> model_parallel_topology(parallel::ProcessGroup* world,
+                                                            const TrainConfig& c) {
+  const int t = c.tensor_parallel, p = c.pipeline_parallel;
+  if (t == 1 && p == 1) return nullptr;
   const int ranks = world != nullptr ? world->size() : 1;
-  TS_CHECK(ranks % t == 0,
-           "parallelism.tensor_model_parallel_size {} needs a multiple of {} ranks, this run has "
-           "{}: run {} ranks (--sim-ranks or mpirun -np) or lower it",
-           t, t, ranks, t);
-  return std::make_unique<parallel::Topology>(*world, parallel::ParallelShape{ranks / t, t, 1});
+  if (p == 1) {
+    TS_CHECK(ranks % t == 0,
+             "parallelism.tensor_model_parallel_size {} needs a multiple of {} ranks, this run "
+             "has {}: run {} ranks (--sim-ranks or mpirun -np) or lower it",
+             t, t, ranks, t);
+  } else {
+    TS_CHECK(ranks % (t * p) == 0,
+             "parallelism.tensor_model_parallel_size {} x pipeline_model_parallel_size {} needs a "
+             "multiple of {} ranks, this run has {}: run {} ranks (--sim-ranks or mpirun -np) or "
+             "lower them",
+             t, p, t * p, ranks, t * p);
+  }
+  return std::make_unique<parallel::Topology>(*world,
+                                              parallel::ParallelShape{ranks / (t * p), t, p});
 }
 
 parallel::ProcessGroup* data_parallel_group(parallel::ProcessGroup* world,
@@ -76,8 +87,13 @@ parallel::ProcessGroup* data_parallel_group(parallel::ProcessGroup* world,
 }
 
 models::TpLayout tp_layout(const parallel::Topology* topology, const TrainConfig& c) {
-  if (topology == nullptr) return {};
+  if (topology == nullptr || topology->shape().tp == 1) return {};
   return {topology->shape().tp, topology->coords().tp, c.sequence_parallel};
+}
+
+models::PipelinePart pipeline_layout(const parallel::Topology* topology, const TrainConfig& c) {
+  if (topology == nullptr || topology->shape().pp == 1) return {};
+  return pipeline_part(c, topology->coords().pp);
 }
 
 }  // namespace
@@ -85,16 +101,28 @@ models::TpLayout tp_layout(const parallel::Topology* topology, const TrainConfig
 Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     : config_(std::move(config)),
       world_(world != nullptr && world->size() > 1 ? world : nullptr),
-      topology_(tensor_parallel_topology(world_, config_)),
+      topology_(model_parallel_topology(world_, config_)),
       dp_(data_parallel_group(world_, topology_.get())),
-      tp_(topology_ != nullptr ? &topology_->tp() : nullptr),
+      tp_(topology_ != nullptr && topology_->shape().tp > 1 ? &topology_->tp() : nullptr),
+      pp_(topology_ != nullptr && topology_->shape().pp > 1 ? &topology_->pp() : nullptr),
       model_(config_.model, config_.precision, Device::cpu(),
              dp_ != nullptr && config_.zero.stage == 3
                  ? models::zero3_wte_chunks(config_.model, config_.tensor_parallel)
                  : 1,
-             tp_layout(topology_.get(), config_)),
+             tp_layout(topology_.get(), config_), pipeline_layout(topology_.get(), config_)),
       full_registry_(models::build_gpt_registry(config_.model)) {
-  if (tp_ != nullptr) model_.stage().set_tensor_parallel(tp_);
+  if (pp_ != nullptr) {
+    // Collective over the world, every rank in the same order.
+    const parallel::RankCoords& at = topology_->coords();
+    const int t = topology_->shape().tp;
+    model_group_ = world_->split(at.dp, world_->rank());
+    stage_group_ = world_->split(at.pp, world_->rank());
+    const bool end_stage = at.pp == 0 || at.pp == pp_size() - 1;
+    embedding_group_ = world_->split(end_stage ? at.dp * t + at.tp : -1, at.pp);
+  }
+  for (int c = 0; tp_ != nullptr && c < model_.num_stages(); ++c) {
+    model_.stage(c).set_tensor_parallel(tp_);
+  }
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
   config_.resolve_batch(dp_size());
   if (config_.precision == DType::F16) scaler_.emplace(config_.loss_scaler);
@@ -124,7 +152,8 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     access_ = std::move(access);
     if (dtype == DType::F16) {
       const memory::OptimizerShard shard = sharded_->shard();
-      check_fp16_range(registry, shard.master, shard.range, tp_ != nullptr ? world_ : dp_);
+      check_fp16_range(registry, shard.master, shard.range,
+                       pp_ != nullptr ? stage_group_.get() : (tp_ != nullptr ? world_ : dp_));
     }
   } else {
     // Stage 0 keeps the whole model: build it straight in its fp32 weights (the master copy
@@ -146,9 +175,11 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
       dp_->broadcast(weights, static_cast<size_t>(numel), DType::F32)->wait();
     }
     // Identical on every rank: each checks the whole model alone and all agree.
-    // (With tensor parallelism each holds its part: all agree through the world.)
+    // (With tensor parallelism each holds its part: all agree through the world, or, with
+    // pipeline stages holding different layers, through the stage's ranks.)
     if (dtype == DType::F16) {
-      check_fp16_range(registry, weights, {0, numel}, tp_ != nullptr ? world_ : nullptr);
+      check_fp16_range(registry, weights, {0, numel},
+                       pp_ != nullptr ? stage_group_.get() : (tp_ != nullptr ? world_ : nullptr));
     }
     memory::store_working(dtype, weights, state_->params(), numel);
     if (dp_ != nullptr) {
@@ -166,13 +197,19 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
                                                config_.seq_len, config_.model.vocab_size,
                                                dp_rank(), dp_size(), config_.shuffle, config_.seed,
                                                parse_token_format(config_.data_format));
-  schedule_ = pp::one_stage(config_.gradient_accumulation_steps);
+  schedule_ = pp::make_schedule(config_.pipeline_schedule, pp_size(),
+                                config_.gradient_accumulation_steps, config_.virtual_pipeline);
   pp::validate(schedule_);
-  slots_ = pp::assign_slots(schedule_.programs[0]);
-  const int slots = pp::slots_needed(schedule_.programs[0]);
-  model_.stage().set_recompute(config_.recompute);
-  model_.stage().allocate(slots, config_.micro_batch_size, config_.seq_len);
-  const size_t n = static_cast<size_t>(slots) * config_.micro_batch_size * config_.seq_len;
+  const pp::StageProgram& program = schedule_.programs[pp_rank()];
+  for (int c = 0; c < model_.num_stages(); ++c) {
+    models::Stage<float>& stage = model_.stage(c);
+    stage.set_recompute(config_.recompute);
+    stage.allocate(std::max(1, pp::slots_needed(program, c)), config_.micro_batch_size,
+                   config_.seq_len);
+  }
+  if (pp_ != nullptr) links_ = std::make_unique<StageLinks>(*pp_);
+  const size_t n = static_cast<size_t>(config_.gradient_accumulation_steps) *
+                   config_.micro_batch_size * config_.seq_len;
   inputs_.resize(n);
   targets_.resize(n);
 }
@@ -210,21 +247,22 @@ double Trainer::grad_norm() {
                : k::sum_squares16(s.dtype, static_cast<const uint16_t*>(s.grads) + at, n);
   };
   double sum = 0.0;
-  if (tp_ == nullptr) {
+  if (tp_ == nullptr && pp_ == nullptr) {
     sum = sum_squares(0, s.range.numel());
   } else {
-    // Every parameter once: each rank's part of a split one, a replicated one (the same on
-    // every tensor-parallel rank) from group rank 0 alone.
     for (const ParamSpec& p : model_.registry().params()) {
-      if (p.split == TpSplit::None && tp_->rank() != 0) continue;
+      if (!counts_in_norm(p)) continue;
       const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, s.range);
       if (part.numel() > 0) sum += sum_squares(part.begin - s.range.begin, part.numel());
     }
   }
-  // Shards partition the model over the data-parallel ranks, tensor-parallel parts over their
-  // group: the global sum of squares is the sum over the ranks holding disjoint pieces.
-  // Gathered in f64 and added in rank order, so every rank gets the same bits.
-  parallel::ProcessGroup* pieces = sharded_ != nullptr ? (tp_ != nullptr ? world_ : dp_) : tp_;
+  // Shards partition the model over the data-parallel ranks, tensor-parallel parts and
+  // pipeline stages over their groups: the global sum of squares is the sum over the ranks
+  // holding disjoint pieces. Gathered in f64 and added in rank order, so every rank gets the
+  // same bits.
+  parallel::ProcessGroup* pieces =
+      sharded_ != nullptr ? (tp_ != nullptr || pp_ != nullptr ? world_ : dp_)
+                          : (pp_ != nullptr ? model_group_.get() : tp_);
   if (pieces != nullptr) {
     std::vector<double> sums(pieces->size());
     pieces->all_gather(&sum, sums.data(), 1, DType::F64)->wait();
@@ -232,6 +270,14 @@ double Trainer::grad_norm() {
     for (double x : sums) sum += x;
   }
   return std::sqrt(sum);
+}
+
+bool Trainer::counts_in_norm(const ParamSpec& p) const {
+  // A replicated parameter is the same on every tensor-parallel rank: group rank 0 counts it.
+  if (tp_ != nullptr && p.split == TpSplit::None && tp_->rank() != 0) return false;
+  // The head copy is wte's twin (their gradients are summed): wte counts for both.
+  if (pp_ != nullptr && p.name == "lm_head.weight") return false;
+  return true;
 }
 
 bool Trainer::any_rank(bool local) {
@@ -243,7 +289,7 @@ bool Trainer::any_rank(bool local) {
   return flag > 0.0f;
 }
 
-void Trainer::optimizer_step(double lr, double grad_scale) {
+void Trainer::apply_update(double lr, double grad_scale) {
   const OptimizerConfig& o = config_.optimizer;
   const memory::OptimizerShard s = optimizer_shard();
   for (const ParamSpec& p : model_.registry().params()) {
@@ -277,34 +323,46 @@ void Trainer::optimizer_step(double lr, double grad_scale) {
 
 Trainer::WholeWeights Trainer::whole_weights() {
   WholeWeights mine = local_weights();
-  if (tp_ == nullptr) return mine;
-  // Every tensor-parallel rank's part, gathered, then each element put where the whole
-  // parameter holds it (replicated parameters from group rank 0; padding dropped).
-  const ParamRegistry& registry = model_.registry();
-  const auto local = static_cast<size_t>(registry.numel());
-  const int t = tp_->size();
-  Storage parts(local * t * sizeof(float), MemCategory::Other, Device::cpu(), /*zero=*/false);
+  if (tp_ == nullptr && pp_ == nullptr) return mine;
+  // Every tensor-parallel rank's and pipeline stage's part, gathered over the ranks holding
+  // one replica, then each element put where the whole parameter holds it (replicated
+  // parameters from tensor-parallel rank 0, wte from the first stage; padding dropped).
+  parallel::ProcessGroup& parts_group = pp_ != nullptr ? *model_group_ : *tp_;
+  const int members = parts_group.size(), t = tp_size();
+  // Member j of the group is tensor-parallel rank j % t of stage j / t (world-rank order).
+  std::vector<ParamRegistry> registries;
+  std::vector<size_t> counts;
+  for (int j = 0; j < members; ++j) {
+    models::TpLayout layout = tp_layout(topology_.get(), config_);
+    layout.rank = j % t;
+    const models::PipelinePart part =
+        pp_ != nullptr ? pipeline_part(config_, j / t) : models::PipelinePart{};
+    registries.push_back(models::build_gpt_registry(config_.model, model_.layers().wte_chunks,
+                                                    part.active(), layout, part));
+    counts.push_back(static_cast<size_t>(registries.back().numel()));
+  }
+  size_t total = 0;
+  for (size_t c : counts) total += c;
+  Storage parts(total * sizeof(float), MemCategory::Other, Device::cpu(), /*zero=*/false);
   const auto* all = static_cast<const float*>(parts.data());
-  tp_->all_gather(mine.data, parts.data(), local, DType::F32)->wait();
+  parts_group.all_gather_v(mine.data, parts.data(), counts, DType::F32)->wait();
   mine = WholeWeights{};  // the local copy is no longer needed
   WholeWeights w;
   w.gathered = Storage(static_cast<size_t>(full_registry_.numel()) * sizeof(float),
                        MemCategory::Other, Device::cpu(), /*zero=*/false);
   auto* whole = static_cast<float*>(w.gathered.data());
-  for (int r = 0; r < t; ++r) {
-    models::TpLayout layout = tp_layout(topology_.get(), config_);
-    layout.rank = r;
-    const ParamRegistry rank_registry =
-        models::build_gpt_registry(config_.model, model_.layers().wte_chunks, false, layout);
-    const float* from = all + local * r;
-    for (size_t i = 0; i < rank_registry.params().size(); ++i) {
-      const ParamSpec& p = rank_registry.params()[i];
-      if (p.split == TpSplit::None && r != 0) continue;
-      float* to = whole + full_registry_.params()[i].offset;
+  size_t from_offset = 0;
+  for (int j = 0; j < members; ++j) {
+    const float* from = all + from_offset;
+    from_offset += counts[j];
+    for (const ParamSpec& p : registries[j].params()) {
+      if (p.split == TpSplit::None && j % t != 0) continue;
+      if (p.name == "lm_head.weight") continue;
+      float* to = whole + full_registry_.params().at(static_cast<size_t>(p.init_id)).offset;
 #pragma omp parallel for schedule(static)
-      for (int64_t j = 0; j < p.numel(); ++j) {
-        const int64_t at = p.whole_index(j);
-        if (at >= 0) to[at] = from[p.offset + j];
+      for (int64_t e = 0; e < p.numel(); ++e) {
+        const int64_t at = p.whole_index(e);
+        if (at >= 0) to[at] = from[p.offset + e];
       }
     }
   }
@@ -330,56 +388,165 @@ std::vector<float> Trainer::full_params() {
   return std::vector<float>(w.data, w.data + full_registry_.numel());
 }
 
+int Trainer::virtual_stage(int chunk) const {
+  return pp::virtual_stage(pp_rank(), chunk, pp_size());
+}
+
+bool Trainer::last_virtual(int chunk) const {
+  return virtual_stage(chunk) == pp_size() * config_.virtual_pipeline - 1;
+}
+
+size_t Trainer::activation_count() const {
+  return static_cast<size_t>(
+             model_.stage().residual_rows(config_.micro_batch_size, config_.seq_len)) *
+         config_.model.n_embd;
+}
+
 StepStats Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
   const int accum = config_.gradient_accumulation_steps;
   const int B = config_.micro_batch_size, T = config_.seq_len;
   const size_t tokens = static_cast<size_t>(B) * T;
-  models::Stage<float>& stage = model_.stage();
-  const pp::StageProgram& program = schedule_.programs[0];
-  access_->zero_grads();
-  // fp16 scales the loss (so the gradients) up to keep small gradients representable.
-  const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
-  double loss = 0.0;
-  std::optional<StepStats> stats;
-  for (size_t i = 0; i < program.size(); ++i) {
-    const pp::Step& s = program[i];
-    const int slot = slots_[i];
-    int32_t* inputs = inputs_.data() + slot * tokens;
-    int32_t* targets = targets_.data() + slot * tokens;
-    switch (s.kind) {
-      case pp::StepKind::Forward:
-        access_->begin_micro_batch(/*training=*/true, /*last=*/s.micro_batch == accum - 1);
-        train_loader_->next(inputs, targets);
-        stage.forward(*access_, slot, inputs, B, T);
-        break;
-      case pp::StepKind::Backward:
-        loss += stage.head(*access_, slot, targets, B, T, /*backward=*/true, loss_scale / accum) /
-                static_cast<double>(tokens);
-        stage.backward(*access_, slot, inputs, B, T);
-        break;
-      case pp::StepKind::ReduceGrads:
-        access_->finish_gradients();
-        break;
-      case pp::StepKind::OptimizerStep:
-        stats = finish_step(loss / accum, loss_scale);
-        break;
-      default:
-        TS_THROW(InvalidArgument, "schedule '{}' moves activations between pipeline stages: "
-                 "this engine runs one stage", schedule_.name);
-    }
+  const bool tracing = !config_.trace_file.empty() && steps_done_ + 1 == config_.trace_step;
+  if (tracing) {
+    trace_.clear();
+    trace_.sync_origin(world_);
+    trace_.set_enabled(true);
   }
+  access_->zero_grads();
+  // Every stage reads the same micro-batches (the first uses the inputs, the last the targets).
+  for (int m = 0; m < accum; ++m) {
+    train_loader_->next(inputs_.data() + m * tokens, targets_.data() + m * tokens);
+  }
+  // fp16 scales the loss (so the gradients) up to keep small gradients representable.
+  step_loss_scale_ = scaler_ ? scaler_->scale() : 1.0;
+  step_loss_ = 0.0;
+  step_stats_.reset();
+  run_program(schedule_.programs[pp_rank()], *this, &trace_);
+  std::optional<StepStats>& stats = step_stats_;
   TS_CHECK(stats.has_value(), "schedule '{}' has no optimizer step", schedule_.name);
   stats->ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  // Tensor-parallel ranks share their micro-batches: the tokens are the data-parallel ranks'.
+  // Tensor-parallel ranks and pipeline stages share their micro-batches: the tokens are the
+  // data-parallel ranks'.
   stats->tokens_per_s = static_cast<double>(accum) * B * T * dp_size() / (stats->ms / 1000.0);
+  if (tracing) {
+    trace_.set_enabled(false);
+    const parallel::RankCoords at =
+        topology_ != nullptr ? topology_->coords() : parallel::RankCoords{dp_rank(), 0, 0};
+    write_chrome_trace(config_.trace_file, trace_,
+                       fmt::format("rank {} (pp {}, tp {}, dp {})", world_rank(), at.pp, at.tp,
+                                   at.dp),
+                       world_);
+  }
   return *stats;
+}
+
+std::string Trainer::transfer_name(const char* what, const pp::Step& step, int from,
+                                   int to) const {
+  return fmt::format("{} of micro-batch {} from virtual stage {} to {}", what, step.micro_batch,
+                     from, to);
+}
+
+void Trainer::forward(const pp::Step& s, int slot) {
+  access_->begin_micro_batch(/*training=*/true, /*last=*/pp_ == nullptr &&
+                                                    s.micro_batch ==
+                                                        config_.gradient_accumulation_steps - 1);
+  model_.stage(s.chunk).forward(*access_, slot, micro_batch_inputs(s.micro_batch),
+                                config_.micro_batch_size, config_.seq_len);
+}
+
+void Trainer::backward(const pp::Step& s, int slot, bool last_of_chunk) {
+  const int B = config_.micro_batch_size, T = config_.seq_len;
+  models::Stage<float>& stage = model_.stage(s.chunk);
+  // Pipelined, forwards of later micro-batches run between a micro-batch's forward and its
+  // backward: the layouts that reduce once per step learn it at the backward.
+  if (pp_ != nullptr) access_->begin_micro_batch(/*training=*/true, last_of_chunk);
+  if (stage.has_head()) {
+    step_loss_ += stage.head(*access_, slot, micro_batch_targets(s.micro_batch), B, T,
+                             /*backward=*/true,
+                             step_loss_scale_ / config_.gradient_accumulation_steps) /
+                  static_cast<double>(micro_batch_tokens());
+  }
+  stage.backward(*access_, slot, micro_batch_inputs(s.micro_batch), B, T);
+}
+
+void Trainer::recv_activation(const pp::Step& s, int slot) {
+  const int k = virtual_stage(s.chunk);
+  links_->recv(model_.stage(s.chunk).input(slot), activation_count(), prev_rank(),
+               transfer_name("activation", s, k - 1, k));
+}
+
+void Trainer::send_activation(const pp::Step& s, int slot) {
+  const int k = virtual_stage(s.chunk);
+  links_->send(model_.stage(s.chunk).output(slot), activation_count(), next_rank(),
+               transfer_name("activation", s, k, k + 1));
+}
+
+void Trainer::recv_grad(const pp::Step& s) {
+  const int k = virtual_stage(s.chunk);
+  links_->recv(model_.stage(s.chunk).output_grad(), activation_count(), next_rank(),
+               transfer_name("gradient", s, k + 1, k));
+}
+
+void Trainer::send_grad(const pp::Step& s) {
+  const int k = virtual_stage(s.chunk);
+  links_->send(model_.stage(s.chunk).input_grad(), activation_count(), prev_rank(),
+               transfer_name("gradient", s, k, k - 1));
+}
+
+void Trainer::reduce_grads() {
+  if (links_ != nullptr) links_->wait_sends();
+  access_->finish_gradients();
+  if (pp_ != nullptr) sum_tied_gradients();
+}
+
+void Trainer::optimizer_step() {
+  step_stats_ = finish_step(step_loss_ / config_.gradient_accumulation_steps, step_loss_scale_);
+}
+
+void Trainer::sum_tied_gradients() {
+  if (embedding_group_ == nullptr) return;  // a middle stage
+  const ParamRegistry& registry = model_.registry();
+  const memory::OptimizerShard s = optimizer_shard();
+  const size_t esize = dtype_size(s.dtype);
+  const bool first = pp_rank() == 0;
+  for (const models::GptLayers::Tied& tied : model_.layers().tied_layers()) {
+    const int64_t begin = registry.layer(first ? tied.wte_layer : tied.head_layer).begin;
+    const int64_t end = begin + tied.elems;
+    char* mine = static_cast<char*>(s.grads);
+    if (sharded_ == nullptr) {
+      // The whole reduced gradient is here: sum it with the other end's in place.
+      embedding_group_->all_reduce(mine + begin * esize, static_cast<size_t>(tied.elems), s.dtype)
+          ->wait();
+      continue;
+    }
+    // Sharded: the two ends shard different registries, so the data-parallel ranks first
+    // gather the tied rows whole, sum them with the other end's, and keep their piece.
+    const memory::ShardLayout layout(registry.numel(), dp_->rank(), dp_->size());
+    const memory::ShardRange piece = layout.piece(begin, end);
+    const std::vector<size_t> counts = layout.counts(begin, end);
+    Storage whole(static_cast<size_t>(tied.elems) * esize, MemCategory::Grads, Device::cpu(),
+                  /*zero=*/false);
+    char* at = piece.numel() > 0 ? mine + (piece.begin - s.range.begin) * esize : mine;
+    dp_->all_gather_v(at, whole.data(), counts, s.dtype)->wait();
+    embedding_group_->all_reduce(whole.data(), static_cast<size_t>(tied.elems), s.dtype)->wait();
+    if (piece.numel() > 0) {
+      std::memcpy(at, static_cast<char*>(whole.data()) + (piece.begin - begin) * esize,
+                  static_cast<size_t>(piece.numel()) * esize);
+    }
+  }
 }
 
 StepStats Trainer::finish_step(double local_loss, double loss_scale) {
   if (gradient_hook_) gradient_hook_(steps_done_ + 1, optimizer_shard());
-  const double loss = dp_mean(local_loss);
+  double loss = dp_mean(local_loss);
+  // Only the last stage computes the loss.
+  if (pp_ != nullptr) {
+    parallel::BroadcastOptions from_last;
+    from_last.root = pp_size() - 1;
+    pp_->broadcast(&loss, 1, DType::F64, from_last)->wait();
+  }
   const double scaled_norm = grad_norm();
   const double norm = scaled_norm / loss_scale;
   // An inf or nan in any rank's gradients: every rank must take the same decision.
@@ -403,7 +570,7 @@ StepStats Trainer::finish_step(double local_loss, double loss_scale) {
     if (config_.gradient_clipping > 0.0 && norm > config_.gradient_clipping) {
       clip_scale = config_.gradient_clipping / (norm + 1e-6);
     }
-    optimizer_step(lr, clip_scale / loss_scale);
+    apply_update(lr, clip_scale / loss_scale);
     ++updates_done_;
   }
   ++steps_done_;
@@ -423,10 +590,43 @@ double Trainer::evaluate() {
   double sum = 0.0;
   for (int i = 0; i < iters; ++i) {
     val.next(inputs_.data(), targets_.data());
+    if (pp_ != nullptr) {
+      sum += pipeline_eval_loss(inputs_.data(), targets_.data());
+      continue;
+    }
     access_->begin_micro_batch(/*training=*/false, /*last=*/false);
     sum += model_.forward(*access_, inputs_.data(), targets_.data(), B, T);
   }
   return sum / iters;
+}
+
+double Trainer::pipeline_eval_loss(const int32_t* inputs, const int32_t* targets) {
+  const int B = config_.micro_batch_size, T = config_.seq_len;
+  const size_t act = activation_count();
+  access_->begin_micro_batch(/*training=*/false, /*last=*/false);
+  // The virtual stages in order: each chunk waits for the one before it, wherever it runs.
+  double loss = 0.0;
+  for (int c = 0; c < model_.num_stages(); ++c) {
+    models::Stage<float>& stage = model_.stage(c);
+    const int k = virtual_stage(c);
+    if (!first_virtual(c)) {
+      links_->recv(stage.input(0), act, prev_rank(),
+                   fmt::format("evaluation activation from virtual stage {} to {}", k - 1, k));
+    }
+    stage.forward(*access_, 0, inputs, B, T);
+    if (last_virtual(c)) {
+      loss = stage.head(*access_, 0, targets, B, T, /*backward=*/false, 0.0) /
+             static_cast<double>(int64_t{B} * T);
+    } else {
+      links_->send(stage.output(0), act, next_rank(),
+                   fmt::format("evaluation activation from virtual stage {} to {}", k, k + 1));
+    }
+  }
+  links_->wait_sends();
+  parallel::BroadcastOptions from_last;
+  from_last.root = pp_size() - 1;
+  pp_->broadcast(&loss, 1, DType::F64, from_last)->wait();
+  return loss;
 }
 
 void Trainer::run() {
@@ -445,6 +645,23 @@ void Trainer::run() {
               tp_size(), tp_->backend_name(), model_.layers().local_heads(m.n_head),
               model_.layers().vocab_rows, models::padded_vocab(m.vocab_size, tp_size()),
               m.vocab_size, config_.sequence_parallel ? ", sequence parallel" : "", dp_size());
+  }
+  if (pp_ != nullptr) {
+    std::string chunks;
+    for (const auto& [b0, b1] : model_.part().chunks) {
+      chunks += fmt::format("{}[{}, {})", chunks.empty() ? "" : " ", b0, b1);
+    }
+    const std::vector<int> bounds = pipeline_boundaries(config_);
+    std::string all;
+    for (size_t k = 0; k + 1 < bounds.size(); ++k) {
+      all += fmt::format("{}{}", k == 0 ? "" : ",", bounds[k + 1] - bounds[k]);
+    }
+    log_rank0("pipeline parallel: {} stages x {} chunk(s) ({} backend), {} schedule over {} "
+              "micro-batches, blocks per virtual stage {} ({}); simulated bubble {:.1f}%",
+              pp_size(), config_.virtual_pipeline, pp_->backend_name(), schedule_.name,
+              config_.gradient_accumulation_steps, all, config_.pipeline_partition,
+              100.0 * pp::simulate(schedule_).bubble_fraction);
+    spdlog::info("pipeline stage {}: blocks {}", pp_rank(), chunks);
   }
   if (replicated_ != nullptr) {
     log_rank0("data parallel: {} ranks ({} backend), gradients in {} all-reduce bucket(s)",

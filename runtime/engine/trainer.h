@@ -19,7 +19,9 @@
 #include "models/gpt.h"
 #include "runtime/engine/config.h"
 #include "runtime/engine/loss_scaler.h"
+#include "runtime/engine/pipeline.h"
 #include "runtime/engine/token_data.h"
+#include "runtime/engine/trace.h"
 
 namespace tessera::engine {
 
@@ -38,13 +40,21 @@ struct StepStats {
   int64_t overflow_count = 0;
 };
 
-class Trainer {
+class Trainer : private StepRunner {
  public:
-  // world: every rank of the run (null: one rank). With tensor_parallel t > 1 it is laid out
-  // in Megatron's order (parallel/topology.h): groups of t consecutive ranks split each
-  // layer, and the ranks with the same place in them form the data-parallel groups; else the
-  // whole world is data-parallel. Every rank builds its own Trainer with the same config
+  // world: every rank of the run (null: one rank). With tensor_parallel t > 1 or
+  // pipeline_parallel p > 1 it is laid out in Megatron's order (parallel/topology.h): groups
+  // of t consecutive ranks split each layer, the ranks with the same place in them form the
+  // data-parallel groups, and p such blocks of ranks are the pipeline stages; else the whole
+  // world is data-parallel. Every rank builds its own Trainer with the same config
   // (collective); world rank 0 writes metrics and weights.
+  //
+  // Pipeline parallelism: each rank holds its stage's blocks (v model chunks under the
+  // interleaved schedule, pipeline.h) and runs its program of the schedule
+  // (parallel/pp/schedule.h): forwards and backwards of micro-batches, activations and
+  // gradients sent to its neighbours. The first stage's wte and the last stage's head copy
+  // are tied by summing their gradients after the step's reduction; the loss, the gradient
+  // norm, clipping and fp16's overflow decision are agreed over every stage.
   explicit Trainer(TrainConfig config, parallel::ProcessGroup* world = nullptr);
   ~Trainer();
 
@@ -93,6 +103,12 @@ class Trainer {
   int tp_size() const { return tp_ != nullptr ? tp_->size() : 1; }
   int world_rank() const { return world_ != nullptr ? world_->rank() : 0; }
   int world_size() const { return world_ != nullptr ? world_->size() : 1; }
+  int pp_rank() const { return pp_ != nullptr ? pp_->rank() : 0; }
+  int pp_size() const { return pp_ != nullptr ? pp_->size() : 1; }
+  // The step as data: this rank's program of the schedule.
+  const parallel::pp::Schedule& schedule() const { return schedule_; }
+  // Spans of the traced step (training.trace_step), kept after it.
+  const TraceRecorder& trace() const { return trace_; }
 
  private:
   // The schedule's OptimizerStep: the mean loss over ranks, the gradient norm, fp16's
@@ -100,7 +116,7 @@ class Trainer {
   // micro-batches.
   StepStats finish_step(double local_loss, double loss_scale);
   // grad_scale multiplies the gradients first: clipping and fp16's unscaling.
-  void optimizer_step(double lr, double grad_scale);
+  void apply_update(double lr, double grad_scale);
   // What this rank's optimizer updates: the whole model at stage 0, the owned shard else.
   memory::OptimizerShard optimizer_shard();
   // The global gradient norm from this rank's part of the averaged gradients (as stored:
@@ -113,12 +129,52 @@ class Trainer {
 
   // The mean of x over data-parallel ranks (x itself on one rank).
   double dp_mean(double x);
+  // Pipeline parallelism: the virtual stage of `chunk` on this rank, whether it is the
+  // model's first or last, and the pipeline ranks of its neighbours.
+  int virtual_stage(int chunk) const;
+  bool first_virtual(int chunk) const { return virtual_stage(chunk) == 0; }
+  bool last_virtual(int chunk) const;
+  int prev_rank() const { return (pp_rank() + pp_size() - 1) % pp_size(); }
+  int next_rank() const { return (pp_rank() + 1) % pp_size(); }
+  // The activation elements a stage sends for one micro-batch.
+  size_t activation_count() const;
+  // The steps of this rank's program (StepRunner, run by run_program in step()).
+  void forward(const parallel::pp::Step& step, int slot) override;
+  void backward(const parallel::pp::Step& step, int slot, bool last_of_chunk) override;
+  void recv_activation(const parallel::pp::Step& step, int slot) override;
+  void send_activation(const parallel::pp::Step& step, int slot) override;
+  void recv_grad(const parallel::pp::Step& step) override;
+  void send_grad(const parallel::pp::Step& step) override;
+  void reduce_grads() override;
+  void optimizer_step() override;
+  int32_t* micro_batch_inputs(int m) { return inputs_.data() + m * micro_batch_tokens(); }
+  int32_t* micro_batch_targets(int m) { return targets_.data() + m * micro_batch_tokens(); }
+  size_t micro_batch_tokens() const {
+    return static_cast<size_t>(config_.micro_batch_size) * config_.seq_len;
+  }
+  // "activation of micro-batch 3 from virtual stage 1 to 2", for a transfer's messages.
+  std::string transfer_name(const char* what, const parallel::pp::Step& step, int from,
+                            int to) const;
+  // The tied word embedding: the first stage's wte and the last stage's head copy get the sum
+  // of both gradients (after the data-parallel reduction, on each rank's shard).
+  void sum_tied_gradients();
+  // Whether the gradient norm counts this parameter here: each parameter once over tensor-
+  // parallel ranks (replicated ones on group rank 0) and pipeline stages (the head copy
+  // not: it is wte's twin).
+  bool counts_in_norm(const ParamSpec& p) const;
+  // The mean loss of one evaluation batch run through the pipeline (every stage calls it).
+  double pipeline_eval_loss(const int32_t* inputs, const int32_t* targets);
 
   TrainConfig config_;
   parallel::ProcessGroup* world_ = nullptr;            // null on one rank
-  std::unique_ptr<parallel::Topology> topology_;       // tensor parallelism only
-  parallel::ProcessGroup* dp_ = nullptr;                // null: one data-parallel rank
-  parallel::ProcessGroup* tp_ = nullptr;                // null: no tensor parallelism
+  std::unique_ptr<parallel::Topology> topology_;  // tensor or pipeline parallelism only
+  parallel::ProcessGroup* dp_ = nullptr;           // null: one data-parallel rank
+  parallel::ProcessGroup* tp_ = nullptr;           // null: no tensor parallelism
+  parallel::ProcessGroup* pp_ = nullptr;           // null: no pipeline parallelism
+  // Pipeline parallelism: the ranks with this one's data-parallel place (the model's parts:
+  // gradient norm, whole weights), those with its stage (fp16's range check) and the first
+  // and last stage's (the tied embedding).
+  parallel::ProcessGroupPtr model_group_, stage_group_, embedding_group_;
   models::GPT<float> model_;
   ParamRegistry full_registry_;
   std::unique_ptr<memory::FlatState> state_;  // stage 0 only
@@ -130,10 +186,16 @@ class Trainer {
   memory::ReplicatedParamAccess* replicated_ = nullptr;  // stage 0, data-parallel
   memory::ShardedParamAccess* sharded_ = nullptr;        // stages 1-3
   std::unique_ptr<DataLoader> train_loader_;
-  // The step as data: gradient accumulation on one stage, with each step's activation slot.
+  // The step as data: gradient accumulation on one stage, or the pipeline schedule.
   parallel::pp::Schedule schedule_;
-  std::vector<int> slots_;
-  std::vector<int32_t> inputs_, targets_;  // per slot: micro_batch_size x seq_len tokens
+  std::vector<int32_t> inputs_, targets_;  // per micro-batch: micro_batch_size x seq_len tokens
+  std::unique_ptr<StageLinks> links_;     // pipeline parallelism only
+  TraceRecorder trace_;
+  // The step in progress: its loss scale, the sum of its micro-batches' losses (the last
+  // stage's) and, after the optimizer step, its stats.
+  double step_loss_scale_ = 1.0;
+  double step_loss_ = 0.0;
+  std::optional<StepStats> step_stats_;
   int64_t steps_done_ = 0;
   int64_t updates_done_ = 0;  // Adam's step count and the lr schedule's: skipped steps excluded
 };

@@ -75,14 +75,28 @@ TEST(ParamRegistryTest, DuplicateNameThrows) {
 
 TEST(ParamRegistryTest, OutOfOrderLayerThrows) {
   ParamRegistry r;
-  EXPECT_THROW(r.add(spec("skip", {2}, 1)), InvalidArgument);  // layer 0 must come first
   r.add(spec("a", {2}, 0));
   r.add(spec("b", {2}, 1));
   EXPECT_THROW(r.add(spec("back", {2}, 0)), InvalidArgument);  // going back a layer
-  EXPECT_THROW(r.add(spec("jump", {2}, 3)), InvalidArgument);  // skipping layer 2
   EXPECT_NO_THROW(r.add(spec("c", {2}, 1)));                   // the last layer continues
   EXPECT_EQ(r.num_layers(), 2);
   EXPECT_EQ(r.layer(1).end, 6);
+}
+
+// A pipeline rank's registry keeps the model's layer numbers: the layers it skips are empty.
+TEST(ParamRegistryTest, SkippedLayersAreEmpty) {
+  ParamRegistry r;
+  r.add(spec("late", {2}, 2));  // layers 0 and 1 belong to another stage
+  r.add(spec("later", {3}, 4));
+  r.pad_layers(6);
+  ASSERT_EQ(r.num_layers(), 6);
+  for (int l : {0, 1, 3, 5}) EXPECT_EQ(r.layer(l).numel(), 0) << "layer " << l;
+  EXPECT_EQ(r.layer(2).begin, 0);
+  EXPECT_EQ(r.layer(2).end, 2);
+  EXPECT_EQ(r.layer(4).begin, 2);
+  EXPECT_EQ(r.layer(4).end, 5);
+  EXPECT_EQ(r.numel(), 5);
+  EXPECT_THROW(r.add(spec("back", {2}, 3)), InvalidArgument);
 }
 
 TEST(ParamRegistryTest, FindUnknownThrowsWithName) {
