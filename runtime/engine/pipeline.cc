@@ -95,6 +95,22 @@ void run_program(const pp::StageProgram& program, StepRunner& runner, TraceRecor
 
 StageLinks::StageLinks(parallel::ProcessGroup& pipeline) : group_(pipeline) {}
 
+StageLinks::~StageLinks() {
+  bool in_flight = false;
+  for (const Pending& p : sends_) in_flight = in_flight || (p.work != nullptr && !p.work->is_completed());
+  // The peers fail too, as they would once this rank is gone; a receive already copying
+  // completes, an unmatched send fails, and only then are the buffers freed.
+  if (in_flight) group_.abort("a pipeline stage ended with sends in flight");
+  for (Pending& p : sends_) {
+    if (p.work == nullptr) continue;
+    try {
+      p.work->wait();
+    } catch (const std::exception&) {
+      // The failure that ended the stage is being reported already.
+    }
+  }
+}
+
 void StageLinks::send(const float* data, size_t count, int dst, const std::string& what) {
   const size_t bytes = count * sizeof(float);
   Pending* slot = nullptr;

@@ -56,6 +56,11 @@ void run_program(const parallel::pp::StageProgram& program, StepRunner& runner,
 class StageLinks {
  public:
   explicit StageLinks(parallel::ProcessGroup& pipeline);
+  // With sends still in flight (a stage failing mid-step) the group is aborted first, so no
+  // peer reads a buffer after it is freed.
+  ~StageLinks();
+  StageLinks(const StageLinks&) = delete;
+  StageLinks& operator=(const StageLinks&) = delete;
 
   // `what` names the transfer in a timeout's message ("activation of micro-batch 3 for
   // virtual stage 2").

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "models/weights_io.h"
@@ -422,7 +422,14 @@ StepStats Trainer::step() {
   step_loss_scale_ = scaler_ ? scaler_->scale() : 1.0;
   step_loss_ = 0.0;
   step_stats_.reset();
-  run_program(schedule_.programs[pp_rank()], *this, &trace_);
+  try {
+    run_program(schedule_.programs[pp_rank()], *this, &trace_);
+  } catch (const std::exception& e) {
+    // A failing stage ends the pipeline at once, with its reason: its neighbours would wait
+    // for it otherwise, and no peer may read its send buffers once they are freed.
+    if (pp_ != nullptr) pp_->abort(e.what());
+    throw;
+  }
   std::optional<StepStats>& stats = step_stats_;
   TS_CHECK(stats.has_value(), "schedule '{}' has no optimizer step", schedule_.name);
   stats->ms =

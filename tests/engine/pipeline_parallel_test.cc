@@ -5,7 +5,8 @@
 // - blocks placed uniform, by parameters or explicitly: the same losses;
 // - 3D: DP 2 x TP 2 x PP 2 on 8 ranks at ZeRO stages 0-2 (and sequence parallelism), against
 //   the 2-rank data-parallel run; ZeRO-3 with a pipeline is refused at start;
-// - bf16 and fp16 within the mixed-precision tolerance, activation checkpointing per stage;
+// - bf16 and fp16 within the mixed-precision tolerance (an fp16 overflow on one stage skips
+//   the step on every stage), activation checkpointing per stage;
 // - the weights: every stage starts from the one-rank model's (the head copy as wte's twin)
 //   and whole_weights() gathers the Hugging Face layout back;
 // - evaluation through the pipeline gives the single-rank validation loss.
@@ -133,6 +134,39 @@ TEST_P(Pipeline16, LossesMatchSingleRankOfTheSamePrecision) {
 
 INSTANTIATE_TEST_SUITE_P(Precisions, Pipeline16, testing::Values(DType::BF16, DType::F16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+// fp16 overflow on one stage only (an inf in the middle stage's gradients): every stage skips
+// the step and lowers its scale alike. Clipping uses the norm over every stage, so the
+// stages clip alike too (the equivalence tests clip at 0.5).
+TEST(PipelineFaults, AnOverflowOnOneStageSkipsTheStepOnAll) {
+  TrainConfig c = pp_config(4, "1f1b", 4);
+  c.precision = DType::F16;
+  c.loss_scaler.hysteresis = 1;  // the first overflow halves the scale
+  std::vector<std::vector<bool>> skipped(4);
+  std::vector<std::vector<double>> scales(4), norms(4);
+  parallel::spawn_ranks(4, [&](parallel::ProcessGroup& group) {
+    Trainer t(c, &group);
+    t.set_gradient_hook([&](int64_t step, const memory::OptimizerShard& shard) {
+      if (step == 3 && group.rank() == 2) {
+        static_cast<uint16_t*>(shard.grads)[5] = 0x7c00;  // +inf in fp16
+      }
+    });
+    for (int i = 0; i < 5; ++i) {
+      const StepStats s = t.step();
+      skipped[group.rank()].push_back(s.skipped);
+      scales[group.rank()].push_back(*s.loss_scale);
+      norms[group.rank()].push_back(s.grad_norm);
+    }
+  });
+  for (int r = 1; r < 4; ++r) {
+    EXPECT_EQ(skipped[r], skipped[0]) << "rank " << r;
+    EXPECT_EQ(scales[r], scales[0]) << "rank " << r;
+    for (int i : {0, 1, 3, 4}) EXPECT_EQ(norms[r][i], norms[0][i]) << "rank " << r;
+  }
+  EXPECT_TRUE(skipped[0][2]);
+  EXPECT_FALSE(skipped[0][1]);
+  EXPECT_LT(scales[0][3], scales[0][2]);
+}
 
 TEST(PipelineRecompute, FullAndSelectivePerStageMatchSingleRank) {
   for (const auto granularity :

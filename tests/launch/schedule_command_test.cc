@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/expect_invalid.h"
 #include "launch/commands.h"
 #include "runtime/core/error.h"
 
@@ -42,15 +43,7 @@ void expect_contains(const std::string& out, const std::string& part) {
   EXPECT_NE(out.find(part), std::string::npos) << "missing: " << part << "\nin:\n" << out;
 }
 
-template <typename Fn>
-void expect_invalid(Fn fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error, wanted: " << part;
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using tessera::test::expect_invalid;
 
 TEST(ScheduleCommand, OneFOneBTimelineAndBubble) {
   ScheduleOptions o = options(4, 8);

@@ -39,3 +39,17 @@ if(TARGET tessera AND TESSERA_WITH_MPI)
   set_tests_properties(mpi_tensor_parallel PROPERTIES LABELS "mpi;multirank"
                        TIMEOUT ${multirank_timeout} ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 endif()
+
+# Pipeline parallelism through the real command, on thread ranks and under mpirun.
+if(TARGET tessera)
+  add_test(NAME thread_ranks_pipeline_parallel
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/pipeline_parallel_cli.sh $<TARGET_FILE:tessera> threads)
+  set_tests_properties(thread_ranks_pipeline_parallel PROPERTIES LABELS multirank TIMEOUT 600
+                       ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()
+if(TARGET tessera AND TESSERA_WITH_MPI)
+  add_test(NAME mpi_pipeline_parallel
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/pipeline_parallel_cli.sh $<TARGET_FILE:tessera> mpi)
+  set_tests_properties(mpi_pipeline_parallel PROPERTIES LABELS "mpi;multirank"
+                       TIMEOUT ${multirank_timeout} ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "tests/common/expect_invalid.h"
 #include "runtime/core/error.h"
 
 namespace tessera::parallel::pp {
@@ -20,15 +21,7 @@ namespace {
 
 using Bounds = std::vector<int>;
 
-template <typename Fn>
-void expect_invalid(Fn fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error, wanted: " << part;
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using tessera::test::expect_invalid;
 
 std::vector<int64_t> part_costs(const std::vector<int64_t>& costs, const Bounds& b) {
   std::vector<int64_t> out;

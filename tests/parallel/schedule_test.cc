@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "tests/common/expect_invalid.h"
 #include "runtime/core/error.h"
 
 namespace tessera::parallel::pp {
@@ -138,16 +139,7 @@ TEST(Schedule, RejectsBadShapesAndNames) {
   EXPECT_THROW(make_schedule("interleaved-typo", 1, 4), InvalidArgument);  // even on one stage
 }
 
-// Expects `fn` to throw InvalidArgument whose message contains `part`.
-template <typename Fn>
-void expect_invalid(Fn fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error, wanted: " << part;
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using tessera::test::expect_invalid;
 
 TEST(Schedule, InterleavedFollowsMegatronsOrder) {
   const Schedule s = interleaved_one_f_one_b(2, 4, 2);
