@@ -11,6 +11,7 @@ packages=(
   clang libclang-rt-14-dev libomp-14-dev  # scripts/fuzz.sh: libFuzzer, and OpenMP for clang
   libopenmpi-dev openmpi-bin
   procps
+  python3                    # tests/multirank: reads saved safetensors and traces (stdlib only)
 )
 missing=()
 for p in "${packages[@]}"; do
