@@ -598,6 +598,27 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     TS_CHECK(c.sample_top_k >= 0, "{}: training.sample_top_k must be >= 0 (0 = no cut), got {}",
              source, c.sample_top_k);
   }
+  if (root.has("checkpoint")) {
+    Block k = root.child("checkpoint");
+    k.get("dir", c.checkpoint.dir);
+    k.get("save_interval", c.checkpoint.save_interval);
+    k.get("keep_last", c.checkpoint.keep_last);
+    k.get("async_save", c.checkpoint.async_save);
+    k.get("resume", c.checkpoint.resume);
+    k.reject_unknown();
+    TS_CHECK(c.checkpoint.save_interval >= 0,
+             "{}: checkpoint.save_interval must be >= 0 (0 = only at the end), got {}", source,
+             c.checkpoint.save_interval);
+    TS_CHECK(c.checkpoint.keep_last >= 0,
+             "{}: checkpoint.keep_last must be >= 0 (0 = keep all), got {}", source,
+             c.checkpoint.keep_last);
+    TS_CHECK(!c.checkpoint.dir.empty() ||
+                 (c.checkpoint.save_interval == 0 && !c.checkpoint.async_save &&
+                  (c.checkpoint.resume.empty() || c.checkpoint.resume != "latest")),
+             "{}: the checkpoint block needs checkpoint.dir (where step folders go) for saving "
+             "or --resume latest",
+             source);
+  }
   if (root.has("output")) {
     Block o = root.child("output");
     o.get("dir", c.output_dir);

@@ -61,6 +61,17 @@ struct ZeroConfig {
   memory::ZeroOptions options() const;
 };
 
+// The checkpoint block (docs/CHECKPOINTS.md): where training checkpoints go and how often.
+struct CheckpointConfig {
+  std::string dir;            // "": no checkpoints (and SIGTERM ends the run at once)
+  int64_t save_interval = 0;  // steps between saves; 0: only at the end (and on SIGTERM)
+  int keep_last = 0;          // step folders kept, newest first; 0: keep all
+  bool async_save = false;    // write in a background thread while training goes on
+  // --resume: "latest" (the dir's newest, or a fresh start when it holds none yet), a step
+  // folder, or a checkpoint root (its latest); "": start fresh.
+  std::string resume;
+};
+
 struct TrainConfig {
   // DeepSpeed batch arithmetic: train_batch = micro_batch * accumulation * data-parallel size.
   int64_t train_batch_size = 0;  // 0: implied
@@ -117,6 +128,7 @@ struct TrainConfig {
   // step trace_step (1-based); "" for none.
   std::string trace_file;
   int64_t trace_step = 2;
+  CheckpointConfig checkpoint;
 
   // Fills the batch triple from the data-parallel size (dp_world); throws with the
   // arithmetic when the three given values disagree.

@@ -55,6 +55,24 @@ LossScaler::LossScaler(const LossScalerConfig& config)
            config.initial_scale_power, scale_, config.min_loss_scale);
 }
 
+LossScaler::State LossScaler::state() const {
+  return {scale_, hysteresis_left_, iteration_, last_overflow_iteration_, skipped_steps_,
+          overflow_count_};
+}
+
+void LossScaler::restore(const State& s) {
+  TS_CHECK(std::isfinite(s.scale) && s.scale > 0.0 && s.hysteresis_left >= 0 && s.iteration >= 0,
+           "saved loss-scaler state (scale {}, hysteresis {}, iteration {}) is not usable: the "
+           "checkpoint is damaged",
+           s.scale, s.hysteresis_left, s.iteration);
+  scale_ = static_cast<float>(s.scale);
+  hysteresis_left_ = s.hysteresis_left;
+  iteration_ = s.iteration;
+  last_overflow_iteration_ = s.last_overflow_iteration;
+  skipped_steps_ = s.skipped_steps;
+  overflow_count_ = s.overflow_count;
+}
+
 bool LossScaler::update(bool overflow) {
   if (!dynamic_) {
     // DeepSpeed's static LossScaler never changes its scale; its optimizers still skip an

@@ -29,6 +29,17 @@ struct LossScalerConfig {
 
 class LossScaler {
  public:
+  // Everything update() reads and writes: a checkpoint saves it, so a resumed run scales
+  // and skips exactly as the uninterrupted one.
+  struct State {
+    double scale = 1.0;
+    int hysteresis_left = 0;
+    int64_t iteration = 0;
+    int64_t last_overflow_iteration = -1;
+    int64_t skipped_steps = 0;
+    int64_t overflow_count = 0;
+  };
+
   // Throws InvalidArgument naming the fp16 key of an unusable value.
   explicit LossScaler(const LossScalerConfig& config);
 
@@ -49,6 +60,11 @@ class LossScaler {
   int64_t iteration() const { return iteration_; }
   // Overflows still tolerated before the scale is halved (DeepSpeed's cur_hysteresis).
   int hysteresis_left() const { return hysteresis_left_; }
+
+  State state() const;
+  // Continues from a saved state (the config's keys still set the rules). Throws
+  // InvalidArgument for a scale that is not positive and finite.
+  void restore(const State& state);
 
  private:
   LossScalerConfig config_;

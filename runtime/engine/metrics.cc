@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.h"
@@ -76,7 +77,19 @@ MetricsLogger::MetricsLogger(MetricsOptions options) : options_(std::move(option
   fs::create_directories(options_.run_dir, ec);
   TS_CHECK(!ec, "cannot create the run folder {}: {} (check output.dir)", options_.run_dir,
            ec.message());
+  std::string kept;  // a resumed run's records up to its checkpoint
+  if (options_.resume_after_step > 0) {
+    std::ifstream old(jsonl_path());
+    for (std::string line; std::getline(old, line);) {
+      const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (record.is_object() && record.contains("step") && record["step"].is_number_integer() &&
+          record["step"].get<int64_t>() <= options_.resume_after_step) {
+        kept += line + "\n";
+      }
+    }
+  }
   jsonl_.open(jsonl_path(), std::ios::trunc);
+  jsonl_ << kept;
   TS_CHECK(jsonl_.good(), "cannot write {}: check output.dir", jsonl_path());
   if (options_.tensorboard) events_ = std::make_unique<EventWriter>(options_.run_dir);
   switch (options_.console) {

@@ -73,6 +73,10 @@ struct MetricsOptions {
   int64_t total_steps = 0;  // for the progress bar, the ETA and "is this the last step"
   int steps_per_print = 10;
   int rank = 0;  // only rank 0 writes anything
+  // > 0: a run resumed after this step. metrics.jsonl keeps its records up to it (a killed
+  // run may have logged later steps it never saved) and continues after them; TensorBoard
+  // gets a new event file, as it does for every restart.
+  int64_t resume_after_step = 0;
   bool tensorboard = true;
   ConsoleMode console = ConsoleMode::Auto;
   // Where the bar goes: the log's stream (spdlog writes to stderr so that stdout stays clean

@@ -162,6 +162,11 @@ DataLoader::~DataLoader() = default;
 
 void DataLoader::reset() { next_global_ = 0; }
 
+void DataLoader::seek(int64_t position) {
+  TS_CHECK(position >= 0, "data loader: cannot seek to micro-batch {}", position);
+  next_global_ = position;
+}
+
 const uint16_t* DataLoader::window_start(int64_t window, int* file) const {
   for (size_t f = 0; f < files_.size(); ++f) {
     if (window < file_windows_[f]) {

@@ -61,6 +61,10 @@ class DataLoader {
   // Fills inputs and targets, each B*T int32.
   void next(int32_t* inputs, int32_t* targets);
   void reset();
+  // Micro-batches this rank has read (its position in the order); seek() continues from one
+  // (a resumed run), drawing the same shuffled order from the seed.
+  int64_t position() const { return next_global_; }
+  void seek(int64_t position);
   int64_t windows_per_epoch() const { return windows_; }
   int64_t total_tokens() const { return total_; }
 

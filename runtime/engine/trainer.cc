@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -130,6 +131,19 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
   const ParamRegistry& registry = model_.registry();
   const int64_t numel = registry.numel();
   const bool sharded = dp_ != nullptr && config_.zero.stage >= 1;
+  // A resumed run reads its weights where a fresh one draws or loads them. A rank that fails
+  // to read (a corrupt piece, a missing file) keeps going with zeros until every rank agrees
+  // in restore_progress, so no rank is left waiting in a collective.
+  std::unique_ptr<CheckpointReader> resume = open_resume();
+  std::exception_ptr resume_error;
+  const auto read_resumed = [&](int64_t begin, int64_t end, float* out) {
+    try {
+      resume->read(TensorKind::Master, registry, begin, end, out);
+    } catch (...) {
+      if (!resume_error) resume_error = std::current_exception();
+      std::fill(out, out + (end - begin), 0.0f);
+    }
+  };
   state_ = std::make_unique<memory::FlatState>(dtype, sharded ? 0 : numel,
                                                memory::ShardRange{0, sharded ? 0 : numel});
   if (sharded) {
@@ -140,7 +154,9 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     memory::ZeroOptions options = config_.zero.options();
     options.dtype = dtype;
     const memory::ShardInit init = [&](memory::ShardRange range, float* out) {
-      if (config_.init_from.empty()) {
+      if (resume != nullptr) {
+        read_resumed(range.begin, range.end, out);
+      } else if (config_.init_from.empty()) {
         init_params_range(registry, out, config_.seed, range.begin, range.end);
       } else {
         models::load_gpt_safetensors_range(config_.init_from, config_.model, registry, range.begin,
@@ -162,7 +178,9 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     // exist only where rank 0 runs) and broadcast, agreed so a bad file fails every rank
     // with rank 0's message.
     float* weights = state_->master();
-    if (config_.init_from.empty()) {
+    if (resume != nullptr) {
+      read_resumed(0, numel, weights);  // every rank reads its own copy
+    } else if (config_.init_from.empty()) {
       init_params(registry, weights, config_.seed);
     } else if (dp_ == nullptr) {
       models::load_gpt_safetensors(config_.init_from, config_.model, registry, weights);
@@ -212,6 +230,181 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
                    config_.micro_batch_size * config_.seq_len;
   inputs_.resize(n);
   targets_.resize(n);
+  if (resume != nullptr) restore_progress(*resume, resume_error);
+  if (!config_.checkpoint.dir.empty()) {
+    checkpointer_ = std::make_unique<Checkpointer>(config_.checkpoint, world_);
+  }
+}
+
+std::unique_ptr<CheckpointReader> Trainer::open_resume() {
+  const CheckpointConfig& k = config_.checkpoint;
+  if (k.resume.empty()) {
+    // A fresh run must not overwrite the checkpoints of another.
+    TS_CHECK(k.dir.empty() || !has_latest(k.dir),
+             "checkpoint.dir '{}' already holds checkpoints of a run: continue it with --resume "
+             "latest, or set another checkpoint.dir",
+             k.dir);
+    return nullptr;
+  }
+  const bool latest = k.resume == "latest";
+  TS_CHECK(!latest || !k.dir.empty(),
+           "--resume latest needs checkpoint.dir (the folder holding the run's checkpoints)");
+  // latest: a folder not made yet holds no checkpoint either.
+  const std::string folder = latest && !std::filesystem::exists(k.dir)
+                                 ? std::string()
+                                 : resolve_checkpoint(latest ? k.dir : k.resume);
+  if (folder.empty()) {
+    TS_CHECK(latest, "--resume {}: no checkpoint there (no '{}' pointer, no {}): pass a step "
+             "folder or a checkpoint.dir that holds one", k.resume, kLatestFile, kManifestFile);
+    // The same command line starts a preemptible job and restarts it.
+    log_rank0("checkpoint: none in {} yet, starting at step 0", k.dir);
+    return nullptr;
+  }
+  auto reader = std::make_unique<CheckpointReader>(folder);
+  const Manifest& m = reader->manifest();
+  const models::GPTConfig& a = m.model;
+  const models::GPTConfig& b = config_.model;
+  TS_CHECK(a.n_layer == b.n_layer && a.n_head == b.n_head && a.n_embd == b.n_embd &&
+               a.vocab_size == b.vocab_size && a.block_size == b.block_size,
+           "checkpoint {} holds a model of {} layers, {} heads, {} dims, vocab {}, block {}; this "
+           "config's has {}, {}, {}, {}, {}: resume with the model it was saved from",
+           folder, a.n_layer, a.n_head, a.n_embd, a.vocab_size, a.block_size, b.n_layer, b.n_head,
+           b.n_embd, b.vocab_size, b.block_size);
+  const TrainingProgress& p = m.progress;
+  TS_CHECK(p.micro_batch_size == config_.micro_batch_size && p.seq_len == config_.seq_len,
+           "checkpoint {} was saved from micro-batches of {} x {} tokens, this run reads {} x {}: "
+           "its data position cannot carry over; resume with the same "
+           "train_micro_batch_size_per_gpu and data.seq_len",
+           folder, p.micro_batch_size, p.seq_len, config_.micro_batch_size, config_.seq_len);
+  TS_CHECK(p.consumed_micro_batches % dp_size() == 0,
+           "checkpoint {} consumed {} micro-batches, which {} data-parallel ranks cannot share "
+           "evenly: resume with a data-parallel size that divides it",
+           folder, p.consumed_micro_batches, dp_size());
+  const CheckpointLayout& l = m.layout;
+  log_rank0("checkpoint: resuming from {} at step {} (saved at dp {}, tp {}, pp {}, v {}, ZeRO "
+            "stage {}, {})",
+            folder, p.step, l.dp, l.tp, l.pp, l.virtual_pp, l.zero_stage,
+            dtype_name(l.precision));
+  resumed_from_ = folder;
+  return reader;
+}
+
+void Trainer::restore_progress(CheckpointReader& reader, std::exception_ptr weights_error) {
+  const auto restore = [&] {
+    if (weights_error) std::rethrow_exception(weights_error);
+    const memory::OptimizerShard s = optimizer_shard();
+    const ParamRegistry& registry = model_.registry();
+    reader.read(TensorKind::ExpAvg, registry, s.range.begin, s.range.end, s.exp_avg);
+    reader.read(TensorKind::ExpAvgSq, registry, s.range.begin, s.range.end, s.exp_avg_sq);
+    reader.verify_share(TensorKind::Working, world_rank(), world_size());
+    const TrainingProgress& p = reader.manifest().progress;
+    if (scaler_) {
+      if (p.loss_scaler) {
+        scaler_->restore(*p.loss_scaler);
+      } else {
+        log_rank0("checkpoint: saved without fp16, so the loss scale starts afresh at {}",
+                  scaler_->scale());
+      }
+    }
+    steps_done_ = p.step;
+    updates_done_ = p.optimizer_steps;
+    last_lr_ = p.lr;
+    train_loader_->seek(p.consumed_micro_batches / dp_size());
+    if (p.shuffle != config_.shuffle || (p.shuffle && p.data_seed != config_.seed)) {
+      log_rank0("checkpoint: saved with data.shuffle {} and seed {}, this run has {} and {}: the "
+                "data order differs from the saved run's",
+                p.shuffle, p.data_seed, config_.shuffle, config_.seed);
+    }
+  };
+  if (world_ == nullptr) {
+    restore();
+  } else {
+    parallel::run_agreed(*world_, restore);
+  }
+}
+
+Manifest Trainer::checkpoint_header() const {
+  Manifest m;
+  m.model = config_.model;
+  CheckpointLayout& l = m.layout;
+  l.world = world_size();
+  l.dp = dp_size();
+  l.tp = tp_size();
+  l.pp = pp_size();
+  l.virtual_pp = config_.virtual_pipeline;
+  l.zero_stage = sharded_ != nullptr ? sharded_->stage() : 0;
+  l.sequence_parallel = tp_ != nullptr && config_.sequence_parallel;
+  l.precision = config_.precision;
+  TrainingProgress& p = m.progress;
+  p.step = steps_done_;
+  p.optimizer_steps = updates_done_;
+  p.lr = last_lr_;
+  if (scaler_) p.loss_scaler = scaler_->state();
+  p.consumed_micro_batches = train_loader_->position() * dp_size();
+  p.micro_batch_size = config_.micro_batch_size;
+  p.seq_len = config_.seq_len;
+  p.shuffle = config_.shuffle;
+  p.data_seed = config_.seed;
+  p.seed = config_.seed;
+  for (const ParamSpec& t : full_registry_.params()) m.tensors.push_back({t.name, t.shape});
+  for (int r = 0; r < world_size(); ++r) m.files.push_back(fmt::format("rank-{:05d}.bin", r));
+  return m;
+}
+
+ShardImage Trainer::checkpoint_image() {
+  const memory::OptimizerShard s = optimizer_shard();
+  const ParamRegistry& registry = model_.registry();
+  // What this rank writes: its optimizer shard, or at stage 0 (every data-parallel rank holds
+  // everything) its 1/dp share, so the ranks write at once and each element once. Replicated
+  // tensor-parallel parameters come from tensor-parallel rank 0, the tied head copy not at
+  // all (it is wte's twin).
+  const memory::ShardRange mine =
+      sharded_ != nullptr ? s.range
+                          : memory::ShardLayout(registry.numel(), dp_rank(), dp_size()).owned();
+  std::vector<TensorKind> kinds = {TensorKind::Master, TensorKind::ExpAvg, TensorKind::ExpAvgSq};
+  if (s.dtype != DType::F32) kinds.push_back(TensorKind::Working);
+  struct Part {
+    const ParamSpec* param;
+    std::vector<LocalPiece> pieces;
+  };
+  std::vector<Part> parts;
+  for (const ParamSpec& p : registry.params()) {
+    if (p.name == "lm_head.weight") continue;
+    if (tp_ != nullptr && p.split == TpSplit::None && tp_->rank() != 0) continue;
+    const memory::ShardRange at = memory::intersect({p.offset, p.offset + p.numel()}, mine);
+    if (at.numel() == 0) continue;
+    parts.push_back({&p, local_pieces(p, at.begin - p.offset, at.end - p.offset)});
+  }
+  ShardImage image(fmt::format("rank-{:05d}.bin", world_rank()));
+  const auto elem = [&](TensorKind kind) {
+    return kind == TensorKind::Working ? dtype_size(s.dtype) : sizeof(float);
+  };
+  for (TensorKind kind : kinds) {
+    for (const Part& part : parts) {
+      for (const LocalPiece& piece : part.pieces) image.plan(piece.box.numel() * elem(kind));
+    }
+  }
+  image.allocate();
+  for (TensorKind kind : kinds) {
+    const char* base = kind == TensorKind::Master     ? reinterpret_cast<const char*>(s.master)
+                       : kind == TensorKind::ExpAvg   ? reinterpret_cast<const char*>(s.exp_avg)
+                       : kind == TensorKind::ExpAvgSq ? reinterpret_cast<const char*>(s.exp_avg_sq)
+                                                      : static_cast<const char*>(s.params);
+    for (const Part& part : parts) {
+      for (const LocalPiece& piece : part.pieces) {
+        const int64_t at = part.param->offset + piece.local_begin - s.range.begin;
+        image.add(saved_tensor_name(*part.param), kind,
+                  kind == TensorKind::Working ? s.dtype : DType::F32, piece.box,
+                  base + at * static_cast<int64_t>(elem(kind)));
+      }
+    }
+  }
+  return image;
+}
+
+void Trainer::save_checkpoint() {
+  TS_CHECK(checkpointer_ != nullptr, "save_checkpoint needs checkpoint.dir");
+  checkpointer_->save(checkpoint_header(), checkpoint_image());
 }
 
 Trainer::~Trainer() = default;
@@ -572,6 +765,7 @@ StepStats Trainer::finish_step(double local_loss, double loss_scale) {
   }
   const double lr =
       lr_for_update(config_.scheduler, config_.optimizer.lr, updates_done_, config_.steps);
+  last_lr_ = lr;
   if (!s.skipped) {
     double clip_scale = 1.0;
     if (config_.gradient_clipping > 0.0 && norm > config_.gradient_clipping) {
@@ -636,7 +830,7 @@ double Trainer::pipeline_eval_loss(const int32_t* inputs, const int32_t* targets
   return loss;
 }
 
-void Trainer::run() {
+bool Trainer::run() {
   namespace fs = std::filesystem;
   const bool writer = world_rank() == 0;
   const auto& m = config_.model;
@@ -710,8 +904,13 @@ void Trainer::run() {
   metrics_options.total_steps = config_.steps;
   metrics_options.steps_per_print = config_.steps_per_print;
   metrics_options.rank = world_rank();
+  metrics_options.resume_after_step = steps_done_;
   MetricsLogger metrics(metrics_options);
-  for (int64_t i = 0; i < config_.steps; ++i) {
+  // With checkpoints, SIGTERM (a preempted Slurm job) and SIGINT finish the step and save.
+  std::optional<StopSignals> signals;
+  if (checkpointer_ != nullptr) signals.emplace();
+  bool stopped = false;
+  while (steps_done_ < config_.steps) {
     const StepStats s = step();
     StepMetrics record;
     record.step = s.step;
@@ -735,8 +934,21 @@ void Trainer::run() {
     }
     record.memory = MemoryTracker::current().snapshot();
     metrics.log_step(record);
+    if (checkpointer_ == nullptr) continue;
+    const int64_t interval = config_.checkpoint.save_interval;
+    const bool saved = last || (interval > 0 && s.step % interval == 0);
+    if (saved) save_checkpoint();
+    if (checkpointer_->poll() && !last) {
+      log_rank0("checkpoint: {} received, stopping after step {}",
+                StopSignals::signal_number() == SIGINT ? "SIGINT" : "SIGTERM", s.step);
+      if (!saved) save_checkpoint();
+      stopped = true;
+      break;
+    }
   }
+  if (checkpointer_ != nullptr) checkpointer_->flush();
   metrics.finish();
+  if (stopped) return false;
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
   const WholeWeights weights_now = whole_weights();  // collective at stages 1-3
   if (writer) {
@@ -744,6 +956,7 @@ void Trainer::run() {
     models::save_gpt_safetensors(weights, config_.model, full_registry_, weights_now.data);
     log_rank0("saved {} (and config.json beside it)", weights);
   }
+  return true;
 }
 
 }  // namespace tessera::engine

@@ -17,6 +17,7 @@
 #include "parallel/pp/schedule.h"
 #include "parallel/topology.h"
 #include "models/gpt.h"
+#include "runtime/engine/checkpointer.h"
 #include "runtime/engine/config.h"
 #include "runtime/engine/loss_scaler.h"
 #include "runtime/engine/pipeline.h"
@@ -64,8 +65,17 @@ class Trainer : private StepRunner {
   StepStats step();
   // Mean loss over eval_iters batches of the validation files (from their start).
   double evaluate();
-  // Runs config.steps steps with logging, evaluation, metrics and the final save.
-  void run();
+  // Runs the steps left of config.steps with logging, evaluation, metrics, checkpoints
+  // (checkpoint block) and the final save. Returns false when SIGTERM or SIGINT stopped it
+  // early: the step in progress finished and was saved as a checkpoint (checkpoint.dir set;
+  // without it the signals end the process as usual).
+  bool run();
+  // Collective: saves a training checkpoint of this step into checkpoint.dir (every rank
+  // writes its own shard; see checkpoint_io.h). Needs checkpoint.dir.
+  void save_checkpoint();
+  // The checkpoint this trainer resumed from ("" for a fresh start).
+  const std::string& resumed_from() const { return resumed_from_; }
+  Checkpointer* checkpointer() { return checkpointer_.get(); }
 
   const TrainConfig& config() const { return config_; }
   models::GPT<float>& model() { return model_; }
@@ -164,6 +174,14 @@ class Trainer : private StepRunner {
   bool counts_in_norm(const ParamSpec& p) const;
   // The mean loss of one evaluation batch run through the pipeline (every stage calls it).
   double pipeline_eval_loss(const int32_t* inputs, const int32_t* targets);
+  // Checkpoints: the folder config.checkpoint.resume names, opened and checked against this
+  // run (null for a fresh start); the manifest's header (all but the pieces) and this rank's
+  // shard of the state now; restoring the step counts, loss scale, data position and the
+  // moments after the weights were read (collective: agreed over every rank).
+  std::unique_ptr<CheckpointReader> open_resume();
+  Manifest checkpoint_header() const;
+  ShardImage checkpoint_image();
+  void restore_progress(CheckpointReader& reader, std::exception_ptr weights_error);
 
   TrainConfig config_;
   parallel::ProcessGroup* world_ = nullptr;            // null on one rank
@@ -198,6 +216,9 @@ class Trainer : private StepRunner {
   std::optional<StepStats> step_stats_;
   int64_t steps_done_ = 0;
   int64_t updates_done_ = 0;  // Adam's step count and the lr schedule's: skipped steps excluded
+  double last_lr_ = 0.0;
+  std::unique_ptr<Checkpointer> checkpointer_;  // checkpoint.dir set only
+  std::string resumed_from_;
 };
 
 }  // namespace tessera::engine

@@ -81,3 +81,20 @@ if(TESSERA_WITH_MPI)
     PROPERTIES PASS_REGULAR_EXPRESSION
     "pipeline stage 1 failed on purpose before its send of gradient of micro-batch 1.*run_mpi.sh: the job failed as expected")
 endif()
+
+# Training checkpoints under mpirun: every process writes its shard into one shared folder;
+# exact resume at the job's size, resharding to one rank and back, a corrupt shard.
+if(TESSERA_WITH_MPI)
+  add_executable(engine_mpi_checkpoint ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/mpi_main.cc
+    ${CMAKE_CURRENT_LIST_DIR}/mpi/checkpoint_mpi_test.cc)
+  target_link_libraries(engine_mpi_checkpoint PRIVATE GTest::gtest tessera_engine)
+  target_include_directories(engine_mpi_checkpoint PRIVATE ${CMAKE_SOURCE_DIR}
+                             ${CMAKE_CURRENT_LIST_DIR})
+  foreach(np 2 4 8)
+    add_test(NAME engine_mpi_checkpoint_np${np}
+             COMMAND ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/run_mpi.sh ${np}
+                     $<TARGET_FILE:engine_mpi_checkpoint>)
+    set_tests_properties(engine_mpi_checkpoint_np${np} PROPERTIES LABELS "mpi;multirank"
+                         TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=1")
+  endforeach()
+endif()
