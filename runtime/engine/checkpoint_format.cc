@@ -131,6 +131,12 @@ T field(const json& j, const char* key, const std::string& source) {
   }
 }
 
+// A bound on any count a manifest gives (elements, rows, offsets): far above any model, low
+// enough that no sum or product of two such counts overflows.
+constexpr int64_t kMaxCount = int64_t{1} << 40;
+
+bool in_range(int64_t x) { return x >= 0 && x <= kMaxCount; }
+
 SavedPiece piece_from_json(const json& j, const std::string& source) {
   SavedPiece p;
   p.tensor = field<std::string>(j, "tensor", source);
@@ -149,7 +155,9 @@ SavedPiece piece_from_json(const json& j, const std::string& source) {
   p.crc32c = field<uint32_t>(j, "crc32c", source);
   TS_CHECK(p.file.find('/') == std::string::npos && !p.file.empty() && p.file != "..",
            "{}: piece file '{}' is not a file name in the checkpoint folder", source, p.file);
-  TS_CHECK(p.box.row >= 0 && p.box.col >= 0 && p.box.rows > 0 && p.box.cols > 0 &&
+  TS_CHECK(in_range(p.box.row) && in_range(p.box.col) && in_range(p.box.rows) &&
+               in_range(p.box.cols) && p.box.rows > 0 && p.box.cols > 0 &&
+               p.box.rows <= kMaxCount / p.box.cols && p.byte_offset <= uint64_t{1} << 62 &&
                p.bytes == static_cast<uint64_t>(p.box.numel()) * dtype_size(p.dtype),
            "{}: a piece of '{}' ({} bytes) does not match its box: the manifest is damaged",
            source, p.tensor, p.bytes);
@@ -245,7 +253,8 @@ Manifest manifest_from_json(const std::string& text, const std::string& source) 
     TS_THROW(Error, "{}: not JSON ({}): the manifest is damaged; resume from another checkpoint",
              source, e.what());
   }
-  TS_CHECK(j.is_object() && j.value("format", "") == kCheckpointFormatName,
+  TS_CHECK(j.is_object() && j.contains("format") && j["format"].is_string() &&
+               j["format"].get<std::string>() == kCheckpointFormatName,
            "{}: not a tessera checkpoint manifest (no \"format\": \"{}\")", source,
            kCheckpointFormatName);
   Manifest m;
@@ -292,7 +301,19 @@ Manifest manifest_from_json(const std::string& text, const std::string& source) 
     m.progress.loss_scaler = st;
   }
   for (const json& t : field<json>(j, "tensors", source)) {
-    m.tensors.push_back({field<std::string>(t, "name", source), field<Shape>(t, "shape", source)});
+    SavedTensor tensor{field<std::string>(t, "name", source), field<Shape>(t, "shape", source)};
+    int64_t numel = 1;
+    for (int64_t d : tensor.shape) {
+      TS_CHECK(d > 0 && d <= kMaxCount / numel,
+               "{}: tensor '{}' has shape {}, not a shape of positive sizes: the manifest is "
+               "damaged",
+               source, tensor.name, shape_str(tensor.shape));
+      numel *= d;
+    }
+    TS_CHECK(!tensor.shape.empty() && tensor.shape.size() <= 2,
+             "{}: tensor '{}' has {} dimensions; checkpoints hold vectors and matrices", source,
+             tensor.name, tensor.shape.size());
+    m.tensors.push_back(std::move(tensor));
   }
   m.files = field<std::vector<std::string>>(j, "files", source);
   std::map<std::string, Shape> shapes;

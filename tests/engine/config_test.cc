@@ -259,6 +259,30 @@ TEST(ConfigBatch, ParsedTripleResolves) {
 
 // --- unknown keys ---------------------------------------------------------------------------
 
+TEST(ConfigCheckpoint, ReadsTheBlockAndRefusesBadValues) {
+  json j = minimal();
+  j["checkpoint"] = {{"dir", "ck"}, {"save_interval", 50}, {"keep_last", 3},
+                     {"async_save", true}, {"resume", "latest"}};
+  const TrainConfig c = parse(j);
+  EXPECT_EQ(c.checkpoint.dir, "ck");
+  EXPECT_EQ(c.checkpoint.save_interval, 50);
+  EXPECT_EQ(c.checkpoint.keep_last, 3);
+  EXPECT_TRUE(c.checkpoint.async_save);
+  EXPECT_EQ(c.checkpoint.resume, "latest");
+  EXPECT_TRUE(parse(minimal()).checkpoint.dir.empty());  // off by default
+
+  j["checkpoint"]["save_interval"] = -1;
+  EXPECT_TRUE(Contains(parse_error(j), "checkpoint.save_interval must be >= 0"));
+  j["checkpoint"]["save_interval"] = 5;
+  j["checkpoint"]["keep_lst"] = 1;
+  EXPECT_TRUE(Contains(parse_error(j), "did you mean 'checkpoint.keep_last'?"));
+  json no_dir = minimal();
+  no_dir["checkpoint"] = {{"save_interval", 5}};
+  const std::string m = parse_error(no_dir);
+  EXPECT_TRUE(Contains(m, "needs checkpoint.dir"));
+  EXPECT_TRUE(OneLine(m));
+}
+
 TEST(ConfigUnknownKey, NearMissSuggestsTheKey) {
   json j = minimal();
   j["gradient_cliping"] = 1.0;

@@ -6,10 +6,6 @@
 # TESSERA_FUZZ=ON (clang, see scripts/fuzz.sh): the harnesses link libFuzzer; fuzz_<name>
 # (label fuzz) fuzzes for TESSERA_FUZZ_SECONDS into a corpus under the build tree, and
 # fuzz_regression_<name> replays the same inputs through libFuzzer's main (-runs=0).
-#
-# Still to come: the checkpoint manifest (torchtitan/DCP-style, see shared/STYLE.md) is a
-# parser of outside input too; when it lands, add fuzz_checkpoint_manifest.cc here with
-# tessera_fuzz_harness(checkpoint_manifest <library>) and seeds/checkpoint_manifest/.
 
 set(TESSERA_FUZZ_SECONDS 10 CACHE STRING "Seconds each fuzz_<name> ctest entry fuzzes for")
 if(TESSERA_FUZZ)
@@ -21,6 +17,7 @@ if(TESSERA_FUZZ)
     ${CMAKE_SOURCE_DIR}/launch/launch.cc
     ${CMAKE_SOURCE_DIR}/models/gpt_config.cc
     ${CMAKE_SOURCE_DIR}/models/safetensors.cc
+    ${CMAKE_SOURCE_DIR}/runtime/engine/checkpoint_format.cc
     ${CMAKE_SOURCE_DIR}/runtime/engine/config.cc
     ${CMAKE_SOURCE_DIR}/runtime/engine/loss_scaler.cc
     ${CMAKE_SOURCE_DIR}/runtime/engine/token_data.cc)
@@ -69,3 +66,4 @@ tessera_fuzz_harness(config tessera_engine)
 tessera_fuzz_harness(safetensors tessera_models)
 tessera_fuzz_harness(token_file tessera_engine)
 tessera_fuzz_harness(hostfile tessera_launch)
+tessera_fuzz_harness(checkpoint_manifest tessera_engine)
