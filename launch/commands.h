@@ -27,6 +27,7 @@ struct TrainOptions {
   int pp = 0;          // > 0: parallelism.pipeline_model_parallel_size
   int virtual_pp = 0;  // > 0: parallelism.virtual_pipeline_model_parallel_size
   std::string schedule;  // non-empty: parallelism.pipeline_schedule
+  std::string resume;    // non-empty: checkpoint.resume ("latest" or a folder)
 };
 int run_train(const TrainOptions& opts);
 
@@ -42,6 +43,18 @@ struct GenerateOptions {
   bool raw = false;  // write the bytes as generated instead of escaping unprintable ones
 };
 int run_generate(const GenerateOptions& opts);
+
+// `tessera checkpoint inspect | verify | export DIR`: DIR is a step folder or a checkpoint
+// root (its latest).
+struct CheckpointOptions {
+  std::string dir;
+  bool json = false;          // inspect: print manifest.json as it is
+  std::string out;            // export: the safetensors file (config.json goes beside it)
+  std::string dtype = "f32";  // export: f32, bf16 or f16
+};
+int run_checkpoint_inspect(const CheckpointOptions& opts);
+int run_checkpoint_verify(const CheckpointOptions& opts);
+int run_checkpoint_export(const CheckpointOptions& opts);
 
 struct EstimateOptions {
   std::string model;    // a preset, or

@@ -21,7 +21,8 @@ namespace {
 
 void train_one_rank(const engine::TrainConfig& config, parallel::ProcessGroup* dp) {
   engine::Trainer trainer(config, dp);
-  trainer.run();
+  // Stopped by SIGTERM / SIGINT: the step was saved; the run is not over, so no sample.
+  if (!trainer.run()) return;
   const engine::TrainConfig& c = trainer.config();
   if (c.sample_tokens <= 0) return;
   // Every rank takes part in assembling the weights (a gather at ZeRO stage 3); rank 0 then
@@ -66,6 +67,9 @@ int run_train(const TrainOptions& opts) {
   if (opts.virtual_pp > 0) {
     overrides.push_back(
         fmt::format("parallelism.virtual_pipeline_model_parallel_size={}", opts.virtual_pp));
+  }
+  if (!opts.resume.empty()) {
+    overrides.push_back(fmt::format("checkpoint.resume={}", opts.resume));
   }
   if (!opts.schedule.empty()) {
     overrides.push_back(fmt::format("parallelism.pipeline_schedule={}", opts.schedule));

@@ -77,9 +77,11 @@ void prune(const std::string& root, const std::string& latest, int keep_last) {
   for (const fs::directory_entry& e : fs::directory_iterator(root)) {
     const std::string name = e.path().filename().string();
     if (!e.is_directory()) continue;
-    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0 &&
-        folder_step(name.substr(0, name.size() - 4)) >= 0) {
-      fs::remove_all(e.path());  // a killed save's staging: no save is in flight now
+    // A killed save's staging folder, a pruning cut short or a replaced step's old copy: no
+    // save is in flight now, and none of them is what `latest` names.
+    if (folder_step(name.substr(0, name.size() >= 4 ? name.size() - 4 : 0)) >= 0 &&
+        (name.ends_with(".tmp") || name.ends_with(".old"))) {
+      fs::remove_all(e.path());
       continue;
     }
     const int64_t step = folder_step(name);
@@ -89,7 +91,12 @@ void prune(const std::string& root, const std::string& latest, int keep_last) {
   std::sort(steps.begin(), steps.end());
   for (size_t i = 0; i + keep_last < steps.size(); ++i) {
     if (steps[i].second.filename() == latest) continue;
-    fs::remove_all(steps[i].second);
+    // Renamed first, so a kill during the removal leaves a name the next prune removes, never
+    // a step folder with half its files.
+    fs::path doomed = steps[i].second;
+    doomed += ".tmp";
+    fs::rename(steps[i].second, doomed);
+    fs::remove_all(doomed);
   }
 }
 
@@ -314,7 +321,13 @@ std::string resolve_checkpoint(const std::string& path) {
            "'{}/{}' holds '{}', not a step folder name: the pointer is damaged; pass a step "
            "folder to --resume",
            path, kLatestFile, name);
-  const std::string folder = (fs::path(path) / name).string();
+  std::string folder = (fs::path(path) / name).string();
+  // A kill while a step folder was being replaced by a newer save of the same step leaves
+  // the complete old copy aside (commit_checkpoint).
+  if (!fs::exists(fs::path(folder) / kManifestFile) &&
+      fs::exists(fs::path(folder + ".old") / kManifestFile)) {
+    folder += ".old";
+  }
   TS_CHECK(fs::exists(fs::path(folder) / kManifestFile),
            "'{}/{}' points at '{}', which holds no {}: pass a step folder to --resume", path,
            kLatestFile, name, kManifestFile);

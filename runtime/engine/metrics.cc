@@ -88,8 +88,17 @@ MetricsLogger::MetricsLogger(MetricsOptions options) : options_(std::move(option
       }
     }
   }
-  jsonl_.open(jsonl_path(), std::ios::trunc);
-  jsonl_ << kept;
+  if (options_.resume_after_step > 0) {
+    // Replaced through a renamed temporary file, so a kill now loses no earlier record.
+    const std::string tmp = jsonl_path() + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << kept;
+      TS_CHECK(out.good(), "cannot write {}: check output.dir", tmp);
+    }
+    fs::rename(tmp, jsonl_path());
+  }
+  jsonl_.open(jsonl_path(), options_.resume_after_step > 0 ? std::ios::app : std::ios::trunc);
   TS_CHECK(jsonl_.good(), "cannot write {}: check output.dir", jsonl_path());
   if (options_.tensorboard) events_ = std::make_unique<EventWriter>(options_.run_dir);
   switch (options_.console) {

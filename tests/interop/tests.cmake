@@ -28,4 +28,14 @@ if(TESSERA_PYTHON AND TARGET tessera)
                        ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 endif()
 
+if(TESSERA_PYTHON AND TARGET tessera)
+  add_test(NAME interop_hf_checkpoint_export
+           COMMAND ${TESSERA_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/hf_checkpoint_export.py
+                   $<TARGET_FILE:tessera> $<TARGET_FILE:interop_dump_logits>
+                   ${CMAKE_CURRENT_BINARY_DIR}/interop_hf_checkpoint_export)
+  set_tests_properties(interop_hf_checkpoint_export PROPERTIES
+                       SKIP_RETURN_CODE 77 LABELS "interop;slow" TIMEOUT 600
+                       ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()
+
 include(${CMAKE_CURRENT_LIST_DIR}/tensorboard.cmake)

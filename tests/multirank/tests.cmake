@@ -53,3 +53,19 @@ if(TARGET tessera AND TESSERA_WITH_MPI)
   set_tests_properties(mpi_pipeline_parallel PROPERTIES LABELS "mpi;multirank"
                        TIMEOUT ${multirank_timeout} ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 endif()
+
+# Training checkpoints through the real command (save, resume bit for bit, inspect / verify /
+# export, corruption, kill -9 and SIGTERM mid-save, a full disk), on thread ranks and under
+# mpirun.
+if(TARGET tessera)
+  add_test(NAME thread_ranks_checkpoint_cli
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/checkpoint_cli.sh $<TARGET_FILE:tessera> threads)
+  set_tests_properties(thread_ranks_checkpoint_cli PROPERTIES LABELS multirank TIMEOUT 600
+                       ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()
+if(TARGET tessera AND TESSERA_WITH_MPI)
+  add_test(NAME mpi_checkpoint_cli
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/checkpoint_cli.sh $<TARGET_FILE:tessera> mpi)
+  set_tests_properties(mpi_checkpoint_cli PROPERTIES LABELS "mpi;multirank"
+                       TIMEOUT ${multirank_timeout} ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()
