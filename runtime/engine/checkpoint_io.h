@@ -29,20 +29,24 @@ class ShardImage {
   explicit ShardImage(std::string file) : file_(std::move(file)) {}
   // Reserves room for a piece of `bytes` bytes (call for every piece, then allocate()).
   void plan(uint64_t bytes);
-  // Allocates the host buffer (MemCategory::Other) for the pieces planned.
-  void allocate();
+  // Allocates the host buffer (MemCategory::Other) for the pieces planned, or takes `spare`
+  // when it is large enough (an earlier image's, already faulted in: async saves reuse it).
+  void allocate(Storage spare = {});
+  // The host buffer, for a later image to reuse.
+  Storage release_buffer() { base_ = nullptr; return std::move(buffer_); }
   // Copies a piece in, in the order planned.
   void add(const std::string& tensor, TensorKind kind, DType dtype, const Box& box,
            const void* data);
   const std::string& file() const { return file_; }
   std::vector<SavedPiece>& pieces() { return pieces_; }
-  const char* bytes() const { return static_cast<const char*>(buffer_.data()); }
+  const char* bytes() const { return base_; }
   uint64_t size() const { return used_; }
 
  private:
   std::string file_;
   uint64_t planned_ = 0, used_ = 0;
   Storage buffer_;
+  char* base_ = nullptr;  // buffer_'s first 4096-aligned byte
   std::vector<SavedPiece> pieces_;
 };
 

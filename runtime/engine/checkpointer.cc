@@ -108,6 +108,7 @@ void Checkpointer::commit() {
             "waited {:.2f} s{})",
             last_saved_, static_cast<double>(image_.size()) / (1 << 20), write_seconds_,
             stall_seconds_, config_.async_save ? ", async" : "");
+  if (config_.async_save) spare_ = image_.release_buffer();
   image_ = ShardImage();
 }
 

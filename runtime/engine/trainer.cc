@@ -384,7 +384,7 @@ ShardImage Trainer::checkpoint_image() {
       for (const LocalPiece& piece : part.pieces) image.plan(piece.box.numel() * elem(kind));
     }
   }
-  image.allocate();
+  image.allocate(checkpointer_ != nullptr ? checkpointer_->take_spare_buffer() : Storage());
   for (TensorKind kind : kinds) {
     const char* base = kind == TensorKind::Master     ? reinterpret_cast<const char*>(s.master)
                        : kind == TensorKind::ExpAvg   ? reinterpret_cast<const char*>(s.exp_avg)
