@@ -103,6 +103,7 @@ int64_t folder_step(const std::string& name) {
 
 void prune(const std::string& root, const std::string& latest, int keep_last) {
   std::vector<std::pair<int64_t, fs::path>> steps;
+  std::vector<fs::path> stale;
   for (const fs::directory_entry& e : fs::directory_iterator(root)) {
     const std::string name = e.path().filename().string();
     if (!e.is_directory()) continue;
@@ -110,12 +111,13 @@ void prune(const std::string& root, const std::string& latest, int keep_last) {
     // save is in flight now, and none of them is what `latest` names.
     if (folder_step(name.substr(0, name.size() >= 4 ? name.size() - 4 : 0)) >= 0 &&
         (name.ends_with(".tmp") || name.ends_with(".old"))) {
-      fs::remove_all(e.path());
+      stale.push_back(e.path());
       continue;
     }
     const int64_t step = folder_step(name);
     if (step >= 0) steps.emplace_back(step, e.path());
   }
+  for (const fs::path& p : stale) fs::remove_all(p);  // not while the folder is listed
   if (keep_last <= 0 || static_cast<int>(steps.size()) <= keep_last) return;
   std::sort(steps.begin(), steps.end());
   for (size_t i = 0; i + keep_last < steps.size(); ++i) {
