@@ -64,7 +64,9 @@ struct EstimateOptions {
   int tp = 1;     // tensor-parallel size: per-rank figures of the rank-0 local model
   bool sequence_parallel = false;  // with tp > 1: LayerNorm / residual rows split over tp
   std::string dtype = "f32";
-  std::string offload = "none";
+  std::string offload = "none";  // of the optimizer: none, cpu or nvme
+  int64_t sub_group_size = 1'000'000'000;  // zero_optimization.sub_group_size
+  int buffer_count = 4;                    // offload_optimizer.buffer_count
   int batch = 0;  // > 0: add the activations of one micro-batch
   int seq = 0;
   std::string recompute = "none";  // activation checkpointing: none, full or selective

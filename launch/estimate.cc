@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "launch/commands.h"
+#include "memory/offload/nvme_state_store.h"
 #include "memory/zero/zero_plan.h"
 #include "models/gpt.h"
 #include "runtime/core/error.h"
@@ -15,15 +16,16 @@
 namespace tessera::launch {
 namespace {
 
-// DeepSpeed's offload moves the optimizer states (and their update) off the accelerator:
-// what stays is everything else. A planning figure: tessera does not run offload yet.
+// The formula's figure: offload moves the optimizer states (and their update) off the
+// accelerator, or with nvme out of memory.
 void print_offload(const std::string& offload, int64_t optimizer_bytes, int64_t total) {
   if (offload == "none") return;
-  std::cout << fmt::format("with --offload {}: {} stays on the device, {} of optimizer states "
-                           "move to {} (planning figure: offload is not implemented yet)\n",
+  std::cout << fmt::format("with --offload {}: {} stays in {} memory, {} of optimizer states "
+                           "move to {} (without the sub-group buffers: give --model for them)\n",
                            offload, format_bytes(total - optimizer_bytes),
+                           offload == "cpu" ? "device" : "host",
                            format_bytes(optimizer_bytes),
-                           offload == "cpu" ? "host memory" : "NVMe");
+                           offload == "cpu" ? "host memory" : "the NVMe swap file");
 }
 
 }  // namespace
@@ -36,6 +38,11 @@ memory::ZeroOptions estimate_zero_options(const EstimateOptions& o) {
   z.prefetch_elems = o.prefetch_bucket_size;
   z.persistence_threshold = o.param_persistence_threshold;
   z.max_live_elems = o.max_live_parameters;
+  z.sub_group_elems = o.sub_group_size;
+  z.offload_optimizer.device = o.offload == "cpu"    ? memory::OffloadDevice::Cpu
+                               : o.offload == "nvme" ? memory::OffloadDevice::Nvme
+                                                     : memory::OffloadDevice::None;
+  z.offload_optimizer.buffer_count = o.buffer_count;
   return z;
 }
 
@@ -44,6 +51,11 @@ int run_estimate(const EstimateOptions& o) {
   TS_CHECK(o.stage >= 0 && o.stage <= 3, "--stage {} does not exist: use 0, 1, 2 or 3", o.stage);
   TS_CHECK(o.offload == "none" || o.offload == "cpu" || o.offload == "nvme",
            "--offload {} is unknown: use none, cpu or nvme", o.offload);
+  TS_CHECK(o.offload == "none" || o.stage >= 1,
+           "--offload {} moves the optimizer's shard, which stage 0 does not have: give --stage "
+           "1, 2 or 3",
+           o.offload);
+  TS_CHECK(o.sub_group_size >= 1, "--sub-group-size must be >= 1, got {}", o.sub_group_size);
   TS_CHECK(o.dtype == "f32" || o.dtype == "bf16" || o.dtype == "f16",
            "--dtype {} is unknown: use f32, bf16 or f16", o.dtype);
   TS_CHECK(o.model.empty() != (o.params <= 0), "give exactly one of --model PRESET or --params N");
@@ -100,8 +112,9 @@ int run_estimate(const EstimateOptions& o) {
   // every rank holds the same shapes), ZeRO over the data-parallel group, and stage 3 on
   // several data-parallel ranks chunks a large word embedding (of the rank's vocabulary slice).
   const models::TpLayout tp{o.tp, 0, o.sequence_parallel};
+  const bool partitioned = memory::plan_partitioned(z, o.ranks);
   const int wte_chunks =
-      o.stage == 3 && o.ranks > 1 ? models::zero3_wte_chunks(config, o.tp) : 1;
+      o.stage == 3 && partitioned ? models::zero3_wte_chunks(config, o.tp) : 1;
   const ParamRegistry registry = models::build_gpt_registry(config, wte_chunks, false, tp);
   const memory::ModelStateBytes b = memory::plan_model_state(registry, z, rank, o.ranks);
   if (o.tp == 1) {
@@ -129,7 +142,21 @@ int run_estimate(const EstimateOptions& o) {
           ? fmt::format("(incl. {} bucket slots / padding)",
                         format_bytes(b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes))
           : "");
-  row("optimizer", b.optimizer, half ? "(fp32 master + Adam m, v)" : "(Adam m, v)");
+  const char* states = half ? "fp32 master + Adam m, v" : "Adam m, v";
+  if (z.offload_optimizer.device == memory::OffloadDevice::Nvme) {
+    const int64_t shard = partitioned ? memory::shard_range(registry.numel(), rank, o.ranks).numel()
+                                      : registry.numel();
+    const auto swap = memory::NvmeStateStore::plan(shard, z.sub_group_elems, !half,
+                                                   z.offload_optimizer);
+    row("optimizer", b.optimizer,
+        fmt::format("({} sub-group buffers of {}: {}{})", swap.slots,
+                    format_bytes(swap.record_bytes), states, half ? "" : "; master = params"));
+  } else {
+    row("optimizer", b.optimizer,
+        fmt::format("({}{})", states,
+                    o.offload == "cpu" ? "; in host memory: on the CUDA backend not on the device"
+                                       : ""));
+  }
   int64_t total = b.total();
   if (o.batch > 0) {
     const int seq = o.seq > 0 ? o.seq : config.block_size;
@@ -141,7 +168,7 @@ int run_estimate(const EstimateOptions& o) {
                     o.sequence_parallel ? ", sequence parallel" : ""));
     total += acts;
   }
-  if (o.stage == 3 && o.ranks > 1) {
+  if (o.stage == 3 && partitioned) {
     const int64_t gathered = memory::plan_gathered_bytes(registry, z, o.ranks);
     row("gathered", gathered,
         fmt::format(
@@ -150,7 +177,7 @@ int run_estimate(const EstimateOptions& o) {
     total += gathered;
   }
   row("total", total);
-  print_offload(o.offload, b.optimizer, total);
+  if (b.disk > 0) row("disk", b.disk, "(the optimizer's swap file in offload_optimizer.nvme_path)");
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "launch/commands.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
+#include "runtime/core/settings.h"
 
 namespace tessera::launch {
 namespace {
@@ -120,9 +121,11 @@ std::vector<std::string> mpirun_command(const LaunchOptions& opts) {
   // Each rank runs its own OpenMP threads: mpirun's default core binding would pin all of
   // a rank's threads to one core.
   cmd.insert(cmd.end(), {"--bind-to", "none"});
-  for (const char* var : {"TESSERA_LOG_LEVEL", "TESSERA_COMM_TIMEOUT_S", "OMP_NUM_THREADS",
-                          "PATH", "LD_LIBRARY_PATH"}) {
-    if (std::getenv(var) != nullptr) cmd.insert(cmd.end(), {"-x", var});
+  // Every tessera setting the caller set (the list `tessera env` prints) reaches the ranks.
+  std::vector<std::string> forwarded = {"OMP_NUM_THREADS", "PATH", "LD_LIBRARY_PATH"};
+  for (const Setting& s : all_settings()) forwarded.push_back(s.variable);
+  for (const std::string& var : forwarded) {
+    if (std::getenv(var.c_str()) != nullptr) cmd.insert(cmd.end(), {"-x", var});
   }
   for (const std::string& arg : opts.command) cmd.push_back(arg);
   return cmd;

@@ -126,6 +126,12 @@ int main(int argc, char** argv) {
   est_cmd->add_option("--dtype", est.dtype, "f32, bf16 or f16")->capture_default_str();
   est_cmd->add_option("--offload", est.offload, "none, cpu or nvme (where optimizer states go)")
       ->capture_default_str();
+  est_cmd->add_option("--sub-group-size", est.sub_group_size,
+                      "elements the optimizer updates at once (zero_optimization.sub_group_size)")
+      ->capture_default_str();
+  est_cmd->add_option("--buffer-count", est.buffer_count,
+                      "--offload nvme: offload_optimizer.buffer_count (states in memory at once)")
+      ->capture_default_str();
   est_cmd->add_option("--batch", est.batch, "micro-batch size: adds activations");
   est_cmd->add_option("--seq", est.seq, "sequence length (default: block size)");
   est_cmd->add_option("--recompute", est.recompute,

@@ -10,6 +10,7 @@ packages=(
   ocl-icd-opencl-dev         # Debian's oneDNN CMake config requires OpenCL (only "recommended")
   clang libclang-rt-14-dev libomp-14-dev  # scripts/fuzz.sh: libFuzzer, and OpenMP for clang
   libopenmpi-dev openmpi-bin
+  liburing-dev               # io_uring for offload's swap files (memory/offload/async_io)
   procps
   python3                    # tests/multirank: reads saved safetensors and traces (stdlib only)
 )

@@ -2,6 +2,9 @@
 
 #include <cstring>
 
+#include <fmt/format.h>
+
+#include "memory/offload/nvme_state_store.h"
 #include "memory/precision.h"
 #include "parallel/comm/agree.h"
 #include "runtime/core/error.h"
@@ -16,35 +19,74 @@ ShardInit init_from_full(const float* full) {
   };
 }
 
+namespace {
+
+ZeroOptions stage_options(int stage, DType dtype) {
+  ZeroOptions o;
+  o.stage = stage;
+  o.dtype = dtype;
+  return o;
+}
+
+}  // namespace
+
 ShardedOptimizerState::ShardedOptimizerState(const ParamRegistry& registry,
                                              parallel::ProcessGroup& group, int stage, DType dtype,
                                              const ShardInit& init)
-    : group_(group),
-      stage_(stage),
-      dtype_(dtype),
-      elem_size_(dtype_size(dtype)),
-      layout_(registry.numel(), group.rank(), group.size()) {
-  TS_CHECK(stage >= 1 && stage <= 3, "ZeRO's sharded optimizer state is for stages 1-3, not {}",
-           stage);
-  check_working_dtype(dtype);
-  const int64_t S = layout_.shard.numel();
-  params_ = Storage((stage <= 2 ? layout_.padded : S) * elem_size_, MemCategory::Params);
-  grads_ = Storage((stage == 1 ? layout_.padded : S) * elem_size_, MemCategory::Grads);
-  if (is_16bit(dtype)) master_ = Storage(S * sizeof(float), MemCategory::Optimizer);
-  exp_avg_ = Storage(S * sizeof(float), MemCategory::Optimizer);
-  exp_avg_sq_ = Storage(S * sizeof(float), MemCategory::Optimizer);
+    : ShardedOptimizerState(registry, group, stage_options(stage, dtype), init) {}
 
-  // The fp32 values land where they live: the master shard beside 16-bit working weights, the
-  // working shard itself in f32. The padding stays zero.
-  const ShardRange owned = layout_.owned();
-  float* fp32 =
-      is_16bit(dtype) ? static_cast<float*>(master_.data()) : static_cast<float*>(param_shard());
+ShardedOptimizerState::ShardedOptimizerState(const ParamRegistry& registry,
+                                             parallel::ProcessGroup& group,
+                                             const ZeroOptions& options, const ShardInit& init)
+    : group_(group),
+      stage_(options.stage),
+      dtype_(options.dtype),
+      elem_size_(dtype_size(options.dtype)),
+      layout_(registry.numel(), group.rank(), group.size()) {
+  TS_CHECK(stage_ >= 1 && stage_ <= 3, "ZeRO's sharded optimizer state is for stages 1-3, not {}",
+           stage_);
+  check_working_dtype(dtype_);
+  const int64_t S = layout_.shard.numel();
+  params_ = Storage((stage_ <= 2 ? layout_.padded : S) * elem_size_, MemCategory::Params);
+  grads_ = Storage((stage_ == 1 ? layout_.padded : S) * elem_size_, MemCategory::Grads);
+  // In f32 the master weights are the working shard itself, which stays in memory.
+  float* working_fp32 = is_16bit(dtype_) ? nullptr : static_cast<float*>(param_shard());
+  const int agreed_rank = group.rank();
   parallel::run_agreed(group, [&] {
-    if (owned.numel() > 0) init(owned, fp32);
+    if (options.offload_optimizer.device == OffloadDevice::Nvme) {
+      states_ = std::make_unique<NvmeStateStore>(S, options.sub_group_elems, working_fp32,
+                                                 options.offload_optimizer, options.aio,
+                                                 fmt::format("tessera-optimizer-r{}", agreed_rank));
+      return;
+    }
+    if (is_16bit(dtype_)) master_ = Storage(S * sizeof(float), MemCategory::Optimizer);
+    exp_avg_ = Storage(S * sizeof(float), MemCategory::Optimizer);
+    exp_avg_sq_ = Storage(S * sizeof(float), MemCategory::Optimizer);
+    states_ = std::make_unique<ResidentStateStore>(
+        S, options.sub_group_elems,
+        working_fp32 != nullptr ? working_fp32 : static_cast<float*>(master_.data()),
+        static_cast<float*>(exp_avg_.data()), static_cast<float*>(exp_avg_sq_.data()));
   });
-  if (is_16bit(dtype)) store_working(dtype, fp32, param_shard(), owned.numel());
+
+  // The fp32 values land where they live, sub-group by sub-group: the master shard beside
+  // 16-bit working weights (rounded into them as each sub-group is made), the working shard
+  // itself in f32. The padding stays zero.
+  const ShardRange owned = layout_.owned();
+  const int64_t first = layout_.shard.begin;
+  parallel::run_agreed(group, [&] {
+    states_->for_each_sub_group(
+        [&](const SubGroupStates& g) {
+          const ShardRange mine = intersect({first + g.range.begin, first + g.range.end}, owned);
+          if (mine.numel() > 0) init(mine, g.master + (mine.begin - first - g.range.begin));
+          if (is_16bit(dtype_)) {
+            store_working(dtype_, g.master, elem(params_, (stage_ <= 2 ? first : 0) + g.range.begin),
+                          g.range.numel());
+          }
+        },
+        SubGroupAccess::Overwrite);
+  });
   // Stages 1-2 train on whole parameters: the same gather as after every update.
-  if (stage <= 2) publish_update();
+  if (stage_ <= 2) publish_update();
 }
 
 void* ShardedOptimizerState::full_params() const {
@@ -71,10 +113,10 @@ OptimizerShard ShardedOptimizerState::shard() {
   s.dtype = dtype_;
   s.params = param_shard();
   s.grads = grad_shard();
-  s.master =
-      is_16bit(dtype_) ? static_cast<float*>(master_.data()) : static_cast<float*>(param_shard());
-  s.exp_avg = static_cast<float*>(exp_avg_.data());
-  s.exp_avg_sq = static_cast<float*>(exp_avg_sq_.data());
+  s.master = states_->resident(StateKind::Master);
+  s.exp_avg = states_->resident(StateKind::ExpAvg);
+  s.exp_avg_sq = states_->resident(StateKind::ExpAvgSq);
+  s.states = states_.get();
   return s;
 }
 
@@ -92,7 +134,18 @@ void ShardedOptimizerState::gather_full(float* out) {
     return;
   }
   // The fp32 shards every rank holds: the master weights, or the stage-3 parameters.
-  const void* mine = from_master ? master_.data() : params_.data();
+  const void* mine = params_.data();
+  Storage swapped_in;
+  if (from_master) {
+    mine = master_.data();
+    if (states_->resident(StateKind::Master) == nullptr) {
+      swapped_in = Storage(layout_.shard.numel() * sizeof(float), MemCategory::Other,
+                           Device::cpu(), false);
+      states_->read(StateKind::Master, 0, layout_.shard.numel(),
+                    static_cast<float*>(swapped_in.data()));
+      mine = swapped_in.data();
+    }
+  }
   Storage full(layout_.padded * sizeof(float), MemCategory::Other, Device::cpu(), false);
   group_.all_gather(mine, full.data(), static_cast<size_t>(layout_.shard.numel()), DType::F32)
       ->wait();

@@ -15,8 +15,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "memory/flat_buffers.h"
+#include "memory/state_store.h"
+#include "memory/zero/zero_plan.h"
 #include "parallel/comm/process_group.h"
 #include "runtime/core/params.h"
 #include "runtime/core/storage.h"
@@ -30,9 +33,12 @@ struct OptimizerShard {
   DType dtype = DType::F32;  // of params and grads
   void* params = nullptr;    // the working parameters
   void* grads = nullptr;
+  // The fp32 states, each nullptr when it lives on disk (offload_optimizer.device nvme):
+  // reach them through `states` then.
   float* master = nullptr;  // fp32 weights the optimizer updates: params itself in f32
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
+  StateStore* states = nullptr;  // all three, by sub-group, wherever they live
 };
 
 // Writes the initial fp32 values of flat elements [range.begin, range.end) into
@@ -46,6 +52,11 @@ class ShardedOptimizerState {
   // Collective. Runs `init` for the rank's own elements on every rank, agreed: when it throws
   // on any rank, every rank throws that message (parallel/comm/agree.h) before any other
   // collective. Stages 1-2 then all-gather the whole working parameters.
+  // options: the stage, the working dtype, the sub-group size and where the fp32 states live
+  // (offload_optimizer nvme: a swap file per rank; cpu: in memory, as on the CPU backend they
+  // already are).
+  ShardedOptimizerState(const ParamRegistry& registry, parallel::ProcessGroup& group,
+                        const ZeroOptions& options, const ShardInit& init);
   ShardedOptimizerState(const ParamRegistry& registry, parallel::ProcessGroup& group, int stage,
                         DType dtype, const ShardInit& init);
 
@@ -53,6 +64,7 @@ class ShardedOptimizerState {
   DType dtype() const { return dtype_; }
   const ShardLayout& layout() const { return layout_; }
   OptimizerShard shard();
+  StateStore& states() { return *states_; }
   // Stages 1-2: the whole working parameters (layout().padded elements).
   void* full_params() const;
   // The working parameters of the shard (layout().shard, padding included).
@@ -84,8 +96,9 @@ class ShardedOptimizerState {
   ShardLayout layout_;
   Storage params_;                // stages 1-2: padded full buffer; stage 3: the shard
   Storage grads_;                 // stage 1: padded full buffer; stages 2-3: the shard
-  Storage master_;                // 16-bit working dtype: the fp32 shard
-  Storage exp_avg_, exp_avg_sq_;  // the shard
+  Storage master_;                // 16-bit working dtype: the fp32 shard (states in memory)
+  Storage exp_avg_, exp_avg_sq_;  // the shard (states in memory)
+  std::unique_ptr<StateStore> states_;
 };
 
 }  // namespace tessera::memory

@@ -39,7 +39,7 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
                                        const ShardInit& init)
     : registry_(registry),
       options_(checked(options)),
-      state_(registry, dp_group, options.stage, options.dtype, init),
+      state_(registry, dp_group, options, init),
       buckets_(registry, dp_group, bucket_options(options),
                options.stage == 1 ? state_.full_grads() : nullptr,
                options.stage >= 2 ? state_.grad_shard() : nullptr) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "memory/offload/nvme_state_store.h"
 #include "runtime/core/error.h"
 
 namespace tessera::memory {
@@ -67,7 +68,7 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
   const int64_t kOptimizer = (is_16bit(options.dtype) ? 3 : 2) * static_cast<int64_t>(sizeof(float));
   const int64_t numel = registry.numel();
   ModelStateBytes b;
-  if (options.stage == 0 || world == 1) {
+  if (!plan_partitioned(options, world)) {
     // Replicated: one rank at any stage is stage 0 (nothing to partition).
     b.params = b.grads = numel * kW;
     b.optimizer = numel * kOptimizer;
@@ -77,6 +78,12 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
   const int64_t shard = shard_range(numel, rank, world).numel();
   const int64_t pad_bytes = (padded - numel) * kW;
   b.optimizer = shard * kOptimizer;
+  if (options.offload_optimizer.device == OffloadDevice::Nvme) {
+    const NvmeStateStore::Sizes swap = NvmeStateStore::plan(
+        shard, options.sub_group_elems, !is_16bit(options.dtype), options.offload_optimizer);
+    b.optimizer = swap.buffer_bytes;
+    b.disk = swap.file_bytes;
+  }
   if (options.stage <= 2) {
     b.params = padded * kW;
     b.fixed.padding_param_bytes = pad_bytes;
@@ -102,8 +109,12 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
   return b;
 }
 
+bool plan_partitioned(const ZeroOptions& options, int world) {
+  return options.stage >= 1 && (world > 1 || options.offload_optimizer.device != OffloadDevice::None);
+}
+
 int64_t plan_gathered_bytes(const ParamRegistry& registry, const ZeroOptions& options, int world) {
-  if (options.stage != 3 || world == 1) return 0;
+  if (options.stage != 3 || !plan_partitioned(options, world)) return 0;
   int64_t largest = 0;
   for (int l = 0; l < registry.num_layers(); ++l) {
     const int64_t n = registry.layer(l).numel();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "memory/flat_buffers.h"
+#include "memory/offload/offload_options.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/params.h"
 
@@ -27,6 +28,11 @@ struct ZeroOptions {
   int64_t prefetch_elems = 50'000'000;
   int64_t persistence_threshold = 100'000;
   int64_t max_live_elems = 1'000'000'000;
+  // The optimizer steps through its shard in sub-groups of this many elements; with the
+  // states on disk (offload_optimizer.device nvme) they are what is in memory at once.
+  int64_t sub_group_elems = 1'000'000'000;
+  OffloadOptimizerOptions offload_optimizer;
+  offload::AioOptions aio;
 };
 
 // A run of consecutive layers reduced together: [begin, end) of the flat model.
@@ -69,11 +75,16 @@ struct ZeroFixedBuffers {
 // gathered layers come and go and are bounded by max_live_elems on top.
 struct ModelStateBytes {
   int64_t params = 0, grads = 0, optimizer = 0;
+  // offload_optimizer nvme: optimizer is then its sub-group buffers, disk the swap file.
+  int64_t disk = 0;
   ZeroFixedBuffers fixed;
   int64_t total() const { return params + grads + optimizer; }
 };
 ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOptions& options,
                                  int rank, int world);
+// Whether the state is partitioned (ShardedParamAccess) at this stage and world: stages 1-3 on
+// several ranks, or on one with the optimizer offloaded (which works on a shard's states).
+bool plan_partitioned(const ZeroOptions& options, int world);
 // Stage 3 on several ranks: the most bytes of gathered (non-persistent) layers at once: the
 // layer in use plus the prefetch window, within max_live_elems. 0 otherwise.
 int64_t plan_gathered_bytes(const ParamRegistry& registry, const ZeroOptions& options, int world);

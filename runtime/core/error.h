@@ -29,6 +29,11 @@ class CudaError : public Error {
  public:
   using Error::Error;
 };
+// A file transfer failed (disk full, EIO, a swap file gone).
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
 // The feature exists but this binary was built without it.
 class NotCompiled : public Error {
  public:

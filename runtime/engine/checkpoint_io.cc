@@ -175,6 +175,11 @@ void ShardImage::allocate(Storage spare) {
 
 void ShardImage::add(const std::string& tensor, TensorKind kind, DType dtype, const Box& box,
                      const void* data) {
+  std::memcpy(add(tensor, kind, dtype, box), data,
+              static_cast<size_t>(box.numel()) * dtype_size(dtype));
+}
+
+void* ShardImage::add(const std::string& tensor, TensorKind kind, DType dtype, const Box& box) {
   SavedPiece p;
   p.tensor = tensor;
   p.kind = kind;
@@ -185,9 +190,10 @@ void ShardImage::add(const std::string& tensor, TensorKind kind, DType dtype, co
   p.bytes = static_cast<uint64_t>(box.numel()) * dtype_size(dtype);
   TS_CHECK(p.byte_offset + p.bytes <= planned_, "checkpoint image: piece of {} past the plan",
            tensor);
-  std::memcpy(base_ + p.byte_offset, data, p.bytes);
+  char* into = base_ + p.byte_offset;
   used_ = p.byte_offset + p.bytes;
   pieces_.push_back(std::move(p));
+  return into;
 }
 
 void write_shard(const std::string& folder, ShardImage& image) {

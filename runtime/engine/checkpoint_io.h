@@ -37,6 +37,8 @@ class ShardImage {
   // Copies a piece in, in the order planned.
   void add(const std::string& tensor, TensorKind kind, DType dtype, const Box& box,
            const void* data);
+  // Adds a piece and returns where its bytes go, for the caller to fill before writing.
+  void* add(const std::string& tensor, TensorKind kind, DType dtype, const Box& box);
   const std::string& file() const { return file_; }
   std::vector<SavedPiece>& pieces() { return pieces_; }
   const char* bytes() const { return base_; }

@@ -149,6 +149,29 @@ std::vector<std::string> string_or_list(Block& b, const std::string& key) {
   return out;
 }
 
+memory::OffloadDevice parse_offload_device(Block& b) {
+  std::string device = "none";
+  b.get("device", device);
+  if (device == "none") return memory::OffloadDevice::None;
+  if (device == "cpu") return memory::OffloadDevice::Cpu;
+  if (device == "nvme") return memory::OffloadDevice::Nvme;
+  TS_THROW(InvalidArgument, "{}: '{}' is \"{}\": use \"none\", \"cpu\" or \"nvme\"",
+           b.source(), b.full("device"), device);
+}
+
+// Sizes DeepSpeed configs write as 1e8: integral JSON floats too.
+void get_block_count(Block& b, const std::string& key, int64_t& out) {
+  if (!b.has(key)) return;
+  const json& v = b.raw(key);
+  if (v.is_number_float() && std::isfinite(v.get<double>()) &&
+      v.get<double>() == std::floor(v.get<double>()) && std::abs(v.get<double>()) < 9e18) {
+    out = static_cast<int64_t>(v.get<double>());
+  } else {
+    b.get(key, out);
+  }
+  TS_CHECK(out >= 0, "{}: '{}' must be >= 0, got {}", b.source(), b.full(key), out);
+}
+
 }  // namespace
 
 memory::ZeroOptions ZeroConfig::options() const {
@@ -159,6 +182,9 @@ memory::ZeroOptions ZeroConfig::options() const {
   z.prefetch_elems = stage3_prefetch_bucket_size;
   z.persistence_threshold = stage3_param_persistence_threshold;
   z.max_live_elems = stage3_max_live_parameters;
+  z.sub_group_elems = sub_group_size;
+  z.offload_optimizer = offload_optimizer;
+  z.aio = aio;
   return z;
 }
 
@@ -380,19 +406,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   if (root.has("zero_optimization")) {
     Block z = root.child("zero_optimization");
     // DeepSpeed configs write element counts as 5e8: accept integral JSON floats too.
-    auto get_count = [&z](const std::string& key, int64_t& out) {
-      if (!z.has(key)) return;
-      const nlohmann::json& v = z.raw(key);
-      const bool integral_float =
-          v.is_number_float() && std::isfinite(v.get<double>()) &&
-          v.get<double>() == std::floor(v.get<double>()) && std::abs(v.get<double>()) < 9e18;
-      if (integral_float) {
-        out = static_cast<int64_t>(v.get<double>());
-      } else {
-        z.get(key, out);
-      }
-      TS_CHECK(out >= 0, "{}: '{}' must be >= 0, got {}", z.source(), z.full(key), out);
-    };
+    auto get_count = [&z](const std::string& key, int64_t& out) { get_block_count(z, key, out); };
     z.get("stage", c.zero.stage);
     get_count("reduce_bucket_size", c.zero.reduce_bucket_size);
     z.get("overlap_comm", c.zero.overlap_comm);
@@ -406,20 +420,45 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     get_count("stage3_max_live_parameters", c.zero.stage3_max_live_parameters);
     get_count("stage3_max_reuse_distance", c.zero.stage3_max_reuse_distance);
     get_count("sub_group_size", c.zero.sub_group_size);
-    for (const char* key : {"offload_optimizer", "offload_param"}) {
-      if (!z.has(key)) continue;
-      const nlohmann::json& v = z.raw(key);
-      // DeepSpeed's "device": "none" means off. (value() below throws nlohmann's type_error
-      // for a device that is not a string.)
-      TS_CHECK(!v.is_object() || !v.contains("device") || v["device"].is_string(),
-               "{}: zero_optimization.{}.device must be a string (\"none\", \"cpu\" or \"nvme\"), "
-               "got {}",
-               source, key, v["device"].dump());
-      const bool off = v.is_null() || (v.is_object() && v.value("device", "none") == "none");
-      TS_CHECK(off,
-               "{}: zero_optimization.{} is not supported yet (CPU/NVMe offload arrives with a "
-               "later issue); remove it or set \"device\": \"none\"",
-               source, key);
+    if (z.has("offload_optimizer") && !z.raw("offload_optimizer").is_null()) {
+      Block o = z.child("offload_optimizer");
+      memory::OffloadOptimizerOptions& opt = c.zero.offload_optimizer;
+      opt.device = parse_offload_device(o);
+      o.get("nvme_path", opt.nvme_path);
+      o.get("buffer_count", opt.buffer_count);
+      o.get("pin_memory", opt.pin_memory);
+      o.get("pipeline_read", opt.pipeline_read);
+      o.get("pipeline_write", opt.pipeline_write);
+      // DeepSpeed's "pipeline" sets both.
+      bool pipeline = false;
+      o.get("pipeline", pipeline);
+      if (pipeline) opt.pipeline_read = opt.pipeline_write = true;
+      o.get("fast_init", opt.fast_init);
+      double ratio = 1.0;
+      o.get("ratio", ratio);
+      o.reject_unknown();
+      TS_CHECK(ratio == 1.0,
+               "{}: zero_optimization.offload_optimizer.ratio {} (a partial offload) is not "
+               "supported: offload all of the optimizer (ratio 1.0) or none",
+               source, ratio);
+      TS_CHECK(opt.buffer_count >= 1,
+               "{}: zero_optimization.offload_optimizer.buffer_count must be >= 1, got {}", source,
+               opt.buffer_count);
+      TS_CHECK(opt.device != memory::OffloadDevice::Nvme || !opt.nvme_path.empty(),
+               "{}: zero_optimization.offload_optimizer.nvme_path is empty: name the folder on "
+               "the fast disk where the optimizer's swap files go",
+               source);
+    }
+    if (z.has("offload_param") && !z.raw("offload_param").is_null()) {
+      Block o = z.child("offload_param");
+      memory::OffloadParamOptions& opt = c.zero.offload_param;
+      opt.device = parse_offload_device(o);
+      o.get("nvme_path", opt.nvme_path);
+      o.get("buffer_count", opt.buffer_count);
+      get_block_count(o, "buffer_size", opt.buffer_size);
+      get_block_count(o, "max_in_cpu", opt.max_in_cpu);
+      o.get("pin_memory", opt.pin_memory);
+      o.reject_unknown();
     }
     z.reject_unknown();
     TS_CHECK(c.zero.stage >= 0 && c.zero.stage <= 3,
@@ -429,6 +468,49 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
              source);
     TS_CHECK(c.zero.stage3_max_live_parameters >= 1,
              "{}: zero_optimization.stage3_max_live_parameters must be >= 1", source);
+    TS_CHECK(c.zero.sub_group_size >= 1, "{}: zero_optimization.sub_group_size must be >= 1",
+             source);
+    // DeepSpeed's rules: the optimizer's shard moves at stages 1-3 (DeepSpeed keeps NVMe for
+    // stage 3; tessera swaps any stage's shard), parameters only at stage 3.
+    TS_CHECK(c.zero.offload_optimizer.device == memory::OffloadDevice::None || c.zero.stage >= 1,
+             "{}: zero_optimization.offload_optimizer moves the optimizer's shard, which ZeRO "
+             "stage 0 does not have: set zero_optimization.stage to 1, 2 or 3",
+             source);
+    TS_CHECK(c.zero.offload_param.device == memory::OffloadDevice::None || c.zero.stage == 3,
+             "{}: zero_optimization.offload_param needs ZeRO stage 3 (only stage 3 partitions "
+             "the parameters): set zero_optimization.stage to 3",
+             source);
+    TS_CHECK(c.zero.offload_param.device == memory::OffloadDevice::None,
+             "{}: zero_optimization.offload_param is not supported yet (parameter offload is "
+             "the next step of issue 15); offload the optimizer (offload_optimizer) or set "
+             "\"device\": \"none\"",
+             source);
+  }
+  if (root.has("aio")) {
+    Block a = root.child("aio");
+    memory::offload::AioOptions& aio = c.zero.aio;
+    get_block_count(a, "block_size", aio.block_size);
+    a.get("queue_depth", aio.queue_depth);
+    a.get("intra_op_parallelism", aio.intra_op_parallelism);
+    a.get("thread_count", aio.intra_op_parallelism);  // DeepSpeed's newer name
+    a.get("single_submit", aio.single_submit);
+    a.get("overlap_events", aio.overlap_events);
+    bool use_gds = false;
+    a.get("use_gds", use_gds);
+    a.reject_unknown();
+    TS_CHECK(!use_gds,
+             "{}: aio.use_gds (GPUDirect Storage) is not supported: remove it or set it false",
+             source);
+    TS_CHECK(aio.block_size >= memory::offload::kIoAlign &&
+                 aio.block_size % memory::offload::kIoAlign == 0,
+             "{}: aio.block_size must be a multiple of {} bytes (O_DIRECT transfers are "
+             "aligned), got {}: DeepSpeed's default is 1048576",
+             source, memory::offload::kIoAlign, aio.block_size);
+    TS_CHECK(aio.queue_depth >= 1 && aio.queue_depth <= 4096,
+             "{}: aio.queue_depth must be in [1, 4096], got {}", source, aio.queue_depth);
+    TS_CHECK(aio.intra_op_parallelism >= 1 && aio.intra_op_parallelism <= 256,
+             "{}: aio.intra_op_parallelism must be in [1, 256], got {}", source,
+             aio.intra_op_parallelism);
   }
 
   if (root.has("parallelism")) {

@@ -55,7 +55,13 @@ struct ZeroConfig {
   int64_t stage3_param_persistence_threshold = 100'000;  // per layer, tessera's gather unit
   int64_t stage3_max_live_parameters = 1'000'000'000;
   int64_t stage3_max_reuse_distance = 1'000'000'000;  // parsed; prefetch window decides reuse
-  int64_t sub_group_size = 1'000'000'000;             // parsed; the optimizer runs per tensor
+  // The optimizer steps through a rank's shard in sub-groups of this many elements (with
+  // offload_optimizer nvme, what is in memory at once).
+  int64_t sub_group_size = 1'000'000'000;
+  // DeepSpeed's offload blocks (docs/OFFLOAD.md) and the top-level aio block.
+  memory::OffloadOptimizerOptions offload_optimizer;
+  memory::OffloadParamOptions offload_param;
+  memory::offload::AioOptions aio;
 
   // What the runtime and the estimator act on.
   memory::ZeroOptions options() const;

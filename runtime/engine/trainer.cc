@@ -11,10 +11,16 @@
 #include <fstream>
 
 #include "models/weights_io.h"
+#include "memory/offload/nvme_state_store.h"
+#include "memory/state_store.h"
 #include "parallel/comm/agree.h"
+#include "parallel/comm/thread_group.h"
 #include "runtime/core/logging.h"
+#include "runtime/core/memory_stats.h"
+#include "runtime/core/settings.h"
 #include "runtime/engine/lr_schedule.h"
 #include "runtime/engine/metrics.h"
+#include "runtime/engine/preflight.h"
 #include "runtime/kernels/cpu_kernels.h"
 #include "runtime/kernels/cpu_mixed.h"
 
@@ -30,11 +36,12 @@ namespace {
 // holds elements [range.begin, range.end) of the flat model; with a group, each rank passes
 // its own shard and one all-reduce (max) of every parameter's largest magnitude gives every
 // rank the whole model's, so they all fail together, with the same message.
-void check_fp16_range(const ParamRegistry& registry, const float* weights, memory::ShardRange range,
-                      parallel::ProcessGroup* group) {
-  constexpr float kMaxF16 = 65504.0f;
+// fp16's range: the largest magnitude of each parameter's initial fp32 values, noted range by
+// range as they are made (so states on disk need not be read back), then agreed over `group`.
+void note_largest(const ParamRegistry& registry, const float* weights, memory::ShardRange range,
+                  std::vector<float>& largest) {
   const std::vector<ParamSpec>& params = registry.params();
-  std::vector<float> largest(params.size(), 0.0f);
+  largest.resize(params.size(), 0.0f);
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& p = params[i];
     const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, range);
@@ -43,8 +50,15 @@ void check_fp16_range(const ParamRegistry& registry, const float* weights, memor
     float m = 0.0f;
 #pragma omp parallel for reduction(max : m)
     for (int64_t j = 0; j < part.numel(); ++j) m = std::max(m, std::abs(w[j]));
-    largest[i] = m;
+    largest[i] = std::max(largest[i], m);
   }
+}
+
+void check_fp16_range(const ParamRegistry& registry, std::vector<float> largest,
+                      parallel::ProcessGroup* group) {
+  constexpr float kMaxF16 = 65504.0f;
+  const std::vector<ParamSpec>& params = registry.params();
+  largest.resize(params.size(), 0.0f);
   if (group != nullptr) {
     parallel::AllreduceOptions opts;
     opts.op = parallel::ReduceOp::Max;
@@ -56,6 +70,13 @@ void check_fp16_range(const ParamRegistry& registry, const float* weights, memor
              "finite value 65504: train in bf16 (bf16.enabled) instead",
              params[i].name, largest[i]);
   }
+}
+
+// Stages 1-3 shard the optimizer over the data-parallel ranks; on one such rank the state
+// stays whole (stage 0) unless the optimizer is offloaded, which works on the shard's states.
+bool sharded_state(const TrainConfig& c, const parallel::ProcessGroup* dp) {
+  return c.zero.stage >= 1 &&
+         (dp != nullptr || c.zero.offload_optimizer.device != memory::OffloadDevice::None);
 }
 
 // The world in Megatron's layout when the layers are split over tensor-parallel ranks or
@@ -107,7 +128,7 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
       tp_(topology_ != nullptr && topology_->shape().tp > 1 ? &topology_->tp() : nullptr),
       pp_(topology_ != nullptr && topology_->shape().pp > 1 ? &topology_->pp() : nullptr),
       model_(config_.model, config_.precision, Device::cpu(),
-             dp_ != nullptr && config_.zero.stage == 3
+             sharded_state(config_, dp_) && config_.zero.stage == 3
                  ? models::zero3_wte_chunks(config_.model, config_.tensor_parallel)
                  : 1,
              tp_layout(topology_.get(), config_), pipeline_layout(topology_.get(), config_)),
@@ -130,7 +151,25 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
   const DType dtype = config_.precision;
   const ParamRegistry& registry = model_.registry();
   const int64_t numel = registry.numel();
-  const bool sharded = dp_ != nullptr && config_.zero.stage >= 1;
+  const bool sharded = sharded_state(config_, dp_);
+  std::vector<float> largest;  // fp16: of each parameter's initial values
+  // Before anything large is allocated: refuse a run the machine cannot hold, on every rank.
+  if (setting_int("TESSERA_SKIP_MEMORY_CHECK") == 0) {
+    const auto check = [&] {
+      const int thread_ranks =
+          world_ != nullptr && world_->backend_name() == "thread" ? world_->size() : 1;
+      check_memory_fits(config_, registry, dp_size(),
+                        sharded && config_.zero.stage == 3
+                            ? models::zero3_wte_chunks(config_.model, config_.tensor_parallel)
+                            : 1,
+                        ranks_on_this_machine(thread_ranks), available_memory_bytes());
+    };
+    if (world_ == nullptr) {
+      check();
+    } else {
+      parallel::run_agreed(*world_, check);
+    }
+  }
   // A resumed run reads its weights where a fresh one draws or loads them. A rank that fails
   // to read (a corrupt piece, a missing file) keeps going with zeros until every rank agrees
   // in restore_progress, so no rank is left waiting in a collective.
@@ -153,6 +192,7 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     // all-gather the working copy from the shards.
     memory::ZeroOptions options = config_.zero.options();
     options.dtype = dtype;
+    // Called for the shard's sub-groups in order (one call when the states fit in memory).
     const memory::ShardInit init = [&](memory::ShardRange range, float* out) {
       if (resume != nullptr) {
         read_resumed(range.begin, range.end, out);
@@ -162,13 +202,15 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
         models::load_gpt_safetensors_range(config_.init_from, config_.model, registry, range.begin,
                                            range.end, out);
       }
+      if (dtype == DType::F16) note_largest(registry, out, range, largest);
     };
-    auto access = std::make_unique<memory::ShardedParamAccess>(registry, *dp_, options, init);
+    if (dp_ == nullptr) self_group_ = parallel::make_thread_world(1)[0];
+    auto access = std::make_unique<memory::ShardedParamAccess>(
+        registry, dp_ != nullptr ? *dp_ : *self_group_, options, init);
     sharded_ = access.get();
     access_ = std::move(access);
     if (dtype == DType::F16) {
-      const memory::OptimizerShard shard = sharded_->shard();
-      check_fp16_range(registry, shard.master, shard.range,
+      check_fp16_range(registry, std::move(largest),
                        pp_ != nullptr ? stage_group_.get() : (tp_ != nullptr ? world_ : dp_));
     }
   } else {
@@ -196,9 +238,13 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     // (With tensor parallelism each holds its part: all agree through the world, or, with
     // pipeline stages holding different layers, through the stage's ranks.)
     if (dtype == DType::F16) {
-      check_fp16_range(registry, weights, {0, numel},
+      note_largest(registry, weights, {0, numel}, largest);
+      check_fp16_range(registry, std::move(largest),
                        pp_ != nullptr ? stage_group_.get() : (tp_ != nullptr ? world_ : nullptr));
     }
+    flat_states_ = std::make_unique<memory::ResidentStateStore>(
+        numel, config_.zero.sub_group_size, state_->master(), state_->exp_avg(),
+        state_->exp_avg_sq());
     memory::store_working(dtype, weights, state_->params(), numel);
     if (dp_ != nullptr) {
       auto replicated = std::make_unique<memory::ReplicatedParamAccess>(
@@ -294,8 +340,19 @@ void Trainer::restore_progress(CheckpointReader& reader, std::exception_ptr weig
     if (weights_error) std::rethrow_exception(weights_error);
     const memory::OptimizerShard s = optimizer_shard();
     const ParamRegistry& registry = model_.registry();
-    reader.read(TensorKind::ExpAvg, registry, s.range.begin, s.range.end, s.exp_avg);
-    reader.read(TensorKind::ExpAvgSq, registry, s.range.begin, s.range.end, s.exp_avg_sq);
+    if (s.exp_avg != nullptr && s.exp_avg_sq != nullptr) {
+      reader.read(TensorKind::ExpAvg, registry, s.range.begin, s.range.end, s.exp_avg);
+      reader.read(TensorKind::ExpAvgSq, registry, s.range.begin, s.range.end, s.exp_avg_sq);
+    } else {
+      // On disk: sub-group by sub-group, so no more than one is ever in memory.
+      const int64_t model_end = registry.numel();
+      s.states->for_each_sub_group([&](const memory::SubGroupStates& g) {
+        const int64_t begin = std::min(model_end, s.range.begin + g.range.begin);
+        const int64_t end = std::min(model_end, s.range.begin + g.range.end);
+        reader.read(TensorKind::ExpAvg, registry, begin, end, g.exp_avg);
+        reader.read(TensorKind::ExpAvgSq, registry, begin, end, g.exp_avg_sq);
+      });
+    }
     reader.verify_share(TensorKind::Working, world_rank(), world_size());
     const TrainingProgress& p = reader.manifest().progress;
     if (scaler_) {
@@ -393,9 +450,18 @@ ShardImage Trainer::checkpoint_image() {
     for (const Part& part : parts) {
       for (const LocalPiece& piece : part.pieces) {
         const int64_t at = part.param->offset + piece.local_begin - s.range.begin;
-        image.add(saved_tensor_name(*part.param), kind,
-                  kind == TensorKind::Working ? s.dtype : DType::F32, piece.box,
-                  base + at * static_cast<int64_t>(elem(kind)));
+        const std::string name = saved_tensor_name(*part.param);
+        const DType dtype = kind == TensorKind::Working ? s.dtype : DType::F32;
+        if (base != nullptr) {
+          image.add(name, kind, dtype, piece.box, base + at * static_cast<int64_t>(elem(kind)));
+        } else {
+          // A state on disk is read straight into the image.
+          auto* into = static_cast<float*>(image.add(name, kind, dtype, piece.box));
+          s.states->read(kind == TensorKind::Master   ? memory::StateKind::Master
+                         : kind == TensorKind::ExpAvg ? memory::StateKind::ExpAvg
+                                                      : memory::StateKind::ExpAvgSq,
+                         at, at + piece.box.numel(), into);
+        }
       }
     }
   }
@@ -429,6 +495,7 @@ memory::OptimizerShard Trainer::optimizer_shard() {
   s.master = state_->master();
   s.exp_avg = state_->exp_avg();
   s.exp_avg_sq = state_->exp_avg_sq();
+  s.states = flat_states_.get();
   return s;
 }
 
@@ -485,32 +552,39 @@ bool Trainer::any_rank(bool local) {
 void Trainer::apply_update(double lr, double grad_scale) {
   const OptimizerConfig& o = config_.optimizer;
   const memory::OptimizerShard s = optimizer_shard();
-  for (const ParamSpec& p : model_.registry().params()) {
-    // AdamW runs per tensor (decay depends on its shape) over the tensor's owned part.
-    const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, s.range);
-    if (part.numel() == 0) continue;
-    const int64_t at = part.begin - s.range.begin;
-    // GPT-2 practice: decay the matrices; biases and LayerNorm gains (1-D) are not decayed.
-    const bool decay = p.shape.size() >= 2;
-    k::AdamWParams a;
-    a.lr = static_cast<float>(lr);
-    a.beta1 = o.beta1;
-    a.beta2 = o.beta2;
-    a.eps = o.eps;
-    a.step = updates_done_ + 1;
-    a.grad_scale = static_cast<float>(grad_scale);
-    a.weight_decay = decay && o.type == "AdamW" ? o.weight_decay : 0.0f;
-    // Adam's L2 penalty: weight decay enters the gradient before the moments.
-    a.l2 = decay && o.type == "Adam" ? o.weight_decay : 0.0f;
-    if (s.dtype == DType::F32) {
-      k::adamw_update(s.master + at, static_cast<const float*>(s.grads) + at, s.exp_avg + at,
-                      s.exp_avg_sq + at, part.numel(), a);
-    } else {
-      k::adamw_update16(s.dtype, s.master + at, static_cast<uint16_t*>(s.params) + at,
-                        static_cast<const uint16_t*>(s.grads) + at, s.exp_avg + at,
-                        s.exp_avg_sq + at, part.numel(), a);
+  const std::vector<ParamSpec>& params = model_.registry().params();
+  // Sub-group by sub-group (the states may be read from disk around each), and within one
+  // per tensor, as decay depends on its shape: element-wise, so the bits do not depend on
+  // the cut.
+  s.states->for_each_sub_group([&](const memory::SubGroupStates& g) {
+    const memory::ShardRange sub{s.range.begin + g.range.begin, s.range.begin + g.range.end};
+    for (const ParamSpec& p : params) {
+      const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, sub);
+      if (part.numel() == 0) continue;
+      const int64_t at = part.begin - s.range.begin;  // in the shard's gradients and params
+      const int64_t in = part.begin - sub.begin;      // in the sub-group's states
+      // GPT-2 practice: decay the matrices; biases and LayerNorm gains (1-D) are not decayed.
+      const bool decay = p.shape.size() >= 2;
+      k::AdamWParams a;
+      a.lr = static_cast<float>(lr);
+      a.beta1 = o.beta1;
+      a.beta2 = o.beta2;
+      a.eps = o.eps;
+      a.step = updates_done_ + 1;
+      a.grad_scale = static_cast<float>(grad_scale);
+      a.weight_decay = decay && o.type == "AdamW" ? o.weight_decay : 0.0f;
+      // Adam's L2 penalty: weight decay enters the gradient before the moments.
+      a.l2 = decay && o.type == "Adam" ? o.weight_decay : 0.0f;
+      if (s.dtype == DType::F32) {
+        k::adamw_update(g.master + in, static_cast<const float*>(s.grads) + at, g.exp_avg + in,
+                        g.exp_avg_sq + in, part.numel(), a);
+      } else {
+        k::adamw_update16(s.dtype, g.master + in, static_cast<uint16_t*>(s.params) + at,
+                          static_cast<const uint16_t*>(s.grads) + at, g.exp_avg + in,
+                          g.exp_avg_sq + in, part.numel(), a);
+      }
     }
-  }
+  });
   access_->after_update();
 }
 
@@ -869,8 +943,10 @@ bool Trainer::run() {
               dp_size(), dp_->backend_name(), replicated_->num_buckets());
   }
   if (sharded_ != nullptr) {
-    log_rank0("ZeRO stage {}: {} ranks ({} backend), gradients in {} reduce-scatter bucket(s){}",
-              sharded_->stage(), dp_size(), dp_->backend_name(), sharded_->num_buckets(),
+    log_rank0("ZeRO stage {}: {} rank(s) ({} backend), gradients in {} reduce-scatter bucket(s){}",
+              sharded_->stage(), dp_size(),
+              dp_ != nullptr ? dp_->backend_name() : self_group_->backend_name(),
+              sharded_->num_buckets(),
               sharded_->stage() == 3
                   ? fmt::format(", {} layer(s) kept whole{}", sharded_->num_persistent_layers(),
                                 model_.layers().chunked()
@@ -881,6 +957,29 @@ bool Trainer::run() {
   } else if (dp_ == nullptr && config_.zero.stage > 0) {
     log_rank0("ZeRO stage {} on one rank: nothing to partition, running as stage 0",
               config_.zero.stage);
+  }
+  if (sharded_ != nullptr && config_.zero.offload_optimizer.device != memory::OffloadDevice::None) {
+    const memory::StateStore& states = *sharded_->shard().states;
+    const auto* nvme = dynamic_cast<const memory::NvmeStateStore*>(&states);
+    if (nvme != nullptr) {
+      log_rank0("offload: optimizer states on disk in {} ({}, {}): {} sub-groups of {} elements, "
+                "{} in memory ({}), swap file {} per rank{}",
+                config_.zero.offload_optimizer.nvme_path,
+                memory::offload::io_backend_name(nvme->file().backend()),
+                nvme->file().direct() ? "O_DIRECT" : "buffered", states.num_sub_groups(),
+                states.sub_group_elems(), nvme->slots(), format_bytes(states.buffer_bytes()),
+                format_bytes(states.disk_bytes()),
+                config_.zero.offload_optimizer.pipeline_read ||
+                        config_.zero.offload_optimizer.pipeline_write
+                    ? fmt::format(", read ahead {}, write behind {}",
+                                  config_.zero.offload_optimizer.pipeline_read ? "on" : "off",
+                                  config_.zero.offload_optimizer.pipeline_write ? "on" : "off")
+                    : "");
+    } else {
+      log_rank0("offload: optimizer device cpu: on the CPU backend the states are in host memory "
+                "already; the optimizer steps through {} sub-group(s) of {} elements",
+                states.num_sub_groups(), states.sub_group_elems());
+    }
   }
   if (config_.precision != DType::F32) {
     log_rank0("precision: {} parameters, gradients and GEMMs, fp32 master weights and moments{}",

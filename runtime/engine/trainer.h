@@ -196,6 +196,9 @@ class Trainer : private StepRunner {
   models::GPT<float> model_;
   ParamRegistry full_registry_;
   std::unique_ptr<memory::FlatState> state_;  // stage 0 only
+  std::unique_ptr<memory::StateStore> flat_states_;  // stage 0: a view of state_'s fp32 states
+  // One data-parallel rank at ZeRO stages 1-3 with the optimizer offloaded: the shard's group.
+  parallel::ProcessGroupPtr self_group_;
   std::optional<LossScaler> scaler_;        // fp16 only
   GradientHook gradient_hook_;
   std::unique_ptr<ParamAccess> access_;

@@ -477,8 +477,8 @@ TEST(ConfigZero, BadZeroBlocksNameTheKey) {
   EXPECT_TRUE(Contains(parse_error(j), "'zero_optimization.stage' must be an integer"));
   j["zero_optimization"] = {{"stage", 4}};
   EXPECT_TRUE(Contains(parse_error(j), "zero_optimization.stage 4 does not exist"));
-  j["zero_optimization"] = {{"stage", 2}, {"offload_optimizer", {{"device", "nvme"}}}};
-  EXPECT_TRUE(Contains(parse_error(j), "zero_optimization.offload_optimizer is not supported yet"));
+  j["zero_optimization"] = {{"stage", 3}, {"offload_param", {{"device", "nvme"}}}};
+  EXPECT_TRUE(Contains(parse_error(j), "zero_optimization.offload_param is not supported yet"));
   j["zero_optimization"] = {{"stage", 0}, {"reduce_bucket_sise", 10}};
   EXPECT_TRUE(Contains(parse_error(j), "did you mean 'zero_optimization.reduce_bucket_size'?"));
   j["zero_optimization"] = {{"reduce_bucket_size", 0}};
@@ -553,7 +553,7 @@ TEST(ConfigOverrides, FuzzFindingsAreOneLineErrors) {
 TEST(ConfigValues, FuzzFindingsAreOneLineErrors) {
   json j = minimal();
   j["zero_optimization"] = {{"offload_optimizer", {{"device", 3}}}};
-  EXPECT_TRUE(Contains(parse_error(j), "zero_optimization.offload_optimizer.device must be a string"));
+  EXPECT_TRUE(Contains(parse_error(j), "'zero_optimization.offload_optimizer.device' must be a string"));
   j = minimal();
   j["optimizer"] = {{"params", {{"lr", 1e300}}}};  // an infinite float otherwise
   EXPECT_TRUE(Contains(parse_error(j), "optimizer.params.lr' must be a number of magnitude at most"));

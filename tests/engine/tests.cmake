@@ -97,4 +97,18 @@ if(TESSERA_WITH_MPI)
     set_tests_properties(engine_mpi_checkpoint_np${np} PROPERTIES LABELS "mpi;multirank"
                          TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=1")
   endforeach()
+
+  # Optimizer offload to a swap file per process, against the states in memory (np 2 and 4).
+  add_executable(engine_mpi_offload ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/mpi_main.cc
+    ${CMAKE_CURRENT_LIST_DIR}/mpi/offload_mpi_test.cc)
+  target_link_libraries(engine_mpi_offload PRIVATE GTest::gtest tessera_engine)
+  target_include_directories(engine_mpi_offload PRIVATE ${CMAKE_SOURCE_DIR}
+                             ${CMAKE_CURRENT_LIST_DIR})
+  foreach(np 2 4)
+    add_test(NAME engine_mpi_offload_np${np}
+             COMMAND ${CMAKE_CURRENT_LIST_DIR}/../parallel/mpi/run_mpi.sh ${np}
+                     $<TARGET_FILE:engine_mpi_offload>)
+    set_tests_properties(engine_mpi_offload_np${np} PROPERTIES LABELS "mpi;multirank"
+                         TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=1")
+  endforeach()
 endif()

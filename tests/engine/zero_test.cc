@@ -351,12 +351,90 @@ TEST(ZeroConfig, OffloadAndBadCountsAreRefused) {
   };
   EXPECT_TRUE(Contains(error_of({{"stage", 3}, {"offload_param", {{"device", "cpu"}}}}),
                        "zero_optimization.offload_param is not supported yet"));
-  EXPECT_TRUE(Contains(error_of({{"stage", 2}, {"offload_optimizer", {{"device", "nvme"}}}}),
-                       "zero_optimization.offload_optimizer is not supported yet"));
+  EXPECT_TRUE(Contains(error_of({{"stage", 0}, {"offload_optimizer", {{"device", "nvme"}}}}),
+                       "set zero_optimization.stage to 1, 2 or 3"));
   EXPECT_TRUE(Contains(error_of({{"stage", 1}, {"reduce_bucket_size", 2.5}}),
                        "'zero_optimization.reduce_bucket_size' must be an integer"));
   EXPECT_TRUE(Contains(error_of({{"stage", 1}, {"stage3_prefetch_bucket_size", -1}}),
                        "must be >= 0"));
+}
+
+TEST(ZeroConfig, OffloadKeysWithDeepSpeedsDefaultsAndRules) {
+  const TrainConfig d = parse_zero({{"stage", 3}, {"offload_optimizer", {{"device", "nvme"}}}});
+  const memory::OffloadOptimizerOptions& o = d.zero.offload_optimizer;
+  EXPECT_EQ(o.device, memory::OffloadDevice::Nvme);
+  EXPECT_EQ(o.nvme_path, "/local_nvme");
+  EXPECT_EQ(o.buffer_count, 4);
+  EXPECT_FALSE(o.pin_memory);
+  EXPECT_FALSE(o.pipeline_read);
+  EXPECT_FALSE(o.pipeline_write);
+  EXPECT_EQ(d.zero.aio.block_size, 1 << 20);
+  EXPECT_EQ(d.zero.aio.queue_depth, 8);
+  EXPECT_EQ(d.zero.aio.intra_op_parallelism, 1);
+  EXPECT_FALSE(d.zero.aio.single_submit);
+  EXPECT_TRUE(d.zero.aio.overlap_events);
+  // ZeRO-Infinity's sample config: the aio block sits at the top level.
+  nlohmann::json j = {{"train_micro_batch_size_per_gpu", 4},
+                      {"model", {{"preset", "nano"}}},
+                      {"data", {{"train", "tokens.bin"}}},
+                      {"zero_optimization",
+                       {{"stage", 2},
+                        {"sub_group_size", 1e8},
+                        {"offload_optimizer",
+                         {{"device", "nvme"},
+                          {"nvme_path", "/scratch"},
+                          {"buffer_count", 9},
+                          {"pin_memory", true},
+                          {"pipeline", true},
+                          {"fast_init", false}}}}},
+                      {"aio",
+                       {{"block_size", 262144},
+                        {"queue_depth", 32},
+                        {"thread_count", 2},
+                        {"single_submit", true},
+                        {"overlap_events", false},
+                        {"use_gds", false}}}};
+  const TrainConfig c = parse_train_config(j.dump(), "test.json");
+  EXPECT_EQ(c.zero.sub_group_size, 100'000'000);
+  EXPECT_EQ(c.zero.offload_optimizer.nvme_path, "/scratch");
+  EXPECT_EQ(c.zero.offload_optimizer.buffer_count, 9);
+  EXPECT_TRUE(c.zero.offload_optimizer.pipeline_read);
+  EXPECT_TRUE(c.zero.offload_optimizer.pipeline_write);
+  EXPECT_EQ(c.zero.aio.block_size, 262144);
+  EXPECT_EQ(c.zero.aio.queue_depth, 32);
+  EXPECT_EQ(c.zero.aio.intra_op_parallelism, 2);
+  EXPECT_TRUE(c.zero.aio.single_submit);
+  EXPECT_FALSE(c.zero.aio.overlap_events);
+  const memory::ZeroOptions z = c.zero.options();
+  EXPECT_EQ(z.sub_group_elems, 100'000'000);
+  EXPECT_EQ(z.offload_optimizer.buffer_count, 9);
+  EXPECT_EQ(z.aio.queue_depth, 32);
+
+  auto error_of = [](const nlohmann::json& zero) {
+    return test_util::message_of<InvalidArgument>([&] { parse_zero(zero); });
+  };
+  EXPECT_TRUE(Contains(error_of({{"stage", 2}, {"offload_optimizer", {{"device", "disk"}}}}),
+                       "use \"none\", \"cpu\" or \"nvme\""));
+  EXPECT_TRUE(Contains(error_of({{"stage", 2}, {"offload_param", {{"device", "nvme"}}}}),
+                       "needs ZeRO stage 3"));
+  EXPECT_TRUE(Contains(
+      error_of({{"stage", 2}, {"offload_optimizer", {{"device", "nvme"}, {"ratio", 0.3}}}}),
+      "partial offload"));
+  EXPECT_TRUE(Contains(
+      error_of({{"stage", 2}, {"offload_optimizer", {{"device", "nvme"}, {"nvme_pth", "/x"}}}}),
+      "did you mean 'zero_optimization.offload_optimizer.nvme_path'"));
+  EXPECT_TRUE(Contains(error_of({{"stage", 2}, {"sub_group_size", 0}}), "must be >= 1"));
+  const auto aio_error = [](const nlohmann::json& aio) {
+    nlohmann::json j = {{"train_micro_batch_size_per_gpu", 4},
+                        {"model", {{"preset", "nano"}}},
+                        {"data", {{"train", "tokens.bin"}}},
+                        {"aio", aio}};
+    return test_util::message_of<InvalidArgument>(
+        [&] { parse_train_config(j.dump(), "test.json"); });
+  };
+  EXPECT_TRUE(Contains(aio_error({{"block_size", 1000}}), "multiple of 4096"));
+  EXPECT_TRUE(Contains(aio_error({{"queue_depth", 0}}), "aio.queue_depth"));
+  EXPECT_TRUE(Contains(aio_error({{"use_gds", true}}), "GPUDirect"));
 }
 
 }  // namespace

@@ -69,3 +69,18 @@ if(TARGET tessera AND TESSERA_WITH_MPI)
   set_tests_properties(mpi_checkpoint_cli PROPERTIES LABELS "mpi;multirank"
                        TIMEOUT ${multirank_timeout} ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 endif()
+
+# Optimizer offload through the real command (bit for bit against the states in memory, bad
+# and full nvme_path, an injected I/O error), on thread ranks and under mpirun.
+if(TARGET tessera)
+  add_test(NAME thread_ranks_offload_cli
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/offload_cli.sh $<TARGET_FILE:tessera> threads)
+  set_tests_properties(thread_ranks_offload_cli PROPERTIES LABELS multirank TIMEOUT 300
+                       ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()
+if(TARGET tessera AND TESSERA_WITH_MPI)
+  add_test(NAME mpi_offload_cli
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/offload_cli.sh $<TARGET_FILE:tessera> mpi)
+  set_tests_properties(mpi_offload_cli PROPERTIES LABELS "mpi;multirank" TIMEOUT 300
+                       ENVIRONMENT "TESSERA_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+endif()

@@ -1,0 +1,145 @@
+#include "runtime/engine/preflight.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "models/gpt.h"
+#include "runtime/core/error.h"
+#include "runtime/core/memory_stats.h"
+#include "runtime/core/settings.h"
+
+TS_SETTING("TESSERA_SKIP_MEMORY_CHECK", "0",
+           "1: start a run even when its memory plan exceeds the memory available");
+
+namespace tessera::engine {
+namespace {
+
+int64_t read_number(const std::string& path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word == "max") return -1;
+  try {
+    return std::stoll(word);
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+int64_t available_memory_bytes(const std::string& meminfo, const std::string& cgroup_root) {
+  int64_t available = std::numeric_limits<int64_t>::max();
+  std::ifstream in(meminfo);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    int64_t kib = 0;
+    if (fields >> key >> kib && key == "MemAvailable:") available = kib * 1024;
+  }
+  // cgroup v2, then v1 (a v1 "no limit" is a huge number, which the min ignores).
+  for (const auto& [limit_file, usage_file] :
+       {std::pair<std::string, std::string>{"memory.max", "memory.current"},
+        {"memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"}}) {
+    const int64_t limit = read_number(cgroup_root + "/" + limit_file);
+    const int64_t usage = read_number(cgroup_root + "/" + usage_file);
+    if (limit > 0 && usage >= 0) available = std::min(available, std::max<int64_t>(0, limit - usage));
+  }
+  return available;
+}
+
+MemoryNeed plan_rank_memory(const TrainConfig& c, const ParamRegistry& registry, int dp,
+                            int wte_chunks) {
+  memory::ZeroOptions z = c.zero.options();
+  z.dtype = c.precision;
+  const memory::ModelStateBytes b = memory::plan_model_state(registry, z, 0, dp);
+  MemoryNeed need;
+  need.params = b.params;
+  need.grads = b.grads;
+  need.optimizer = b.optimizer;
+  need.gathered = memory::plan_gathered_bytes(registry, z, dp);
+  // One stage's activations: the whole model's blocks without pipelines (with them a stage
+  // holds a part, and its slots depend on the schedule: left out, the check stays a floor).
+  if (c.pipeline_parallel == 1 && c.micro_batch_size > 0) {
+    const models::TpLayout tp{c.tensor_parallel, 0, c.sequence_parallel};
+    need.activations = models::GPT<float>::activation_bytes_for(
+        c.model, c.micro_batch_size, c.seq_len > 0 ? c.seq_len : c.model.block_size, c.precision,
+        c.recompute, wte_chunks, tp);
+  }
+  return need;
+}
+
+void check_memory_fits(const TrainConfig& c, const ParamRegistry& registry, int dp,
+                       int wte_chunks, int ranks_here, int64_t available) {
+  const MemoryNeed need = plan_rank_memory(c, registry, dp, wte_chunks);
+  const int64_t total = need.total() * ranks_here;
+  if (total <= available) return;
+  // The levers, each tried alone and then together, by the same plan.
+  std::vector<std::string> fits;
+  const auto try_lever = [&](const std::string& name, TrainConfig alt) {
+    if (plan_rank_memory(alt, registry, dp, wte_chunks).total() * ranks_here <= available) {
+      fits.push_back(name);
+    }
+  };
+  TrainConfig stage3 = c;
+  stage3.zero.stage = 3;
+  if (c.zero.stage < 3 && c.pipeline_parallel == 1 && dp > 1) try_lever("zero_optimization.stage 3", stage3);
+  TrainConfig nvme = c;
+  if (nvme.zero.stage == 0) nvme.zero.stage = 1;
+  nvme.zero.offload_optimizer.device = memory::OffloadDevice::Nvme;
+  nvme.zero.offload_optimizer.buffer_count = c.precision == DType::F32 ? 6 : 9;
+  nvme.zero.sub_group_size = std::min<int64_t>(c.zero.sub_group_size, 100'000'000);
+  if (c.zero.offload_optimizer.device != memory::OffloadDevice::Nvme) {
+    try_lever("offload_optimizer nvme with sub_group_size 1e8", nvme);
+  }
+  TrainConfig recompute = c;
+  recompute.recompute.granularity = models::RecomputeGranularity::Full;
+  if (c.recompute.granularity != models::RecomputeGranularity::Full) {
+    try_lever("activation_checkpointing (full)", recompute);
+  }
+  if (fits.empty()) {
+    TrainConfig together = nvme;
+    together.recompute.granularity = models::RecomputeGranularity::Full;
+    if (c.zero.stage < 3 && c.pipeline_parallel == 1 && dp > 1) together.zero.stage = 3;
+    try_lever(fmt::format("{}offload_optimizer nvme with sub_group_size 1e8 and "
+                          "activation_checkpointing (full)",
+                          together.zero.stage != c.zero.stage && c.zero.stage != 0
+                              ? "zero_optimization.stage 3, "
+                              : ""),
+              together);
+  }
+  const std::string levers =
+      fits.empty() ? "more data-parallel ranks (ZeRO shards the state over them), a smaller "
+                     "micro-batch, or a smaller model"
+                   : fmt::format("{} would fit, by the plan", fmt::join(fits, "; or "));
+  TS_THROW(InvalidArgument,
+           "memory: this run needs {} per rank (params {}, grads {}, optimizer {}, gathered {}, "
+           "activations {}){} and {} is available to this process (MemAvailable and the cgroup "
+           "limit): {}; TESSERA_SKIP_MEMORY_CHECK=1 runs it anyway",
+           format_bytes(need.total()), format_bytes(need.params), format_bytes(need.grads),
+           format_bytes(need.optimizer), format_bytes(need.gathered),
+           format_bytes(need.activations),
+           ranks_here > 1 ? fmt::format(" x {} ranks on this machine = {}", ranks_here,
+                                        format_bytes(total))
+                          : std::string(),
+           format_bytes(available), levers);
+}
+
+int ranks_on_this_machine(int thread_ranks) {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE",
+                          "LOCAL_WORLD_SIZE"}) {
+    if (const char* v = std::getenv(var)) {
+      const int n = std::atoi(v);
+      if (n >= 1) return n * std::max(1, thread_ranks);
+    }
+  }
+  return std::max(1, thread_ranks);
+}
+
+}  // namespace tessera::engine

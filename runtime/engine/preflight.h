@@ -1,0 +1,42 @@
+// Checks before a run allocates: the bytes the memory plan says each rank will hold, times the
+// ranks that share this machine's memory, against what the process may use (MemAvailable and
+// any cgroup limit). A run that cannot fit is refused with one line naming what it needs,
+// what is there, and the settings that would fit, instead of being killed by the kernel's OOM
+// killer with an empty log.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/core/params.h"
+#include "runtime/engine/config.h"
+
+namespace tessera::engine {
+
+// Bytes this process may still allocate: MemAvailable, capped by the cgroup's limit less its
+// usage (v2 memory.max / memory.current, or v1 memory.limit_in_bytes / usage_in_bytes).
+// `meminfo` and `cgroup_root` are for tests.
+int64_t available_memory_bytes(const std::string& meminfo = "/proc/meminfo",
+                               const std::string& cgroup_root = "/sys/fs/cgroup");
+
+struct MemoryNeed {
+  int64_t params = 0, grads = 0, optimizer = 0, gathered = 0, activations = 0;
+  int64_t total() const { return params + grads + optimizer + gathered + activations; }
+};
+// One rank's planned bytes for config `c` over its local registry (`registry`, its own part
+// under tensor or pipeline parallelism) at data-parallel size dp (rank 0: the fullest shard).
+MemoryNeed plan_rank_memory(const TrainConfig& c, const ParamRegistry& registry, int dp,
+                            int wte_chunks);
+
+// Throws InvalidArgument when ranks_here x need exceeds `available`, naming the levers (of
+// ZeRO stage 3, offloading the optimizer to NVMe, full activation checkpointing) that the
+// plan says would fit.
+void check_memory_fits(const TrainConfig& c, const ParamRegistry& registry, int dp,
+                       int wte_chunks, int ranks_here, int64_t available);
+
+// Ranks of this job sharing this machine's memory: the launcher's local size (OpenMPI, Slurm,
+// torchrun) when set, else `thread_ranks` (ranks that are threads of this process).
+int ranks_on_this_machine(int thread_ranks);
+
+}  // namespace tessera::engine

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Optimizer offload through the real command, on 2 thread ranks or 2 MPI processes:
+#   a. a bf16 ZeRO-1 run with the optimizer's states on NVMe (a folder here) gives the losses
+#      of the same run with them in memory bit for bit, and leaves no file in nvme_path; so
+#      does one rank (threads mode), "cpu" against "nvme";
+#   b. nvme_path missing / a file: one-line errors naming it, before the first step;
+#   c. an I/O error injected mid-run (TESSERA_OFFLOAD_FAIL_AFTER): every rank stops, non-zero,
+#      with "Input/output error" on the error line, well within the timeout (no hang);
+#   d. a full disk (a 64 KiB tmpfs, skipped where it cannot be mounted): refused at start,
+#      naming the space needed and free;
+#   e. `tessera estimate --offload nvme` prints the sub-group buffers and the swap file.
+#   offload_cli.sh TESSERA_BINARY threads|mpi
+set -euo pipefail
+source "$(dirname "$0")/lib.sh" "$1"
+mode=$2
+small="$work/small"
+cleanup() {
+  if mountpoint -q "$small" 2>/dev/null; then umount "$small" || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat > "$work/config.json" <<JSON
+{
+  "train_micro_batch_size_per_gpu": 2,
+  "gradient_accumulation_steps": 2,
+  "gradient_clipping": 1.0,
+  "optimizer": {"type": "AdamW", "params": {"lr": 3e-3}},
+  "bf16": {"enabled": true},
+  "zero_optimization": {"stage": 1, "sub_group_size": 3000},
+  "model": {"n_layer": 2, "n_head": 4, "n_embd": 32, "vocab_size": 256, "block_size": 32},
+  "data": {"train": "$work/tiny_train.bin"},
+  "training": {"steps": 6, "seed": 7, "threads": 1}
+}
+JSON
+ranks() {
+  if [ "$mode" = mpi ]; then
+    timeout -k 10 120 "$tessera" launch -n 2 -- "$tessera" train "$@"
+  else
+    timeout -k 10 120 "$tessera" train --sim-ranks 2 "$@"
+  fi
+}
+run() {
+  local name=$1
+  shift
+  local rc=0
+  ranks -c "$work/config.json" --set output.dir="$work/$name" "$@" \
+    >"$work/$name.txt" 2>"$work/$name.log" || rc=$?
+  [ $rc = 0 ] || { cat "$work/$name.log"; fail "$name (exit $rc)"; }
+}
+step_losses() { sed -n 's/.*"loss":\([^,]*\),.*"step":\([0-9]*\),.*/\2 \1/p' "$1/metrics.jsonl"; }
+expect_error() {
+  local name=$1
+  shift
+  local patterns=()
+  while [ "$1" != -- ]; do patterns+=("$1"); shift; done
+  shift
+  local start=$SECONDS
+  if "$@" >"$work/$name.txt" 2>"$work/$name.log"; then
+    cat "$work/$name.log"
+    fail "$name succeeded"
+  fi
+  local line
+  line=$(cat "$work/$name.log" "$work/$name.txt" | grep -m1 -E '(^|\] )error: ' || true)
+  for p in "${patterns[@]}"; do
+    grep -qE -- "$p" <<<"$line" || { cat "$work/$name.log"; fail "$name: the error line lacks '$p'"; }
+  done
+  echo "ok: $name is refused in $((SECONDS - start)) s: $(cut -c1-220 <<<"$line")"
+}
+nvme=(--set zero_optimization.offload_optimizer.device=nvme
+      --set zero_optimization.offload_optimizer.buffer_count=9
+      --set zero_optimization.offload_optimizer.pipeline=true)
+
+# --- a. bit for bit, nothing left behind ------------------------------------------------
+run in_memory
+mkdir "$work/swap"
+run on_disk "${nvme[@]}" --set zero_optimization.offload_optimizer.nvme_path="$work/swap"
+[ "$(step_losses "$work/on_disk" | wc -l)" = 6 ] || fail "the offloaded run logged no 6 steps"
+diff <(step_losses "$work/in_memory") <(step_losses "$work/on_disk") \
+  || fail "the losses with the optimizer on disk differ from those with it in memory"
+[ -z "$(ls -A "$work/swap")" ] || fail "swap files left in nvme_path: $(ls -A "$work/swap")"
+echo "ok: optimizer on NVMe gives the in-memory losses bit for bit, nothing left in nvme_path"
+# One rank keeps its state as a one-rank shard: "cpu" (in memory) against "nvme".
+if [ "$mode" = threads ]; then
+  for device in cpu nvme; do
+    timeout -k 10 120 "$tessera" train -c "$work/config.json" --set output.dir="$work/one_$device" \
+      "${nvme[@]}" --set zero_optimization.offload_optimizer.device=$device \
+      --set zero_optimization.offload_optimizer.nvme_path="$work/swap" \
+      >"$work/one_$device.txt" 2>"$work/one_$device.log" \
+      || { cat "$work/one_$device.log"; fail "one rank with the optimizer on $device"; }
+  done
+  grep -q "offload: optimizer states on disk in $work/swap" "$work/one_nvme.log" \
+    || { cat "$work/one_nvme.log"; fail "one rank: no offload line in the log"; }
+  diff <(step_losses "$work/one_cpu") <(step_losses "$work/one_nvme") \
+    || fail "one rank: the losses with the optimizer on disk differ"
+  echo "ok: one rank with the optimizer on NVMe gives its in-memory losses bit for bit"
+fi
+
+# --- b. bad nvme_path -------------------------------------------------------------------
+expect_error missing_path "nvme_path" "$work/nowhere" "does not exist" -- \
+  ranks -c "$work/config.json" --set output.dir="$work/missing" "${nvme[@]}" \
+  --set zero_optimization.offload_optimizer.nvme_path="$work/nowhere"
+touch "$work/a_file"
+expect_error file_path "$work/a_file" -- \
+  ranks -c "$work/config.json" --set output.dir="$work/file" "${nvme[@]}" \
+  --set zero_optimization.offload_optimizer.nvme_path="$work/a_file"
+
+# --- c. an I/O error mid-run --------------------------------------------------------------
+export TESSERA_COMM_TIMEOUT_S=30
+start=$SECONDS
+TESSERA_OFFLOAD_FAIL_AFTER=60 expect_error io_error "Input/output error" "swap file" -- \
+  ranks -c "$work/config.json" --set output.dir="$work/eio" "${nvme[@]}" \
+  --set zero_optimization.offload_optimizer.nvme_path="$work/swap"
+[ $((SECONDS - start)) -lt 60 ] || fail "the I/O error took $((SECONDS - start)) s to stop the run"
+grep -q '"step":1,' "$work/eio/metrics.jsonl" 2>/dev/null \
+  || echo "note: the injected error came before step 1 ended"
+[ -z "$(ls -A "$work/swap")" ] || fail "swap files left after the I/O error"
+
+# --- d. a full disk -------------------------------------------------------------------------
+mkdir -p "$small"
+if mount -t tmpfs -o size=64k tmpfs "$small" 2>/dev/null; then
+  expect_error full_disk "free" "needs" -- \
+    ranks -c "$work/config.json" --set output.dir="$work/full" "${nvme[@]}" \
+    --set zero_optimization.offload_optimizer.nvme_path="$small"
+  umount "$small"
+else
+  echo "skipped: cannot mount tmpfs (full-disk case)"
+fi
+
+# --- e. the estimate ------------------------------------------------------------------------
+est=$("$tessera" estimate --model gpt2-124M --stage 1 --dtype bf16 --offload nvme \
+  --sub-group-size 10000000 --buffer-count 9)
+grep -q "sub-group buffers" <<<"$est" || fail "estimate --offload nvme: $est"
+grep -qE "^  disk +[0-9.]+ (MiB|GiB)" <<<"$est" || fail "estimate --offload nvme has no disk row: $est"
+echo "ok: estimate --offload nvme: $(grep -E 'optimizer|disk' <<<"$est" | tr -s ' ' | tr '\n' ';')"
+echo "offload_cli ($mode): all passed"
