@@ -943,8 +943,8 @@ bool Trainer::run() {
               dp_size(), dp_->backend_name(), replicated_->num_buckets());
   }
   if (sharded_ != nullptr) {
-    log_rank0("ZeRO stage {}: {} rank(s) ({} backend), gradients in {} reduce-scatter bucket(s){}",
-              sharded_->stage(), dp_size(),
+    log_rank0("ZeRO stage {}: {} rank{} ({} backend), gradients in {} reduce-scatter bucket(s){}",
+              sharded_->stage(), dp_size(), dp_size() > 1 ? "s" : "",
               dp_ != nullptr ? dp_->backend_name() : self_group_->backend_name(),
               sharded_->num_buckets(),
               sharded_->stage() == 3
