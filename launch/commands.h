@@ -67,6 +67,10 @@ struct EstimateOptions {
   std::string offload = "none";  // of the optimizer: none, cpu or nvme
   int64_t sub_group_size = 1'000'000'000;  // zero_optimization.sub_group_size
   int buffer_count = 4;                    // offload_optimizer.buffer_count
+  std::string offload_param = "none";      // of stage 3's parameters: none, cpu or nvme
+  int param_buffer_count = 5;              // offload_param.buffer_count
+  int64_t param_buffer_size = 100'000'000;  // offload_param.buffer_size (elements)
+  int64_t max_in_cpu = 1'000'000'000;       // offload_param.max_in_cpu (elements)
   int batch = 0;  // > 0: add the activations of one micro-batch
   int seq = 0;
   std::string recompute = "none";  // activation checkpointing: none, full or selective

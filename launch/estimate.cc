@@ -43,6 +43,12 @@ memory::ZeroOptions estimate_zero_options(const EstimateOptions& o) {
                                : o.offload == "nvme" ? memory::OffloadDevice::Nvme
                                                      : memory::OffloadDevice::None;
   z.offload_optimizer.buffer_count = o.buffer_count;
+  z.offload_param.device = o.offload_param == "cpu"    ? memory::OffloadDevice::Cpu
+                           : o.offload_param == "nvme" ? memory::OffloadDevice::Nvme
+                                                       : memory::OffloadDevice::None;
+  z.offload_param.buffer_count = o.param_buffer_count;
+  z.offload_param.buffer_size = o.param_buffer_size;
+  z.offload_param.max_in_cpu = o.max_in_cpu;
   return z;
 }
 
@@ -55,6 +61,12 @@ int run_estimate(const EstimateOptions& o) {
            "--offload {} moves the optimizer's shard, which stage 0 does not have: give --stage "
            "1, 2 or 3",
            o.offload);
+  TS_CHECK(o.offload_param == "none" || o.offload_param == "cpu" || o.offload_param == "nvme",
+           "--offload-param {} is unknown: use none, cpu or nvme", o.offload_param);
+  TS_CHECK(o.offload_param == "none" || o.stage == 3,
+           "--offload-param {} moves stage 3's parameter shard: give --stage 3", o.offload_param);
+  TS_CHECK(o.offload_param != "nvme" || !o.model.empty(),
+           "--offload-param nvme needs --model PRESET: its read buffers are sized by the layers");
   TS_CHECK(o.sub_group_size >= 1, "--sub-group-size must be >= 1, got {}", o.sub_group_size);
   TS_CHECK(o.dtype == "f32" || o.dtype == "bf16" || o.dtype == "f16",
            "--dtype {} is unknown: use f32, bf16 or f16", o.dtype);
@@ -91,9 +103,9 @@ int run_estimate(const EstimateOptions& o) {
     const double p = (half ? 2 : 4) * psi / (o.stage >= 3 ? n : 1);
     const double g = (half ? 2 : 4) * psi / (o.stage >= 2 ? n : 1);
     const double opt = (half ? 12 : 8) * psi / (o.stage >= 1 ? n : 1);
-    std::cout << fmt::format("{:.1f}M parameters, ZeRO stage {}, {} ranks, {} (formula: {} + {} "
+    std::cout << fmt::format("{:.1f}M parameters, ZeRO stage {}, {} rank{}, {} (formula: {} + {} "
                              "+ {} bytes per parameter, divided as the stage prescribes)\n",
-                             psi / 1e6, o.stage, o.ranks, o.dtype, half ? 2 : 4, half ? 2 : 4,
+                             psi / 1e6, o.stage, o.ranks, o.ranks == 1 ? "" : "s", o.dtype, half ? 2 : 4, half ? 2 : 4,
                              half ? 12 : 8);
     row("params", static_cast<int64_t>(p));
     row("grads", static_cast<int64_t>(g));
@@ -118,8 +130,9 @@ int run_estimate(const EstimateOptions& o) {
   const ParamRegistry registry = models::build_gpt_registry(config, wte_chunks, false, tp);
   const memory::ModelStateBytes b = memory::plan_model_state(registry, z, rank, o.ranks);
   if (o.tp == 1) {
-    std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} ranks, {}, per rank:\n",
-                             o.model, registry.numel() / 1e6, o.stage, o.ranks, o.dtype);
+    std::cout << fmt::format("{} ({:.1f}M parameters), ZeRO stage {}, {} rank{}, {}, per rank:\n",
+                             o.model, registry.numel() / 1e6, o.stage, o.ranks,
+                             o.ranks == 1 ? "" : "s", o.dtype);
   } else {
     std::cout << fmt::format(
         "{} ({:.1f}M parameters, {:.1f}M on each tensor-parallel rank), ZeRO stage {}, ranks: "
@@ -132,11 +145,21 @@ int run_estimate(const EstimateOptions& o) {
                              config.vocab_size, models::padded_vocab(config.vocab_size, o.tp),
                              o.tp, layers.vocab_rows);
   }
+  if (z.params_on_disk()) {
+    row("params", b.params,
+        fmt::format("(offload_param nvme: max_in_cpu part, {} read buffers, 2 write buffers{})",
+                    z.offload_param.buffer_count,
+                    b.fixed.persistent_param_bytes > 0
+                        ? fmt::format(", {} whole small layers",
+                                      format_bytes(b.fixed.persistent_param_bytes))
+                        : ""));
+  } else {
   row("params", b.params,
       b.fixed.persistent_param_bytes + b.fixed.padding_param_bytes > 0
           ? fmt::format("(incl. {} whole small layers / padding)",
                         format_bytes(b.fixed.persistent_param_bytes + b.fixed.padding_param_bytes))
           : "");
+  }
   row("grads", b.grads,
       b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes > 0
           ? fmt::format("(incl. {} bucket slots / padding)",
@@ -146,11 +169,13 @@ int run_estimate(const EstimateOptions& o) {
   if (z.offload_optimizer.device == memory::OffloadDevice::Nvme) {
     const int64_t shard = partitioned ? memory::shard_range(registry.numel(), rank, o.ranks).numel()
                                       : registry.numel();
-    const auto swap = memory::NvmeStateStore::plan(shard, z.sub_group_elems, !half,
+    const auto swap = memory::NvmeStateStore::plan(shard, z.effective_sub_group_elems(),
+                                                   !half && !z.params_on_disk(),
                                                    z.offload_optimizer);
     row("optimizer", b.optimizer,
         fmt::format("({} sub-group buffers of {}: {}{})", swap.slots,
-                    format_bytes(swap.record_bytes), states, half ? "" : "; master = params"));
+                    format_bytes(swap.record_bytes), states,
+                    half || z.params_on_disk() ? "" : "; master = params"));
   } else {
     row("optimizer", b.optimizer,
         fmt::format("({}{})", states,
@@ -170,14 +195,25 @@ int run_estimate(const EstimateOptions& o) {
   }
   if (o.stage == 3 && partitioned) {
     const int64_t gathered = memory::plan_gathered_bytes(registry, z, o.ranks);
+    const std::string chunks =
+        wte_chunks > 1 ? fmt::format("; word embedding in {} chunks", wte_chunks) : "";
     row("gathered", gathered,
-        fmt::format(
-            "(stage 3: the layer in use + prefetch, within max live{})",
-            wte_chunks > 1 ? fmt::format("; word embedding in {} chunks", wte_chunks) : ""));
+        z.params_on_disk() && o.ranks == 1
+            ? "(stage 3 on one rank with parameters on disk: the read buffers, in params" +
+                  chunks + ")"
+            : "(stage 3: the layer in use + prefetch, within max live" + chunks + ")");
     total += gathered;
   }
   row("total", total);
-  if (b.disk > 0) row("disk", b.disk, "(the optimizer's swap file in offload_optimizer.nvme_path)");
+  if (b.disk > 0) {
+    const bool optimizer = z.offload_optimizer.device == memory::OffloadDevice::Nvme;
+    row("disk", b.disk,
+        optimizer && z.params_on_disk()
+            ? "(swap files: the optimizer's in offload_optimizer.nvme_path, the parameters' in "
+              "offload_param.nvme_path)"
+        : optimizer ? "(the optimizer's swap file in offload_optimizer.nvme_path)"
+                    : "(the parameters' swap file in offload_param.nvme_path)");
+  }
   return 0;
 }
 

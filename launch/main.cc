@@ -132,6 +132,18 @@ int main(int argc, char** argv) {
   est_cmd->add_option("--buffer-count", est.buffer_count,
                       "--offload nvme: offload_optimizer.buffer_count (states in memory at once)")
       ->capture_default_str();
+  est_cmd->add_option("--offload-param", est.offload_param,
+                      "none, cpu or nvme: where stage 3's parameters go (offload_param.device)")
+      ->capture_default_str();
+  est_cmd->add_option("--param-buffer-count", est.param_buffer_count,
+                      "--offload-param nvme: offload_param.buffer_count (read buffers)")
+      ->capture_default_str();
+  est_cmd->add_option("--param-buffer-size", est.param_buffer_size,
+                      "--offload-param nvme: offload_param.buffer_size (elements per buffer)")
+      ->capture_default_str();
+  est_cmd->add_option("--max-in-cpu", est.max_in_cpu,
+                      "--offload-param nvme: offload_param.max_in_cpu (elements kept in memory)")
+      ->capture_default_str();
   est_cmd->add_option("--batch", est.batch, "micro-batch size: adds activations");
   est_cmd->add_option("--seq", est.seq, "sequence length (default: block size)");
   est_cmd->add_option("--recompute", est.recompute,

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "models/gpt_config.h"
@@ -24,6 +25,13 @@ namespace tessera::models {
 // dir/model.safetensors. The lm_head is not written: GPT-2 ties it to wte.
 void save_gpt_safetensors(const std::string& path, const GPTConfig& config,
                           const ParamRegistry& registry, const float* flat,
+                          DType dtype = DType::F32);
+// The same file from a reader of the flat model's fp32 values ([begin, end) into out), asked
+// one tensor at a time: a model that is not in memory whole (its states on disk) is written
+// through one tensor's buffer.
+using FlatReader = std::function<void(int64_t begin, int64_t end, float* out)>;
+void save_gpt_safetensors(const std::string& path, const GPTConfig& config,
+                          const ParamRegistry& registry, const FlatReader& read,
                           DType dtype = DType::F32);
 
 // Reads a GPT-2 safetensors file into `flat` (registry.numel() floats), converting f16 and

@@ -1,5 +1,6 @@
 #include "memory/zero/optimizer_state.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -47,23 +48,41 @@ ShardedOptimizerState::ShardedOptimizerState(const ParamRegistry& registry,
            stage_);
   check_working_dtype(dtype_);
   const int64_t S = layout_.shard.numel();
-  params_ = Storage((stage_ <= 2 ? layout_.padded : S) * elem_size_, MemCategory::Params);
+  const bool params_on_disk = options.params_on_disk();
+  // Aligned for the parameters' swap file when they are on disk; the update is
+  // element-wise, so the cut changes no bits.
+  const int64_t sub_group_elems = options.effective_sub_group_elems();
+  if (!params_on_disk) {
+    params_ = Storage((stage_ <= 2 ? layout_.padded : S) * elem_size_, MemCategory::Params);
+  }
   grads_ = Storage((stage_ == 1 ? layout_.padded : S) * elem_size_, MemCategory::Grads);
-  // In f32 the master weights are the working shard itself, which stays in memory.
-  float* working_fp32 = is_16bit(dtype_) ? nullptr : static_cast<float*>(param_shard());
+  // In f32 the master weights are the working shard itself, which stays in memory (unless
+  // the working shard is on disk: then the master is a state of its own).
+  float* working_fp32 =
+      is_16bit(dtype_) || params_on_disk ? nullptr : static_cast<float*>(param_shard());
   const int agreed_rank = group.rank();
   parallel::run_agreed(group, [&] {
+    if (params_on_disk) {
+      int64_t largest_piece = 0;
+      for (int l = 0; l < registry.num_layers(); ++l) {
+        const LayerRange& r = registry.layer(l);
+        largest_piece = std::max(largest_piece, layout_.piece(r.begin, r.end).numel());
+      }
+      param_store_ = std::make_unique<NvmeParamStore>(
+          S, dtype_, largest_piece, std::min(sub_group_elems, S), options.offload_param,
+          options.aio, fmt::format("tessera-params-r{}", agreed_rank));
+    }
     if (options.offload_optimizer.device == OffloadDevice::Nvme) {
-      states_ = std::make_unique<NvmeStateStore>(S, options.sub_group_elems, working_fp32,
+      states_ = std::make_unique<NvmeStateStore>(S, sub_group_elems, working_fp32,
                                                  options.offload_optimizer, options.aio,
                                                  fmt::format("tessera-optimizer-r{}", agreed_rank));
       return;
     }
-    if (is_16bit(dtype_)) master_ = Storage(S * sizeof(float), MemCategory::Optimizer);
+    if (working_fp32 == nullptr) master_ = Storage(S * sizeof(float), MemCategory::Optimizer);
     exp_avg_ = Storage(S * sizeof(float), MemCategory::Optimizer);
     exp_avg_sq_ = Storage(S * sizeof(float), MemCategory::Optimizer);
     states_ = std::make_unique<ResidentStateStore>(
-        S, options.sub_group_elems,
+        S, sub_group_elems,
         working_fp32 != nullptr ? working_fp32 : static_cast<float*>(master_.data()),
         static_cast<float*>(exp_avg_.data()), static_cast<float*>(exp_avg_sq_.data()));
   });
@@ -78,12 +97,21 @@ ShardedOptimizerState::ShardedOptimizerState(const ParamRegistry& registry,
         [&](const SubGroupStates& g) {
           const ShardRange mine = intersect({first + g.range.begin, first + g.range.end}, owned);
           if (mine.numel() > 0) init(mine, g.master + (mine.begin - first - g.range.begin));
-          if (is_16bit(dtype_)) {
+          if (param_store_ != nullptr) {
+            void* to = param_store_->write_buffer(g.range.begin, g.range.end);
+            if (is_16bit(dtype_)) {
+              store_working(dtype_, g.master, to, g.range.numel());
+            } else {
+              std::memcpy(to, g.master, static_cast<size_t>(g.range.numel()) * sizeof(float));
+            }
+            param_store_->commit(g.range.begin, g.range.end);
+          } else if (is_16bit(dtype_)) {
             store_working(dtype_, g.master, elem(params_, (stage_ <= 2 ? first : 0) + g.range.begin),
                           g.range.numel());
           }
         },
         SubGroupAccess::Overwrite);
+    if (param_store_ != nullptr) param_store_->flush();
   });
   // Stages 1-2 train on whole parameters: the same gather as after every update.
   if (stage_ <= 2) publish_update();
@@ -95,6 +123,7 @@ void* ShardedOptimizerState::full_params() const {
 }
 
 void* ShardedOptimizerState::param_shard() const {
+  if (param_store_ != nullptr) return nullptr;
   return elem(params_, stage_ <= 2 ? layout_.shard.begin : 0);
 }
 
@@ -117,6 +146,7 @@ OptimizerShard ShardedOptimizerState::shard() {
   s.exp_avg = states_->resident(StateKind::ExpAvg);
   s.exp_avg_sq = states_->resident(StateKind::ExpAvgSq);
   s.states = states_.get();
+  s.param_store = param_store_.get();
   return s;
 }
 
@@ -127,8 +157,27 @@ void ShardedOptimizerState::publish_update() {
       ->wait();
 }
 
+void ShardedOptimizerState::read_weights(int64_t begin, int64_t end, float* out) {
+  TS_CHECK(group_.size() == 1, "read_weights is for a one-rank shard; {} ranks gather_full",
+           group_.size());
+  TS_CHECK(begin >= 0 && begin <= end && end <= layout_.numel, "weights [{}, {}) of {}", begin,
+           end, layout_.numel);
+  // (With the f32 working shard on disk, the master is a state of its own.)
+  if (is_16bit(dtype_) || param_store_ != nullptr) {
+    states_->read(StateKind::Master, begin, end, out);
+  } else {
+    std::memcpy(out, static_cast<const float*>(params_.data()) + begin,
+                static_cast<size_t>(end - begin) * sizeof(float));
+  }
+}
+
 void ShardedOptimizerState::gather_full(float* out) {
-  const bool from_master = is_16bit(dtype_);
+  if (group_.size() == 1) {
+    read_weights(0, layout_.numel, out);  // no gather, no second whole copy
+    return;
+  }
+  // (With the f32 working shard on disk, the master is a state of its own.)
+  const bool from_master = is_16bit(dtype_) || param_store_ != nullptr;
   if (!from_master && stage_ <= 2) {
     std::memcpy(out, params_.data(), layout_.numel * sizeof(float));
     return;

@@ -5,6 +5,7 @@
 //   dtype, its fp32 master weights.
 // - Parameters in the working dtype: the whole model at stages 1-2 (padded at the end, so
 //   the updated shards all-gather in place), the shard alone at stage 3.
+//   With offload_param nvme (stage 3) the shard lives in a swap file (NvmeParamStore).
 // - Gradients in the working dtype: the whole model at stage 1 (it accumulates full gradients
 //   and reduce-scatters once per step), the shard alone at stages 2-3.
 //
@@ -18,6 +19,7 @@
 #include <memory>
 
 #include "memory/flat_buffers.h"
+#include "memory/offload/nvme_param_store.h"
 #include "memory/state_store.h"
 #include "memory/zero/zero_plan.h"
 #include "parallel/comm/process_group.h"
@@ -39,6 +41,9 @@ struct OptimizerShard {
   float* exp_avg = nullptr;
   float* exp_avg_sq = nullptr;
   StateStore* states = nullptr;  // all three, by sub-group, wherever they live
+  // offload_param nvme: params is nullptr and the working shard lives here; the optimizer
+  // writes each updated sub-group through write_buffer() / commit().
+  NvmeParamStore* param_store = nullptr;
 };
 
 // Writes the initial fp32 values of flat elements [range.begin, range.end) into
@@ -65,9 +70,12 @@ class ShardedOptimizerState {
   const ShardLayout& layout() const { return layout_; }
   OptimizerShard shard();
   StateStore& states() { return *states_; }
+  // Stage 3 with offload_param nvme: the working shard on disk, else nullptr.
+  NvmeParamStore* param_store() const { return param_store_.get(); }
   // Stages 1-2: the whole working parameters (layout().padded elements).
   void* full_params() const;
-  // The working parameters of the shard (layout().shard, padding included).
+  // The working parameters of the shard (layout().shard, padding included); nullptr when
+  // they live in param_store().
   void* param_shard() const;
   // Stage 1: the whole gradients (layout().padded elements).
   void* full_grads() const;
@@ -80,6 +88,9 @@ class ShardedOptimizerState {
   // Collective: the full fp32 parameters (the master weights when training in 16 bits) into
   // out (registry.numel() elements) on every rank.
   void gather_full(float* out);
+  // One rank (the shard is the whole model): the fp32 parameters [begin, end) into out, read
+  // from wherever they live (the master weights on disk included), so nothing whole is made.
+  void read_weights(int64_t begin, int64_t end, float* out);
   // Bytes of padding in the whole buffers (stages 1-2 params, stage 1 grads).
   int64_t padding_param_bytes() const;
   int64_t padding_grad_bytes() const;
@@ -94,11 +105,12 @@ class ShardedOptimizerState {
   DType dtype_;
   size_t elem_size_;
   ShardLayout layout_;
-  Storage params_;                // stages 1-2: padded full buffer; stage 3: the shard
+  Storage params_;                // stages 1-2: padded full buffer; stage 3: the shard (in memory)
   Storage grads_;                 // stage 1: padded full buffer; stages 2-3: the shard
   Storage master_;                // 16-bit working dtype: the fp32 shard (states in memory)
   Storage exp_avg_, exp_avg_sq_;  // the shard (states in memory)
   std::unique_ptr<StateStore> states_;
+  std::unique_ptr<NvmeParamStore> param_store_;
 };
 
 }  // namespace tessera::memory

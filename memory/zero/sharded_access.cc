@@ -45,7 +45,7 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
                options.stage >= 2 ? state_.grad_shard() : nullptr) {
   if (options.stage == 3) {
     gatherer_ = std::make_unique<Stage3Gatherer>(registry, dp_group, gather_options(options),
-                                                 state_.param_shard());
+                                                 state_.param_shard(), state_.param_store());
     gatherer_->refresh_persistent();  // the small layers, whole, from the fresh shards
   }
 }

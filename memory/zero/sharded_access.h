@@ -62,6 +62,10 @@ class ShardedParamAccess final : public ParamAccess {
   // Collective: the full fp32 parameters (the master weights when training in 16 bits) into
   // out (registry.numel() elements) on every rank.
   void gather_full(float* out) { state_.gather_full(out); }
+  // One rank: the fp32 parameters [begin, end), read where they live.
+  void read_weights(int64_t begin, int64_t end, float* out) {
+    state_.read_weights(begin, end, out);
+  }
 
   int stage() const { return options_.stage; }
   int num_buckets() const { return buckets_.num_buckets(); }

@@ -8,13 +8,15 @@
 namespace tessera::memory {
 
 Stage3Gatherer::Stage3Gatherer(const ParamRegistry& registry, parallel::ProcessGroup& group,
-                               const GatherOptions& options, const void* shard_params)
+                               const GatherOptions& options, const void* shard_params,
+                               NvmeParamStore* param_store)
     : registry_(registry),
       group_(group),
       options_(options),
       elem_size_(dtype_size(options.dtype)),
       layout_(registry.numel(), group.rank(), group.size()),
-      shard_params_(static_cast<const char*>(shard_params)) {
+      shard_params_(static_cast<const char*>(shard_params)),
+      store_(param_store) {
   check_working_dtype(options.dtype);
   const int L = registry.num_layers();
   layers_.resize(L);
@@ -26,6 +28,7 @@ Stage3Gatherer::Stage3Gatherer(const ParamRegistry& registry, parallel::ProcessG
     if (s.persistent) {
       // No zero fill: refresh_persistent's gather writes every element.
       s.gathered = Storage(r.numel() * elem_size_, MemCategory::Params, Device::cpu(), false);
+      s.data = s.gathered.data();
     } else {
       TS_CHECK(r.numel() <= options.max_live_elems,
                "zero_optimization.stage3_max_live_parameters ({}) is below layer {}'s {} "
@@ -39,11 +42,13 @@ Stage3Gatherer::~Stage3Gatherer() {
   // After a failure the group is aborted and these waits return at once with the error,
   // which is already being reported.
   for (LayerState& s : layers_) {
-    if (!s.gathering) continue;
-    try {
-      s.gathering->wait();
-    } catch (...) {
+    if (s.gathering) {
+      try {
+        s.gathering->wait();
+      } catch (...) {
+      }
     }
+    if (s.holds_fetch) store_->release(s.fetch);  // waits for the read into the buffer
   }
 }
 
@@ -60,15 +65,16 @@ void* Stage3Gatherer::acquire(int layer) {
   }
   LayerState& s = layers_.at(layer);
   if (!s.persistent) {
-    if (s.gathered.data() == nullptr) {
+    if (s.data == nullptr) {
       // Make room under the live limit by dropping prefetched layers nobody uses yet.
       for (int l = 0; l < static_cast<int>(layers_.size()) &&
                       live_elems_ + r.numel() > options_.max_live_elems;
            ++l) {
-        if (!layers_[l].persistent && layers_[l].in_use == 0 && layers_[l].gathered.data()) {
+        if (!layers_[l].persistent && layers_[l].in_use == 0 && layers_[l].data != nullptr) {
           free_gathered(l);
         }
       }
+      make_buffer_room();
       TS_CHECK(live_elems_ + r.numel() <= options_.max_live_elems,
                "stage 3: gathering layer {} ({} parameters) would hold {} live parameters, over "
                "stage3_max_live_parameters {}: raise it",
@@ -79,7 +85,7 @@ void* Stage3Gatherer::acquire(int layer) {
   }
   ++s.in_use;
   prefetch();
-  return s.gathered.data();
+  return s.data;
 }
 
 void Stage3Gatherer::release(int layer) {
@@ -95,32 +101,91 @@ void Stage3Gatherer::release(int layer) {
 void Stage3Gatherer::start_gather(int layer) {
   LayerState& s = layers_[layer];
   const LayerRange& r = registry_.layer(layer);
-  if (s.gathered.data() == nullptr) {
-    // No zero fill: the gather writes every element.
-    s.gathered = Storage(r.numel() * elem_size_, MemCategory::Params, Device::cpu(), false);
+  if (s.data == nullptr) {
+    if (!direct(layer)) {
+      // No zero fill: the gather writes every element.
+      s.gathered = Storage(r.numel() * elem_size_, MemCategory::Params, Device::cpu(), false);
+      s.data = s.gathered.data();
+    }
     live_elems_ += r.numel();
     peak_live_elems_ = std::max(peak_live_elems_, live_elems_);
   }
   const ShardRange mine = layout_.piece(r.begin, r.end);
-  const char* send = shard_params_ + (mine.numel() > 0 ? mine.begin - layout_.shard.begin : 0) *
-                                         static_cast<int64_t>(elem_size_);
-  s.gathering = group_.all_gather_v(send, s.gathered.data(), s.counts, options_.dtype);
+  const int64_t at = mine.numel() > 0 ? mine.begin - layout_.shard.begin : 0;
+  if (store_ != nullptr) {
+    s.fetch = store_->fetch(at, at + mine.numel());
+    s.holds_fetch = true;
+    ++fetches_held_;
+    s.fetch_round = prefetch_round_;
+    if (direct(layer)) {
+      // The model only reads its parameters.
+      s.data = const_cast<char*>(s.fetch.data);
+    } else {
+      s.reading = true;  // launch_gather starts the all-gather once the read is done
+    }
+    return;
+  }
+  const char* send = shard_params_ + at * static_cast<int64_t>(elem_size_);
+  s.gathering = group_.all_gather_v(send, s.data, s.counts, options_.dtype);
+}
+
+void Stage3Gatherer::launch_gather(int layer) {
+  LayerState& s = layers_[layer];
+  if (!s.reading) return;
+  s.reading = false;
+  store_->wait(s.fetch);
+  s.gathering = group_.all_gather_v(s.fetch.data, s.data, s.counts, options_.dtype);
+}
+
+void Stage3Gatherer::drop_fetch(int layer) {
+  LayerState& s = layers_[layer];
+  if (!s.holds_fetch) return;
+  s.holds_fetch = false;
+  --fetches_held_;
+  store_->release(s.fetch);
 }
 
 void Stage3Gatherer::wait_gather(int layer) {
   LayerState& s = layers_[layer];
-  if (!s.gathering) return;
-  parallel::WorkPtr w = std::move(s.gathering);
-  s.gathering.reset();
-  w->wait();
+  if (direct(layer)) {
+    if (s.holds_fetch) store_->wait(s.fetch);  // the buffer is the layer: keep it
+    return;
+  }
+  launch_gather(layer);
+  if (s.gathering) {
+    parallel::WorkPtr w = std::move(s.gathering);
+    s.gathering.reset();
+    w->wait();
+  }
+  drop_fetch(layer);
+}
+
+void Stage3Gatherer::make_buffer_room() {
+  if (store_ == nullptr) return;
+  // Oldest first: finish reads whose all-gather only waits to be launched, then drop
+  // prefetched direct layers nobody uses yet.
+  for (int l = 0; l < static_cast<int>(layers_.size()) && fetches_held_ >= store_->buffer_count();
+       ++l) {
+    if (layers_[l].holds_fetch && !direct(l)) wait_gather(l);
+  }
+  for (int l = 0; l < static_cast<int>(layers_.size()) && fetches_held_ >= store_->buffer_count();
+       ++l) {
+    if (layers_[l].holds_fetch && layers_[l].in_use == 0) free_gathered(l);
+  }
+  TS_CHECK(fetches_held_ < store_->buffer_count(),
+           "offload_param: all {} parameter buffers hold layers in use: raise "
+           "zero_optimization.offload_param.buffer_count",
+           store_->buffer_count());
 }
 
 void Stage3Gatherer::free_gathered(int layer) {
   LayerState& s = layers_[layer];
   wait_gather(layer);
-  if (s.gathered.data() == nullptr || s.persistent) return;
+  if (s.data == nullptr || s.persistent) return;
   live_elems_ -= registry_.layer(layer).numel();
+  drop_fetch(layer);  // direct: the buffer was the layer
   s.gathered = Storage();
+  s.data = nullptr;
 }
 
 void Stage3Gatherer::free_all_gathered() {
@@ -146,11 +211,18 @@ std::vector<int> Stage3Gatherer::upcoming_window() const {
 }
 
 void Stage3Gatherer::prefetch() {
-  for (int l : upcoming_window()) {
+  const std::vector<int> window = upcoming_window();
+  ++prefetch_round_;
+  // Reads started by an earlier call have had a layer's compute to land: gather them now.
+  for (int l : window) {
+    if (layers_[l].reading && layers_[l].fetch_round < prefetch_round_ - 1) launch_gather(l);
+  }
+  for (int l : window) {
     LayerState& s = layers_[l];
-    if (s.gathered.data() != nullptr) continue;
-    // Prefetching never evicts: it only uses room the live limit leaves.
+    if (s.data != nullptr) continue;
+    // Prefetching never evicts: it only uses room the live limit (and the read buffers) leave.
     if (live_elems_ + registry_.layer(l).numel() > options_.max_live_elems) break;
+    if (store_ != nullptr && fetches_held_ >= store_->buffer_count()) break;
     start_gather(l);
   }
 }
@@ -174,6 +246,8 @@ void Stage3Gatherer::refresh_persistent() {
   std::vector<int> refreshing;
   for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
     if (!layers_[l].persistent) continue;
+    // From disk one at a time: each read takes a buffer until its all-gather is done.
+    if (store_ != nullptr) make_buffer_room();
     start_gather(l);
     refreshing.push_back(l);
   }

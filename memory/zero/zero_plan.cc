@@ -78,20 +78,36 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
   const int64_t shard = shard_range(numel, rank, world).numel();
   const int64_t pad_bytes = (padded - numel) * kW;
   b.optimizer = shard * kOptimizer;
+  const int64_t sub_group = options.effective_sub_group_elems();
   if (options.offload_optimizer.device == OffloadDevice::Nvme) {
-    const NvmeStateStore::Sizes swap = NvmeStateStore::plan(
-        shard, options.sub_group_elems, !is_16bit(options.dtype), options.offload_optimizer);
+    const NvmeStateStore::Sizes swap =
+        NvmeStateStore::plan(shard, sub_group, !is_16bit(options.dtype) && !options.params_on_disk(),
+                             options.offload_optimizer);
     b.optimizer = swap.buffer_bytes;
     b.disk = swap.file_bytes;
+  } else if (options.params_on_disk() && !is_16bit(options.dtype)) {
+    b.optimizer += shard * static_cast<int64_t>(sizeof(float));  // a master of its own
   }
   if (options.stage <= 2) {
     b.params = padded * kW;
     b.fixed.padding_param_bytes = pad_bytes;
   } else {
     b.params = shard * kW;
+    const ShardLayout layout(numel, rank, world);
+    int64_t largest_piece = 0;
     for (int l = 0; l < registry.num_layers(); ++l) {
-      const int64_t n = registry.layer(l).numel();
-      if (n <= options.persistence_threshold) b.fixed.persistent_param_bytes += n * kW;
+      const LayerRange& r = registry.layer(l);
+      if (r.numel() <= options.persistence_threshold) b.fixed.persistent_param_bytes += r.numel() * kW;
+      largest_piece = std::max(largest_piece, layout.piece(r.begin, r.end).numel());
+    }
+    if (options.params_on_disk()) {
+      // The resident part and the read and write buffers; one rank's gathered layers are
+      // its read buffers.
+      const NvmeParamStore::Sizes swap =
+          NvmeParamStore::plan(layout.shard.numel(), options.dtype, largest_piece,
+                               std::min(sub_group, layout.shard.numel()), options.offload_param);
+      b.params = swap.memory_bytes;
+      b.disk += swap.file_bytes;
     }
     b.params += b.fixed.persistent_param_bytes;
   }
@@ -110,11 +126,15 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
 }
 
 bool plan_partitioned(const ZeroOptions& options, int world) {
-  return options.stage >= 1 && (world > 1 || options.offload_optimizer.device != OffloadDevice::None);
+  return options.stage >= 1 &&
+         (world > 1 || options.offload_optimizer.device != OffloadDevice::None ||
+          options.params_on_disk());
 }
 
 int64_t plan_gathered_bytes(const ParamRegistry& registry, const ZeroOptions& options, int world) {
   if (options.stage != 3 || !plan_partitioned(options, world)) return 0;
+  // One rank with the parameters on disk gathers into its read buffers (in params).
+  if (options.params_on_disk() && world == 1) return 0;
   int64_t largest = 0;
   for (int l = 0; l < registry.num_layers(); ++l) {
     const int64_t n = registry.layer(l).numel();

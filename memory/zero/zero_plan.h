@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "memory/flat_buffers.h"
+#include "memory/offload/nvme_param_store.h"
 #include "memory/offload/offload_options.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/params.h"
@@ -32,7 +33,19 @@ struct ZeroOptions {
   // states on disk (offload_optimizer.device nvme) they are what is in memory at once.
   int64_t sub_group_elems = 1'000'000'000;
   OffloadOptimizerOptions offload_optimizer;
+  // Stage 3: the working parameter shard in a swap file (device nvme).
+  OffloadParamOptions offload_param;
   offload::AioOptions aio;
+  bool params_on_disk() const {
+    return stage == 3 && offload_param.device == OffloadDevice::Nvme;
+  }
+  // The sub-group size the optimizer steps by: sub_group_elems, rounded up to a multiple of
+  // NvmeParamStore::kAlignElems when the working parameters are on disk (each sub-group's
+  // write must start aligned).
+  int64_t effective_sub_group_elems() const {
+    constexpr int64_t kAlign = NvmeParamStore::kAlignElems;
+    return params_on_disk() ? (sub_group_elems + kAlign - 1) / kAlign * kAlign : sub_group_elems;
+  }
 };
 
 // A run of consecutive layers reduced together: [begin, end) of the flat model.

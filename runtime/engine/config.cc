@@ -184,6 +184,7 @@ memory::ZeroOptions ZeroConfig::options() const {
   z.max_live_elems = stage3_max_live_parameters;
   z.sub_group_elems = sub_group_size;
   z.offload_optimizer = offload_optimizer;
+  z.offload_param = offload_param;
   z.aio = aio;
   return z;
 }
@@ -459,6 +460,13 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
       get_block_count(o, "max_in_cpu", opt.max_in_cpu);
       o.get("pin_memory", opt.pin_memory);
       o.reject_unknown();
+      TS_CHECK(opt.buffer_count >= 2,
+               "{}: zero_optimization.offload_param.buffer_count must be >= 2 (a layer in use and "
+               "the next read ahead), got {}",
+               source, opt.buffer_count);
+      TS_CHECK(opt.buffer_size >= 1 && opt.max_in_cpu >= 0,
+               "{}: zero_optimization.offload_param.buffer_size must be >= 1 and max_in_cpu >= 0",
+               source);
     }
     z.reject_unknown();
     TS_CHECK(c.zero.stage >= 0 && c.zero.stage <= 3,
@@ -480,10 +488,10 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
              "{}: zero_optimization.offload_param needs ZeRO stage 3 (only stage 3 partitions "
              "the parameters): set zero_optimization.stage to 3",
              source);
-    TS_CHECK(c.zero.offload_param.device == memory::OffloadDevice::None,
-             "{}: zero_optimization.offload_param is not supported yet (parameter offload is "
-             "the next step of issue 15); offload the optimizer (offload_optimizer) or set "
-             "\"device\": \"none\"",
+    TS_CHECK(c.zero.offload_param.device != memory::OffloadDevice::Nvme ||
+                 !c.zero.offload_param.nvme_path.empty(),
+             "{}: zero_optimization.offload_param.nvme_path is empty: name the folder on the "
+             "fast disk where the parameters' swap files go",
              source);
   }
   if (root.has("aio")) {

@@ -98,20 +98,33 @@ void check_memory_fits(const TrainConfig& c, const ParamRegistry& registry, int 
   if (c.zero.offload_optimizer.device != memory::OffloadDevice::Nvme) {
     try_lever("offload_optimizer nvme with sub_group_size 1e8", nvme);
   }
+  // Stage 3's parameters on disk too (stage 3 holds only a shard; on one rank that is all).
+  TrainConfig params = nvme;
+  const bool can_offload_params = c.pipeline_parallel == 1 && (c.zero.stage == 3 || dp == 1);
+  params.zero.stage = 3;
+  params.zero.offload_param.device = memory::OffloadDevice::Nvme;
+  params.zero.offload_param.max_in_cpu = 0;
+  params.zero.offload_param.buffer_size = std::numeric_limits<int64_t>::max();
+  if (can_offload_params && c.zero.offload_param.device != memory::OffloadDevice::Nvme) {
+    try_lever("zero_optimization.stage 3 with offload_optimizer and offload_param nvme "
+              "(max_in_cpu 0)",
+              params);
+  }
   TrainConfig recompute = c;
   recompute.recompute.granularity = models::RecomputeGranularity::Full;
   if (c.recompute.granularity != models::RecomputeGranularity::Full) {
     try_lever("activation_checkpointing (full)", recompute);
   }
   if (fits.empty()) {
-    TrainConfig together = nvme;
+    TrainConfig together = can_offload_params ? params : nvme;
     together.recompute.granularity = models::RecomputeGranularity::Full;
     if (c.zero.stage < 3 && c.pipeline_parallel == 1 && dp > 1) together.zero.stage = 3;
-    try_lever(fmt::format("{}offload_optimizer nvme with sub_group_size 1e8 and "
+    try_lever(fmt::format("{}offload_optimizer nvme with sub_group_size 1e8{} and "
                           "activation_checkpointing (full)",
-                          together.zero.stage != c.zero.stage && c.zero.stage != 0
-                              ? "zero_optimization.stage 3, "
-                              : ""),
+                          together.zero.stage != c.zero.stage
+                              ? fmt::format("zero_optimization.stage {}, ", together.zero.stage)
+                              : "",
+                          can_offload_params ? ", offload_param nvme" : ""),
               together);
   }
   const std::string levers =

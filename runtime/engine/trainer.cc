@@ -73,10 +73,10 @@ void check_fp16_range(const ParamRegistry& registry, std::vector<float> largest,
 }
 
 // Stages 1-3 shard the optimizer over the data-parallel ranks; on one such rank the state
-// stays whole (stage 0) unless the optimizer is offloaded, which works on the shard's states.
+// stays whole (stage 0) unless the optimizer or the parameters are offloaded, which works on
+// the shard's states.
 bool sharded_state(const TrainConfig& c, const parallel::ProcessGroup* dp) {
-  return c.zero.stage >= 1 &&
-         (dp != nullptr || c.zero.offload_optimizer.device != memory::OffloadDevice::None);
+  return memory::plan_partitioned(c.zero.options(), dp != nullptr ? dp->size() : 1);
 }
 
 // The world in Megatron's layout when the layers are split over tensor-parallel ranks or
@@ -454,6 +454,9 @@ ShardImage Trainer::checkpoint_image() {
         const DType dtype = kind == TensorKind::Working ? s.dtype : DType::F32;
         if (base != nullptr) {
           image.add(name, kind, dtype, piece.box, base + at * static_cast<int64_t>(elem(kind)));
+        } else if (kind == TensorKind::Working) {
+          // Parameters on disk.
+          s.param_store->read(at, at + piece.box.numel(), image.add(name, kind, dtype, piece.box));
         } else {
           // A state on disk is read straight into the image.
           auto* into = static_cast<float*>(image.add(name, kind, dtype, piece.box));
@@ -556,8 +559,17 @@ void Trainer::apply_update(double lr, double grad_scale) {
   // Sub-group by sub-group (the states may be read from disk around each), and within one
   // per tensor, as decay depends on its shape: element-wise, so the bits do not depend on
   // the cut.
+  memory::NvmeParamStore* on_disk = s.param_store;
+  const size_t working_bytes = dtype_size(s.dtype);
   s.states->for_each_sub_group([&](const memory::SubGroupStates& g) {
     const memory::ShardRange sub{s.range.begin + g.range.begin, s.range.begin + g.range.end};
+    // The working parameters this sub-group's update writes, indexed from the shard's start:
+    // in memory, or (parameters on disk) a write buffer holding just the sub-group.
+    char* working = static_cast<char*>(s.params);
+    if (on_disk != nullptr) {
+      working = static_cast<char*>(on_disk->write_buffer(g.range.begin, g.range.end)) -
+                g.range.begin * static_cast<int64_t>(working_bytes);
+    }
     for (const ParamSpec& p : params) {
       const memory::ShardRange part = memory::intersect({p.offset, p.offset + p.numel()}, sub);
       if (part.numel() == 0) continue;
@@ -575,16 +587,23 @@ void Trainer::apply_update(double lr, double grad_scale) {
       a.weight_decay = decay && o.type == "AdamW" ? o.weight_decay : 0.0f;
       // Adam's L2 penalty: weight decay enters the gradient before the moments.
       a.l2 = decay && o.type == "Adam" ? o.weight_decay : 0.0f;
+      char* params_at = working + at * static_cast<int64_t>(working_bytes);
       if (s.dtype == DType::F32) {
         k::adamw_update(g.master + in, static_cast<const float*>(s.grads) + at, g.exp_avg + in,
                         g.exp_avg_sq + in, part.numel(), a);
+        // The master is the working copy in memory; on disk it is written back as such.
+        if (on_disk != nullptr) {
+          std::memcpy(params_at, g.master + in, static_cast<size_t>(part.numel()) * sizeof(float));
+        }
       } else {
-        k::adamw_update16(s.dtype, g.master + in, static_cast<uint16_t*>(s.params) + at,
+        k::adamw_update16(s.dtype, g.master + in, reinterpret_cast<uint16_t*>(params_at),
                           static_cast<const uint16_t*>(s.grads) + at, g.exp_avg + in,
                           g.exp_avg_sq + in, part.numel(), a);
       }
     }
+    if (on_disk != nullptr) on_disk->commit(g.range.begin, g.range.end);
   });
+  if (on_disk != nullptr) on_disk->flush();  // before the gatherer reads the new values
   access_->after_update();
 }
 
@@ -981,6 +1000,19 @@ bool Trainer::run() {
                 states.num_sub_groups(), states.sub_group_elems());
     }
   }
+  if (sharded_ != nullptr && sharded_->shard().param_store != nullptr) {
+    const memory::NvmeParamStore& store = *sharded_->shard().param_store;
+    log_rank0("offload: parameters on disk in {} ({}, {}): {} of the shard's elements stay in "
+              "memory (max_in_cpu), {} read buffers, {} in memory, swap file {} per rank",
+              config_.zero.offload_param.nvme_path,
+              memory::offload::io_backend_name(store.file().backend()),
+              store.file().direct() ? "O_DIRECT" : "buffered", store.resident_elems(),
+              store.buffer_count(), format_bytes(store.memory_bytes()),
+              format_bytes(store.disk_bytes()));
+  } else if (config_.zero.offload_param.device == memory::OffloadDevice::Cpu) {
+    log_rank0("offload: parameter device cpu: on the CPU backend the parameters are in host "
+              "memory already");
+  }
   if (config_.precision != DType::F32) {
     log_rank0("precision: {} parameters, gradients and GEMMs, fp32 master weights and moments{}",
               dtype_name(config_.precision),
@@ -1049,11 +1081,21 @@ bool Trainer::run() {
   metrics.finish();
   if (stopped) return false;
   log_rank0("memory: {}", format_memory(MemoryTracker::current().snapshot()));
+  const std::string weights_file = (fs::path(config_.output_dir) / "model.safetensors").string();
+  if (world_ == nullptr && sharded_ != nullptr) {
+    // One rank with a partitioned state (offload): tensor by tensor from where the weights
+    // live, so the save holds one tensor, not a whole fp32 model beside the run.
+    models::save_gpt_safetensors(weights_file, config_.model, full_registry_,
+                                 [this](int64_t begin, int64_t end, float* out) {
+                                   sharded_->read_weights(begin, end, out);
+                                 });
+    log_rank0("saved {} (and config.json beside it)", weights_file);
+    return true;
+  }
   const WholeWeights weights_now = whole_weights();  // collective at stages 1-3
   if (writer) {
-    const std::string weights = (fs::path(config_.output_dir) / "model.safetensors").string();
-    models::save_gpt_safetensors(weights, config_.model, full_registry_, weights_now.data);
-    log_rank0("saved {} (and config.json beside it)", weights);
+    models::save_gpt_safetensors(weights_file, config_.model, full_registry_, weights_now.data);
+    log_rank0("saved {} (and config.json beside it)", weights_file);
   }
   return true;
 }

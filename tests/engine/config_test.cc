@@ -443,12 +443,26 @@ TEST(ConfigMalformed, MissingModelOrDataBlock) {
 
 // --- blocks a later version implements --------------------------------------------------------
 
-TEST(ConfigUnsupported, OffloadIsRefused) {
+TEST(ConfigZero, ParameterOffloadIsReadAndChecked) {
   json j = minimal();
-  j["zero_optimization"] = {{"stage", 3}, {"offload_param", {{"device", "cpu"}}}};
+  j["zero_optimization"] = {{"stage", 3},
+                            {"offload_param",
+                             {{"device", "nvme"},
+                              {"nvme_path", "/tmp"},
+                              {"buffer_count", 3},
+                              {"buffer_size", 2e7},
+                              {"max_in_cpu", 0}}}};
+  const TrainConfig c = parse(j);
+  EXPECT_EQ(c.zero.offload_param.device, memory::OffloadDevice::Nvme);
+  EXPECT_EQ(c.zero.offload_param.buffer_count, 3);
+  EXPECT_EQ(c.zero.offload_param.buffer_size, 20'000'000);
+  EXPECT_EQ(c.zero.offload_param.max_in_cpu, 0);
+  j["zero_optimization"]["offload_param"]["buffer_count"] = 1;
   const std::string m = parse_error(j);
-  EXPECT_TRUE(Contains(m, "zero_optimization.offload_param is not supported yet"));
+  EXPECT_TRUE(Contains(m, "offload_param.buffer_count must be >= 2"));
   EXPECT_TRUE(OneLine(m));
+  j["zero_optimization"]["offload_param"] = {{"device", "nvme"}, {"nvme_path", ""}};
+  EXPECT_TRUE(Contains(parse_error(j), "offload_param.nvme_path is empty"));
 }
 
 TEST(ConfigZero, StageZeroBlockIsReadWithDefaults) {
@@ -477,8 +491,8 @@ TEST(ConfigZero, BadZeroBlocksNameTheKey) {
   EXPECT_TRUE(Contains(parse_error(j), "'zero_optimization.stage' must be an integer"));
   j["zero_optimization"] = {{"stage", 4}};
   EXPECT_TRUE(Contains(parse_error(j), "zero_optimization.stage 4 does not exist"));
-  j["zero_optimization"] = {{"stage", 3}, {"offload_param", {{"device", "nvme"}}}};
-  EXPECT_TRUE(Contains(parse_error(j), "zero_optimization.offload_param is not supported yet"));
+  j["zero_optimization"] = {{"stage", 2}, {"offload_param", {{"device", "nvme"}}}};
+  EXPECT_TRUE(Contains(parse_error(j), "offload_param needs ZeRO stage 3"));
   j["zero_optimization"] = {{"stage", 0}, {"reduce_bucket_sise", 10}};
   EXPECT_TRUE(Contains(parse_error(j), "did you mean 'zero_optimization.reduce_bucket_size'?"));
   j["zero_optimization"] = {{"reduce_bucket_size", 0}};

@@ -10,6 +10,13 @@
 //   the other way round;
 // - faults: a missing or unwritable nvme_path fails every rank at start with the path named;
 //   an I/O error injected mid-step stops every rank with that error.
+// Parameter offload (zero_optimization.offload_param nvme, stage 3), the same way:
+// - with the working parameters on disk (all of them, or all but a max_in_cpu prefix), alone
+//   or with the optimizer states on disk too, losses and gradient norms are bit for bit those
+//   of stage 3 with everything in memory, on one, two and four ranks, f32, bf16 and fp16;
+// - the memory and disk they take are the plan's; checkpoints move between disk and memory
+//   exactly; a buffer_size below the largest layer piece is refused at start, an I/O error
+//   in a parameter read stops every rank.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -17,6 +24,7 @@
 
 #include "engine_test_util.h"
 #include "memory/offload/async_io.h"
+#include "memory/zero/zero_plan.h"
 #include "parallel/comm/thread_group.h"
 #include "runtime/engine/trainer.h"
 
@@ -62,6 +70,7 @@ void on_nvme(TrainConfig& c, const std::string& dir, int buffers, bool pipeline)
 struct Trace {
   std::vector<double> losses, norms;
   int64_t optimizer_buffer_bytes = 0, disk_bytes = 0, shard_elems = 0;
+  int64_t param_memory_bytes = 0, param_disk_bytes = 0, planned_params = 0, planned_disk = 0;
   bool swap_file_visible = false;
 };
 
@@ -87,6 +96,9 @@ Trace train(const TrainConfig& c, int world, int from_step = 0, bool save_at_end
       if (c.zero.offload_optimizer.device == memory::OffloadDevice::Nvme) {
         mine.swap_file_visible |= !fs::is_empty(c.zero.offload_optimizer.nvme_path);
       }
+      if (c.zero.offload_param.device == memory::OffloadDevice::Nvme) {
+        mine.swap_file_visible |= !fs::is_empty(c.zero.offload_param.nvme_path);
+      }
       if (save_at_end && s.step == from_step) t.save_checkpoint();
     }
     if (t.checkpointer() != nullptr) t.checkpointer()->flush();
@@ -95,6 +107,16 @@ Trace train(const TrainConfig& c, int world, int from_step = 0, bool save_at_end
       mine.optimizer_buffer_bytes = states.buffer_bytes();
       mine.disk_bytes = states.disk_bytes();
       mine.shard_elems = states.numel();
+      if (const memory::NvmeParamStore* params = t.sharded()->shard().param_store) {
+        mine.param_memory_bytes = params->memory_bytes();
+        mine.param_disk_bytes = params->disk_bytes();
+        memory::ZeroOptions options = c.zero.options();
+        options.dtype = c.precision;
+        const memory::ModelStateBytes plan =
+            memory::plan_model_state(t.model().registry(), options, t.dp_rank(), t.dp_size());
+        mine.planned_params = plan.params - plan.fixed.persistent_param_bytes;
+        mine.planned_disk = plan.disk;
+      }
     }
     if (t.world_rank() == 0) {
       std::lock_guard<std::mutex> lock(m);
@@ -177,12 +199,10 @@ TEST(OptimizerOnDisk, OneRankMatchesStageZero) {
   }
 }
 
-TEST(OptimizerOnDisk, CheckpointsMoveBetweenDiskAndMemoryExactly) {
-  ScratchDir dir;
-  fs::create_directories(dir.file("swap"));
-  TrainConfig memory_run = offload_config(2, DType::BF16, 2);
-  TrainConfig disk_run = memory_run;
-  on_nvme(disk_run, dir.file("swap"), 9, true);
+// Two thread ranks: a checkpoint saved at step 3 by one run resumes in the other, both ways,
+// and the resumed steps are bit for bit those of the uninterrupted memory run.
+void expect_checkpoints_cross(const TrainConfig& memory_run, const TrainConfig& disk_run,
+                              const ScratchDir& dir) {
   const Trace whole = train(memory_run, 2);
   for (const bool save_on_disk : {true, false}) {
     const std::string root = dir.file(save_on_disk ? "from_disk" : "from_memory");
@@ -196,12 +216,21 @@ TEST(OptimizerOnDisk, CheckpointsMoveBetweenDiskAndMemoryExactly) {
     const Trace rest = train(resuming, 2);
     ASSERT_EQ(rest.losses.size(), static_cast<size_t>(kSteps - 3));
     for (int s = 3; s < kSteps; ++s) {
-      EXPECT_EQ(rest.losses[s - 3], whole.losses[s]) << (save_on_disk ? "disk" : "memory")
-                                                     << " step " << s + 1;
+      EXPECT_EQ(rest.losses[s - 3], whole.losses[s])
+          << (save_on_disk ? "disk" : "memory") << " step " << s + 1;
       EXPECT_EQ(rest.norms[s - 3], whole.norms[s]);
     }
     EXPECT_EQ(first.losses, std::vector<double>(whole.losses.begin(), whole.losses.begin() + 3));
   }
+}
+
+TEST(OptimizerOnDisk, CheckpointsMoveBetweenDiskAndMemoryExactly) {
+  ScratchDir dir;
+  fs::create_directories(dir.file("swap"));
+  TrainConfig memory_run = offload_config(2, DType::BF16, 2);
+  TrainConfig disk_run = memory_run;
+  on_nvme(disk_run, dir.file("swap"), 9, true);
+  expect_checkpoints_cross(memory_run, disk_run, dir);
 }
 
 std::string run_error(const TrainConfig& c, int world) {
@@ -226,10 +255,10 @@ TEST(OptimizerOnDisk, AMissingOrUnwritablePathFailsEveryRankAtStart) {
   EXPECT_TRUE(Contains(not_dir, "a_file")) << not_dir;
 }
 
-TEST(OptimizerOnDisk, AnIoErrorMidStepStopsEveryRank) {
-  ScratchDir dir;
-  TrainConfig c = offload_config(1, DType::BF16, 2);
-  on_nvme(c, dir.path().string(), 9, true);
+// Two thread ranks: after one clean step, rank 0's swap file fails its `after`th I/O
+// request. Every rank must stop with an error (none is left waiting in a collective);
+// returns the message of the rank that saw the I/O error.
+std::string io_error_mid_run(const TrainConfig& c, int after) {
   std::atomic<int> failed{0};
   std::string message;
   std::mutex m;
@@ -239,7 +268,7 @@ TEST(OptimizerOnDisk, AnIoErrorMidStepStopsEveryRank) {
         Trainer t(c, &g);
         t.step();
         g.barrier()->wait();
-        if (g.rank() == 0) memory::offload::inject_io_error_after(7);
+        if (g.rank() == 0) memory::offload::inject_io_error_after(after);
         g.barrier()->wait();
         for (int i = 0; i < 3; ++i) t.step();
       } catch (const Error& e) {
@@ -255,6 +284,104 @@ TEST(OptimizerOnDisk, AnIoErrorMidStepStopsEveryRank) {
   }
   memory::offload::inject_io_error_after(0);
   EXPECT_EQ(failed.load(), 2);  // the other rank too, not left waiting
+  return message;
+}
+
+TEST(OptimizerOnDisk, AnIoErrorMidStepStopsEveryRank) {
+  ScratchDir dir;
+  TrainConfig c = offload_config(1, DType::BF16, 2);
+  on_nvme(c, dir.path().string(), 9, true);
+  const std::string message = io_error_mid_run(c, 7);
+  EXPECT_TRUE(Contains(message, "swap file")) << message;
+}
+
+void params_on_nvme(TrainConfig& c, const std::string& dir, int64_t max_in_cpu, int buffers) {
+  memory::OffloadParamOptions& o = c.zero.offload_param;
+  o.device = memory::OffloadDevice::Nvme;
+  o.nvme_path = dir;
+  o.max_in_cpu = max_in_cpu;
+  o.buffer_count = buffers;
+  o.buffer_size = 1'000'000;
+  c.zero.aio.block_size = 64 << 10;
+}
+
+struct ParamCase {
+  std::string name;
+  int world;
+  DType precision;
+  int64_t max_in_cpu = 0;  // elements of the shard kept in memory
+  bool optimizer_on_disk = false;
+  int buffers = 5;
+};
+
+class ParamsOnDisk : public testing::TestWithParam<ParamCase> {};
+
+TEST_P(ParamsOnDisk, GiveTheBitsOfStage3InMemory) {
+  const ParamCase p = GetParam();
+  ScratchDir dir;
+  fs::create_directories(dir.file("params"));
+  fs::create_directories(dir.file("optimizer"));
+  TrainConfig in_memory = offload_config(3, p.precision, 4 / p.world);
+  // One rank needs the partitioned layout for its shard, as parameter offload has.
+  if (p.world == 1) in_memory.zero.offload_optimizer.device = memory::OffloadDevice::Cpu;
+  TrainConfig on_disk = in_memory;
+  params_on_nvme(on_disk, dir.file("params"), p.max_in_cpu, p.buffers);
+  if (p.optimizer_on_disk) on_nvme(on_disk, dir.file("optimizer"), 9, true);
+  const Trace want = train(in_memory, p.world);
+  const Trace got = train(on_disk, p.world);
+  ASSERT_EQ(got.losses.size(), static_cast<size_t>(kSteps));
+  EXPECT_EQ(got.losses, want.losses);
+  EXPECT_EQ(got.norms, want.norms);
+  EXPECT_LT(got.losses.back(), got.losses.front());
+  EXPECT_FALSE(got.swap_file_visible);
+  // The store's memory and file are the plan's, and the file holds what is not resident.
+  EXPECT_EQ(got.param_memory_bytes, got.planned_params);
+  const int64_t elem = static_cast<int64_t>(dtype_size(p.precision));
+  const int64_t resident = std::min(p.max_in_cpu / 2048 * 2048, got.shard_elems);
+  EXPECT_EQ(got.param_disk_bytes,
+            std::max<int64_t>((got.shard_elems - resident + 2047) / 2048 * 2048 * elem, 4096));
+  EXPECT_EQ(got.planned_disk, got.param_disk_bytes + (p.optimizer_on_disk ? got.disk_bytes : 0));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ThreadRanks, ParamsOnDisk,
+    testing::Values(ParamCase{"one_rank_bf16_all_on_disk", 1, DType::BF16},
+                    ParamCase{"one_rank_bf16_with_optimizer", 1, DType::BF16, 0, true},
+                    ParamCase{"one_rank_bf16_half_in_memory", 1, DType::BF16, 60'000},
+                    ParamCase{"one_rank_f32_two_buffers", 1, DType::F32, 0, false, 2},
+                    ParamCase{"dp2_bf16_part_in_memory", 2, DType::BF16, 20'000},
+                    ParamCase{"dp2_fp16_with_optimizer", 2, DType::F16, 0, true},
+                    ParamCase{"dp2_f32_two_buffers", 2, DType::F32, 0, false, 2},
+                    ParamCase{"dp4_bf16_with_optimizer", 4, DType::BF16, 8'192, true}),
+    [](const testing::TestParamInfo<ParamCase>& info) { return info.param.name; });
+
+TEST(ParamsOnDisk, CheckpointsMoveBetweenDiskAndMemoryExactly) {
+  ScratchDir dir;
+  fs::create_directories(dir.file("swap"));
+  TrainConfig memory_run = offload_config(3, DType::BF16, 2);
+  TrainConfig disk_run = memory_run;
+  params_on_nvme(disk_run, dir.file("swap"), 10'000, 5);
+  expect_checkpoints_cross(memory_run, disk_run, dir);
+}
+
+TEST(ParamsOnDisk, ABufferBelowTheLargestLayerIsRefusedAtStart) {
+  ScratchDir dir;
+  TrainConfig c = offload_config(3, DType::BF16, 2);
+  params_on_nvme(c, dir.path().string(), 0, 5);
+  c.zero.offload_param.buffer_size = 1000;
+  const std::string e = run_error(c, 2);
+  EXPECT_TRUE(Contains(e, "offload_param.buffer_size 1000 is below")) << e;
+  EXPECT_TRUE(Contains(e, "raise buffer_size to at least")) << e;
+  params_on_nvme(c, dir.file("no_such_folder"), 0, 5);
+  const std::string missing = run_error(c, 2);
+  EXPECT_TRUE(Contains(missing, "no_such_folder")) << missing;
+}
+
+TEST(ParamsOnDisk, AnIoErrorInAParameterReadStopsEveryRank) {
+  ScratchDir dir;
+  TrainConfig c = offload_config(3, DType::BF16, 2);
+  params_on_nvme(c, dir.path().string(), 0, 5);
+  const std::string message = io_error_mid_run(c, 5);
   EXPECT_TRUE(Contains(message, "swap file")) << message;
 }
 

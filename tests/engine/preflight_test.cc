@@ -95,11 +95,18 @@ TEST(Preflight, ARunThatCannotFitIsRefusedWithTheLeversThatWould) {
   EXPECT_TRUE(Contains(one, "14.00 GiB is available")) << one;
   EXPECT_TRUE(Contains(one, "offload_optimizer nvme")) << one;
   EXPECT_TRUE(test_util::Lacks(one, "activation_checkpointing")) << one;
-  // 11 GiB: only both together.
-  const std::string both = test_util::message_of<InvalidArgument>(
+  // 11 GiB: the parameters on disk too (stage 3: on one rank that is the whole model).
+  const std::string params = test_util::message_of<InvalidArgument>(
       [&] { check_memory_fits(c, registry, 1, 1, 1, 11LL << 30); });
-  EXPECT_TRUE(Contains(both, "offload_optimizer nvme with sub_group_size 1e8 and "
-                             "activation_checkpointing (full)")) << both;
+  EXPECT_TRUE(Contains(params, "zero_optimization.stage 3 with offload_optimizer and "
+                               "offload_param nvme (max_in_cpu 0) would fit")) << params;
+  EXPECT_TRUE(test_util::Lacks(params, "activation_checkpointing")) << params;
+  // 9 GiB: only everything together.
+  const std::string all = test_util::message_of<InvalidArgument>(
+      [&] { check_memory_fits(c, registry, 1, 1, 1, 9LL << 30); });
+  EXPECT_TRUE(Contains(all, "zero_optimization.stage 3, offload_optimizer nvme with "
+                            "sub_group_size 1e8, offload_param nvme and "
+                            "activation_checkpointing (full)")) << all;
   EXPECT_TRUE(Contains(one, "TESSERA_SKIP_MEMORY_CHECK")) << one;
   // Two ranks on the machine need twice as much.
   const std::string two = test_util::message_of<InvalidArgument>(

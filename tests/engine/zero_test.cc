@@ -349,8 +349,8 @@ TEST(ZeroConfig, OffloadAndBadCountsAreRefused) {
   auto error_of = [](const nlohmann::json& zero) {
     return test_util::message_of<InvalidArgument>([&] { parse_zero(zero); });
   };
-  EXPECT_TRUE(Contains(error_of({{"stage", 3}, {"offload_param", {{"device", "cpu"}}}}),
-                       "zero_optimization.offload_param is not supported yet"));
+  EXPECT_TRUE(Contains(error_of({{"stage", 3}, {"offload_param", {{"device", "nvme"}, {"buffer_count", 0}}}}),
+                       "offload_param.buffer_count must be >= 2"));
   EXPECT_TRUE(Contains(error_of({{"stage", 0}, {"offload_optimizer", {{"device", "nvme"}}}}),
                        "set zero_optimization.stage to 1, 2 or 3"));
   EXPECT_TRUE(Contains(error_of({{"stage", 1}, {"reduce_bucket_size", 2.5}}),

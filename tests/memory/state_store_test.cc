@@ -7,8 +7,6 @@
 //   one) keep the rest;
 // - the plan's sizes are what the store allocates, and too few buffers, a missing or full
 //   nvme_path, and an injected I/O error are one-line errors that leave nothing hanging.
-#include "memory/offload/nvme_state_store.h"
-
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -19,27 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "memory/offload/nvme_state_store.h"
 #include "runtime/core/error.h"
 #include "runtime/core/memory_stats.h"
+#include "swap_dir.h"
 
 namespace tessera::memory {
 namespace {
-
-namespace fs = std::filesystem;
-
-// A fresh folder for swap files, removed afterwards.
-struct SwapDir {
-  SwapDir() {
-    std::string tmpl = (fs::temp_directory_path() / "tessera_swap_XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp " + tmpl);
-    path = tmpl;
-  }
-  ~SwapDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string path;
-};
 
 std::vector<float> random_values(int64_t n, uint32_t seed) {
   std::mt19937 gen(seed);
@@ -141,18 +125,18 @@ TEST_P(NvmeStates, MatchResidentStatesOverSeveralPasses) {
   EXPECT_GT(store.file().bytes_written(), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Buffers, NvmeStates,
-    testing::Values(Case{3, false, false, false}, Case{3, true, true, false},
-                    Case{6, true, false, false}, Case{6, false, true, false},
-                    Case{9, true, true, false}, Case{12, true, true, false},
-                    Case{2, false, false, true}, Case{4, true, true, true},
-                    Case{6, true, true, true}),
-    [](const testing::TestParamInfo<Case>& info) {
-      const Case& c = info.param;
-      return fmt::format("buffers{}_{}read_{}write_{}", c.buffers, c.read_ahead ? "" : "no",
-                         c.write_behind ? "" : "no", c.master_resident ? "f32" : "16bit");
-    });
+INSTANTIATE_TEST_SUITE_P(Buffers, NvmeStates,
+                         testing::Values(Case{3, false, false, false}, Case{3, true, true, false},
+                                         Case{6, true, false, false}, Case{6, false, true, false},
+                                         Case{9, true, true, false}, Case{12, true, true, false},
+                                         Case{2, false, false, true}, Case{4, true, true, true},
+                                         Case{6, true, true, true}),
+                         [](const testing::TestParamInfo<Case>& info) {
+                           const Case& c = info.param;
+                           return fmt::format("buffers{}_{}read_{}write_{}", c.buffers,
+                                              c.read_ahead ? "" : "no", c.write_behind ? "" : "no",
+                                              c.master_resident ? "f32" : "16bit");
+                         });
 
 TEST(NvmeStates, ReadAndWriteRangesKeepTheRest) {
   SwapDir dir;
@@ -210,8 +194,8 @@ TEST(NvmeStates, RefusesTooFewBuffersAndABadPath) {
     EXPECT_NE(std::string(e.what()).find("at least 3"), std::string::npos) << e.what();
   }
   try {
-    NvmeStateStore store(1000, 100, nullptr,
-                         nvme_options(dir.path + "/missing", 3, false, false), {}, "gone");
+    NvmeStateStore store(1000, 100, nullptr, nvme_options(dir.path + "/missing", 3, false, false),
+                         {}, "gone");
     FAIL() << "a missing nvme_path was accepted";
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("does not exist"), std::string::npos) << e.what();
@@ -220,8 +204,8 @@ TEST(NvmeStates, RefusesTooFewBuffersAndABadPath) {
 
 TEST(NvmeStates, AnInjectedIoErrorFailsTheVisitAndEveryLaterOne) {
   SwapDir dir;
-  NvmeStateStore store(40000, 4096, nullptr, nvme_options(dir.path, 9, true, true),
-                       small_blocks(), "eio");
+  NvmeStateStore store(40000, 4096, nullptr, nvme_options(dir.path, 9, true, true), small_blocks(),
+                       "eio");
   offload::inject_io_error_after(5);
   int visited = 0;
   EXPECT_THROW(store.for_each_sub_group([&](const SubGroupStates& g) { update(g, visited++); }),

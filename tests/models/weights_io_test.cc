@@ -141,8 +141,7 @@ TEST(HalfConversionTest, KnownBf16Values) {
   EXPECT_EQ(f32_to_bf16(std::numeric_limits<float>::max()), 0x7F80);  // rounds to inf
   EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(std::nanf("")))));
   // A NaN whose payload lives only in the low bits must not truncate to infinity.
-  EXPECT_TRUE(
-      std::isnan(bf16_to_f32(f32_to_bf16(std::bit_cast<float>(0x7F800001u)))));
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(std::bit_cast<float>(0x7F800001u)))));
 }
 
 // ---------------------------------------------------------------- safetensors format
@@ -302,24 +301,26 @@ TEST_F(WeightsIoTest, RoundTripF32IsExact) {
 }
 
 TEST_F(WeightsIoTest, RoundTripF16AndBf16RoundToNearestEven) {
-  const GPTConfig cfg = tiny_config();
-  const ParamRegistry reg = build_gpt_registry(cfg);
-  const std::vector<float> flat = distinct_params(reg);
-  for (DType dtype : {DType::F16, DType::BF16}) {
-    SCOPED_TRACE(std::string(dtype_name(dtype)));
-    save_gpt_safetensors(file("model.safetensors"), cfg, reg, flat.data(), dtype);
-    const SafetensorsFile f(file("model.safetensors"));
-    EXPECT_EQ(f.find("wte.weight")->dtype, dtype);
-    std::vector<float> back(flat.size());
-    load_gpt_safetensors(file("model.safetensors"), cfg, reg, back.data());
-    // Half keeps 11 significant bits, bfloat16 8: rounding to nearest is off by at most half
-    // a unit in the last place.
-    const double rel = dtype == DType::F16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
-    for (size_t i = 0; i < flat.size(); ++i) {
-      const float expected = dtype == DType::F16 ? f16_to_f32(f32_to_f16(flat[i]))
-                                                 : bf16_to_f32(f32_to_bf16(flat[i]));
-      ASSERT_EQ(back[i], expected) << i;
-      ASSERT_LE(std::abs(back[i] - flat[i]), rel * std::abs(flat[i]) + 1e-7) << i;
+  // The second config's word embedding (170,000 x 8) is encoded in several pieces.
+  for (const GPTConfig& cfg : {tiny_config(), GPTConfig{1, 2, 8, 170'000, 6}}) {
+    for (DType dtype : {DType::F16, DType::BF16}) {
+      SCOPED_TRACE(fmt::format("{} vocab {}", dtype_name(dtype), cfg.vocab_size));
+      const ParamRegistry reg = build_gpt_registry(cfg);
+      const std::vector<float> flat = distinct_params(reg);
+      save_gpt_safetensors(file("model.safetensors"), cfg, reg, flat.data(), dtype);
+      const SafetensorsFile f(file("model.safetensors"));
+      EXPECT_EQ(f.find("wte.weight")->dtype, dtype);
+      std::vector<float> back(flat.size());
+      load_gpt_safetensors(file("model.safetensors"), cfg, reg, back.data());
+      // Half keeps 11 significant bits, bfloat16 8: rounding to nearest is off by at most half
+      // a unit in the last place.
+      const double rel = dtype == DType::F16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+      for (size_t i = 0; i < flat.size(); ++i) {
+        const float expected = dtype == DType::F16 ? f16_to_f32(f32_to_f16(flat[i]))
+                                                   : bf16_to_f32(f32_to_bf16(flat[i]));
+        ASSERT_EQ(back[i], expected) << i;
+        ASSERT_LE(std::abs(back[i] - flat[i]), rel * std::abs(flat[i]) + 1e-7) << i;
+      }
     }
   }
 }

@@ -237,10 +237,11 @@ kill_args=(--set zero_optimization.stage=1
 run kill_ref "${kill_args[@]}" --set checkpoint.dir="$work/ck_kill_ref" --set checkpoint.save_interval=0
 # mpirun ends the other rank at once (by default it sends SIGTERM, which a training rank takes
 # as "stop after this step", and SIGKILL a second later): a whole crashed job, and 12 kills
-# in bounded time.
+# in bounded time (on a machine loaded by other work a kill cycle can take 10 s: at least 6
+# must land within the 150 s).
 export OMPI_MCA_odls_base_sigkill_timeout=0
 kills=0
-while [ $kills -lt 12 ] && [ $((SECONDS - t0)) -lt 50 ]; do
+while [ $kills -lt 12 ] && [ $((SECONDS - t0)) -lt 150 ]; do
   saves=$(grep -c "checkpoint: saved" "$work/kill.log" 2>/dev/null || true)
   start kill "${kill_args[@]}" --resume
   await_ranks kill
@@ -275,7 +276,7 @@ while [ $kills -lt 12 ] && [ $((SECONDS - t0)) -lt 50 ]; do
     verify "$d" || { ls -la "$d"; fail "after kill $kills: $(basename "$d") does not verify"; }
   done
 done
-[ $kills -ge 10 ] || fail "only $kills kills landed (the run ended first)"
+[ $kills -ge 6 ] || fail "only $kills kills landed in $((SECONDS - t0)) s (the run ended first, or the machine is too slow)"
 saved_at=$(cat "$work/ck_kill/latest" 2>/dev/null || echo none)
 : >"$work/kill.log"
 # The rest without saves, which do not change the arithmetic.

@@ -2,7 +2,8 @@
 # Optimizer offload through the real command, on 2 thread ranks or 2 MPI processes:
 #   a. a bf16 ZeRO-1 run with the optimizer's states on NVMe (a folder here) gives the losses
 #      of the same run with them in memory bit for bit, and leaves no file in nvme_path; so
-#      does one rank (threads mode), "cpu" against "nvme";
+#      does one rank (threads mode), "cpu" against "nvme", and one rank at stage 3 with the
+#      parameters on disk too (the same losses and the same model.safetensors);
 #   b. nvme_path missing / a file: one-line errors naming it, before the first step;
 #   c. an I/O error injected mid-run (TESSERA_OFFLOAD_FAIL_AFTER): every rank stops, non-zero,
 #      with "Input/output error" on the error line, well within the timeout (no hang);
@@ -94,6 +95,28 @@ if [ "$mode" = threads ]; then
   diff <(step_losses "$work/one_cpu") <(step_losses "$work/one_nvme") \
     || fail "one rank: the losses with the optimizer on disk differ"
   echo "ok: one rank with the optimizer on NVMe gives its in-memory losses bit for bit"
+  # Stage 3 with the parameters on disk as well: the same losses and the same saved model
+  # (written tensor by tensor from the swap files) as stage 3 in memory.
+  stage3=(--set zero_optimization.stage=3 --set zero_optimization.stage3_param_persistence_threshold=100)
+  params=(--set zero_optimization.offload_param.device=nvme
+          --set zero_optimization.offload_param.nvme_path="$work/swap"
+          --set zero_optimization.offload_param.max_in_cpu=0)
+  for name in stage3_cpu stage3_nvme; do
+    extra=()
+    [ $name = stage3_nvme ] && extra=("${nvme[@]}" "${params[@]}" --set zero_optimization.offload_optimizer.nvme_path="$work/swap")
+    [ $name = stage3_cpu ] && extra=(--set zero_optimization.offload_optimizer.device=cpu)
+    timeout -k 10 120 "$tessera" train -c "$work/config.json" --set output.dir="$work/$name" \
+      "${stage3[@]}" "${extra[@]}" >"$work/$name.txt" 2>"$work/$name.log" \
+      || { cat "$work/$name.log"; fail "one rank, $name"; }
+  done
+  grep -q "offload: parameters on disk in $work/swap" "$work/stage3_nvme.log" \
+    || { cat "$work/stage3_nvme.log"; fail "one rank: no parameter offload line in the log"; }
+  diff <(step_losses "$work/stage3_cpu") <(step_losses "$work/stage3_nvme") \
+    || fail "one rank, stage 3: the losses with the parameters on disk differ"
+  cmp "$work/stage3_cpu/model.safetensors" "$work/stage3_nvme/model.safetensors" \
+    || fail "one rank, stage 3: the saved model with the parameters on disk differs"
+  [ -z "$(ls -A "$work/swap")" ] || fail "swap files left in nvme_path: $(ls -A "$work/swap")"
+  echo "ok: one rank at stage 3 with optimizer and parameters on NVMe: the same losses and model file"
 fi
 
 # --- b. bad nvme_path -------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // Optimizer offload under mpirun, one rank per process, each with its own swap file in one
 // folder: with the states on disk the losses are bit for bit those of the states in memory
-// (np 2: ZeRO 1 bf16 and 3 f32; np 4: ZeRO 2 bf16 and DP 2 x TP 2 at stage 1), no swap file is
+// (np 2: ZeRO 1 bf16 and 3 f32; np 4: ZeRO 2 bf16 and DP 2 x TP 2 at stage 1; and at stage 3
+// with the parameters on disk too, np 2 bf16 and np 4 f32), no swap file is
 // ever visible in the folder, and an I/O error injected on rank 1 mid-run stops every process
 // (the main's abort) — that last one in tests/multirank/offload_cli.sh, since it ends the job.
 #include <gtest/gtest.h>
@@ -21,6 +22,7 @@ struct MpiCase {
   std::string name;
   int world, tp, stage;
   DType precision;
+  bool params_on_disk = false;  // stage 3: offload_param nvme as well
 };
 
 // A fresh folder made by rank 0, its path sent to every rank.
@@ -69,6 +71,13 @@ TEST_P(OffloadMpi, StatesOnDiskGiveTheBitsOfStatesInMemory) {
   o.nvme_path = dir;
   o.buffer_count = 9;
   o.pipeline_read = o.pipeline_write = true;
+  if (l.params_on_disk) {
+    memory::OffloadParamOptions& p = on_disk.zero.offload_param;
+    p.device = memory::OffloadDevice::Nvme;
+    p.nvme_path = dir;
+    p.max_in_cpu = 10'000;  // part of a shard in memory: ranks differ in what they read
+    p.buffer_size = 1'000'000;
+  }
   const auto run = [&](const TrainConfig& c) {
     Trainer t(c, world.get());
     std::vector<double> out;
@@ -96,7 +105,9 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(MpiCase{"np2_stage1_bf16", 2, 1, 1, DType::BF16},
                     MpiCase{"np2_stage3_f32", 2, 1, 3, DType::F32},
                     MpiCase{"np4_stage2_bf16", 4, 1, 2, DType::BF16},
-                    MpiCase{"np4_tp2_stage1_f32", 4, 2, 1, DType::F32}),
+                    MpiCase{"np4_tp2_stage1_f32", 4, 2, 1, DType::F32},
+                    MpiCase{"np2_stage3_bf16_params_on_disk", 2, 1, 3, DType::BF16, true},
+                    MpiCase{"np4_stage3_f32_params_on_disk", 4, 1, 3, DType::F32, true}),
     [](const testing::TestParamInfo<MpiCase>& info) { return info.param.name; });
 
 }  // namespace
