@@ -29,8 +29,8 @@ NvmeParamStore::Sizes NvmeParamStore::plan(int64_t shard_elems, DType dtype, int
            options.buffer_count);
   const int64_t elem = static_cast<int64_t>(dtype_size(dtype));
   Sizes s;
-  s.resident_elems = std::min(round_down_u(std::max<int64_t>(options.max_in_cpu, 0)),
-                              round_up_u(shard_elems));
+  s.resident_elems =
+      std::min(round_down_u(std::max<int64_t>(options.max_in_cpu, 0)), round_up_u(shard_elems));
   if (s.resident_elems >= shard_elems) s.resident_elems = shard_elems;  // nothing on disk
   // A piece not aligned to kU spans at most one more unit than its rounded size.
   s.pool_buffer_elems = round_up_u(std::max<int64_t>(largest_piece, 1)) + kU;
@@ -54,7 +54,8 @@ NvmeParamStore::NvmeParamStore(int64_t shard_elems, DType dtype, int64_t largest
                         /*zero=*/true);
   }
   for (int b = 0; b < options.buffer_count; ++b) {
-    pool_.push_back(offload::io_storage(sizes_.pool_buffer_elems * elem_size_, MemCategory::Params));
+    pool_.push_back(
+        offload::io_storage(sizes_.pool_buffer_elems * elem_size_, MemCategory::Params));
     free_.push_back(options.buffer_count - 1 - b);  // hand out buffer 0 first
   }
   for (Storage& w : write_buffers_) {

@@ -31,7 +31,7 @@ class NvmeParamStore {
   // write_elems: the most one write covers (a sub-group).
   struct Sizes {
     int64_t resident_elems = 0;
-    int64_t pool_buffer_elems = 0;  // each of buffer_count
+    int64_t pool_buffer_elems = 0;   // each of buffer_count
     int64_t write_buffer_elems = 0;  // each of two
     int64_t memory_bytes = 0;        // resident part, pool and write buffers
     int64_t file_bytes = 0;
