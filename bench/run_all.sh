@@ -39,6 +39,9 @@ fi
 echo; echo "### ZeRO stages, 2 ranks"
 "$bin/bench_zero" --model gpt2-124M --batch 4 --seq 256 --ranks 2 --steps 2
 
+echo; echo "### CPU Adam on a 1.5B-parameter update, against the memory roof"
+"$bin/bench_adam" --rounds 3
+
 echo; echo "### tensor parallelism (t = 2, with and without SP) against DP = 2"
 "$bin/bench_tp" --models gpt2-124M,gpt2-350M --batch 1 --seq 128 --steps 3 --rounds 2
 

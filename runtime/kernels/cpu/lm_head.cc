@@ -1,6 +1,6 @@
 // The tied output head fused with softmax cross-entropy (forward and backward in one pass
-// over chunks of rows), and AdamW. The row pass and the AdamW rule live in shared_steps.h's
-// declarations so the 16-bit twins in mixed.cc run the same code.
+// over chunks of rows). The row pass lives in shared_steps.h's declarations so the 16-bit twin
+// in mixed.cc runs the same code; AdamW is in adam.cc.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -67,13 +67,6 @@ double lm_head_cross_entropy(T* dx, T* dwte, T* losses, const T* x, const T* wte
   return loss_sum;
 }
 
-template <typename T>
-void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, const AdamWParams& p) {
-  const AdamWStep<T> step(p);
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) step.update(params[i], grads[i], m[i], v[i]);
-}
-
 template double cross_entropy_rows<float>(float*, float*, const int32_t*, int64_t, int64_t, bool,
                                           float);
 template double cross_entropy_rows<double>(double*, double*, const int32_t*, int64_t, int64_t,
@@ -84,9 +77,5 @@ template double lm_head_cross_entropy<float>(float*, float*, float*, const float
 template double lm_head_cross_entropy<double>(double*, double*, double*, const double*,
                                               const double*, const int32_t*, int64_t, int64_t,
                                               int64_t, double, double*);
-template void adamw_update<float>(float*, const float*, float*, float*, int64_t,
-                                  const AdamWParams&);
-template void adamw_update<double>(double*, const double*, double*, double*, int64_t,
-                                   const AdamWParams&);
 
 }  // namespace tessera::kernels::cpu

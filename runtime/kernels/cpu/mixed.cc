@@ -8,6 +8,7 @@
 
 #include "runtime/core/error.h"
 #include "runtime/kernels/cpu/shared_steps.h"
+#include "runtime/kernels/cpu_adam.h"
 #include "runtime/kernels/cpu_convert.h"
 #include "runtime/kernels/cpu_mixed.h"
 
@@ -169,16 +170,11 @@ double sum_squares16(DType dtype, const uint16_t* x, int64_t n) {
 void adamw_update16(DType dtype, float* master, uint16_t* params16, const uint16_t* grads16,
                     float* m, float* v, int64_t n, const AdamWParams& p) {
   check_dtype(dtype, "adamw_update16");
-  const AdamWStep<float> step(p);
   for_each_block(n, [&](int64_t i0, int64_t len) {
     float grad[kBlock];
     from_16(dtype, grads16 + i0, grad, len);
-    float* w = master + i0;
-    float* mb = m + i0;
-    float* vb = v + i0;
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) step.update(w[i], grad[i], mb[i], vb[i]);
-    to_16(dtype, w, params16 + i0, len);
+    adamw_f32(master + i0, grad, m + i0, v + i0, len, p);
+    to_16(dtype, master + i0, params16 + i0, len);
   });
 }
 

@@ -26,7 +26,7 @@ inline int64_t chunk_row(int32_t token, int64_t row_begin, int64_t rows) {
 }
 
 // One AdamW step's constants (bias corrections included), computed once per call, and the
-// rule for one parameter. update() is inline so each caller's loop vectorises it.
+// rule for one parameter (the reference the vector paths of cpu/adam.cc match bit for bit).
 template <typename T>
 struct AdamWStep {
   explicit AdamWStep(const AdamWParams& p)
@@ -40,15 +40,20 @@ struct AdamWStep {
         bias1(T(1) - std::pow(T(p.beta1), T(p.step))),
         bias2(T(1) - std::pow(T(p.beta2), T(p.step))) {}
 
+  // The fused multiply-adds are spelled out, so the rounding does not depend on the compiler
+  // contracting expressions or on the flags (the vector paths of cpu/adam.cc do the same
+  // operations lane by lane). They are the ones GCC formed from the plain expressions with
+  // FMA available, so the losses recorded before (tests/engine/golden) keep every bit.
   void update(T& param, T grad, T& m, T& v) const {
-    const T g = grad * gs + l2 * param;
-    const T mi = b1 * m + (T(1) - b1) * g;
-    const T vi = b2 * v + (T(1) - b2) * g * g;
+    const T g = std::fma(grad, gs, l2 * param);
+    const T mi = std::fma(b1, m, (T(1) - b1) * g);
+    const T vi = std::fma(b2, v, (T(1) - b2) * g * g);
     m = mi;
     v = vi;
     const T mhat = mi / bias1;
     const T vhat = vi / bias2;
-    param -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * param);
+    const T ratio = mhat / (std::sqrt(vhat) + eps);
+    param = std::fma(-lr, std::fma(wd, param, ratio), param);
   }
 
   T b1, b2, lr, eps, wd, gs, l2, bias1, bias2;
