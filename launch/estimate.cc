@@ -161,7 +161,8 @@ int run_estimate(const EstimateOptions& o) {
           : "");
   }
   row("grads", b.grads,
-      b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes > 0
+      z.host_tier() ? "(the device's shard and its host copy)"
+      : b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes > 0
           ? fmt::format("(incl. {} bucket slots / padding)",
                         format_bytes(b.fixed.grad_bucket_bytes + b.fixed.padding_grad_bytes))
           : "");
@@ -176,11 +177,10 @@ int run_estimate(const EstimateOptions& o) {
         fmt::format("({} sub-group buffers of {}: {}{})", swap.slots,
                     format_bytes(swap.record_bytes), states,
                     half || z.params_on_disk() ? "" : "; master = params"));
+  } else if (z.host_tier()) {
+    row("optimizer", b.optimizer, "(fp32 master + Adam m, v in the host tier's page-locked pool)");
   } else {
-    row("optimizer", b.optimizer,
-        fmt::format("({}{})", states,
-                    o.offload == "cpu" ? "; in host memory: on the CUDA backend not on the device"
-                                       : ""));
+    row("optimizer", b.optimizer, fmt::format("({})", states));
   }
   int64_t total = b.total();
   if (o.batch > 0) {
@@ -205,6 +205,11 @@ int run_estimate(const EstimateOptions& o) {
     total += gathered;
   }
   row("total", total);
+  if (b.pinned > 0) {
+    row("pinned", b.pinned,
+        "(of the total: the host tier's page-locked pool; on the CUDA backend this part is host "
+        "memory, the rest device memory)");
+  }
   if (b.disk > 0) {
     const bool optimizer = z.offload_optimizer.device == memory::OffloadDevice::Nvme;
     row("disk", b.disk,

@@ -15,12 +15,13 @@
 
 #include "memory/offload/async_io.h"
 #include "memory/offload/offload_options.h"
+#include "memory/param_write_back.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/storage.h"
 
 namespace tessera::memory {
 
-class NvmeParamStore {
+class NvmeParamStore final : public ParamWriteBack {
  public:
   // A multiple of kIoAlign in 2- and 4-byte elements: sub-groups and the resident part are
   // cut at multiples of it.
@@ -44,7 +45,7 @@ class NvmeParamStore {
   NvmeParamStore(int64_t shard_elems, DType dtype, int64_t largest_piece, int64_t write_elems,
                  const OffloadParamOptions& options, const offload::AioOptions& aio,
                  const std::string& name);
-  ~NvmeParamStore();
+  ~NvmeParamStore() override;
   NvmeParamStore(const NvmeParamStore&) = delete;
   NvmeParamStore& operator=(const NvmeParamStore&) = delete;
 
@@ -67,9 +68,9 @@ class NvmeParamStore {
   // The buffer for [begin, end) to fill (begin a multiple of kAlignElems, end - begin at most
   // write_elems); waits for that buffer's previous write. commit() then copies the resident
   // part and writes the rest behind; flush() waits for every write.
-  void* write_buffer(int64_t begin, int64_t end);
-  void commit(int64_t begin, int64_t end);
-  void flush();
+  void* write_buffer(int64_t begin, int64_t end) override;
+  void commit(int64_t begin, int64_t end) override;
+  void flush() override;
 
   int64_t resident_elems() const { return sizes_.resident_elems; }
   int64_t memory_bytes() const { return sizes_.memory_bytes; }

@@ -146,8 +146,14 @@ void GradBuckets::complete_oldest() {
   f.work->wait();
   Bucket& bucket = buckets_[f.bucket];
   bucket.in_flight = false;
-  if (!options_.slots) return;  // reduced in place
+  ++bucket.reduced;
   const ShardRange mine = layout_.piece(bucket.begin, bucket.end);
+  // In place the rounds add up before one reduction; with slots each round is reduced.
+  const bool last = bucket.reduced == (options_.slots ? bucket.rounds : 1);
+  if (!options_.slots) {  // reduced in place
+    if (last && on_reduced_ && mine.numel() > 0) on_reduced_(mine.begin, mine.end);
+    return;
+  }
   const char* piece = static_cast<const char*>(slots_[bucket.slot].data()) +
                       (mine.begin - bucket.begin) * static_cast<int64_t>(elem_size_);
   char* acc = elem(shard_grads_, mine.begin - layout_.shard.begin);
@@ -155,6 +161,7 @@ void GradBuckets::complete_oldest() {
   accumulate_working(options_.dtype, acc, piece, mine.numel());
   if (bucket.slot != 0 || !own_first_slot_) free_slots_.push_back(bucket.slot);
   bucket.slot = -1;
+  if (last && on_reduced_ && mine.numel() > 0) on_reduced_(mine.begin, mine.end);
 }
 
 void GradBuckets::drain(bool complete_pass) {
@@ -168,6 +175,7 @@ void GradBuckets::drain(bool complete_pass) {
              b.pending, b.layers, b.round + 1, b.rounds);
     b.pending = b.layers;
     b.round = 0;
+    b.reduced = 0;
   }
   std::fill(reported_.begin(), reported_.end(), 0);
 }

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "memory/flat_buffers.h"
@@ -73,6 +74,12 @@ class GradBuckets {
   int bucket_of_layer(int layer) const { return bucket_of_layer_.at(layer); }
   ShardRange bucket_range(int b) const { return {buckets_.at(b).begin, buckets_.at(b).end}; }
   int reductions_in_flight() const { return static_cast<int>(in_flight_.size()); }
+  // Called with this rank's piece [begin, end) of the flat model (its own elements of a
+  // bucket, nothing when it has none) each time a bucket's last reduction of a pass has
+  // landed and, with slots, been added into the shard: from then on the pass leaves those
+  // gradients alone (ZeRO-Offload copies them to the host there).
+  using ReducedFn = std::function<void(int64_t begin, int64_t end)>;
+  void on_reduced(ReducedFn fn) { on_reduced_ = std::move(fn); }
   int num_slots() const { return static_cast<int>(slots_.size()); }
   // Bytes of the scratch slots (zero in place).
   int64_t slot_bytes() const;
@@ -85,6 +92,7 @@ class GradBuckets {
     int rounds = 1;   // reductions per pass (its layers' grad_reports)
     int round = 0;    // rounds launched in this pass
     bool in_flight = false;
+    int reduced = 0;             // reductions landed in this pass
     int slot = -1;               // slots: the scratch slot holding its gradients
     std::vector<size_t> counts;  // reduce-scatter: elements of the bucket each rank receives
   };
@@ -112,6 +120,7 @@ class GradBuckets {
   std::vector<Storage> slots_;
   std::vector<int> free_slots_;
   std::vector<InFlight> in_flight_;  // issue order
+  ReducedFn on_reduced_;
 };
 
 }  // namespace tessera::memory

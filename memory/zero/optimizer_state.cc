@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "memory/offload/nvme_state_store.h"
+#include "runtime/core/memcpy_copy_engine.h"
 #include "memory/precision.h"
 #include "parallel/comm/agree.h"
 #include "runtime/core/error.h"
@@ -57,9 +58,9 @@ ShardedOptimizerState::ShardedOptimizerState(const ParamRegistry& registry,
   }
   grads_ = Storage((stage_ == 1 ? layout_.padded : S) * elem_size_, MemCategory::Grads);
   // In f32 the master weights are the working shard itself, which stays in memory (unless
-  // the working shard is on disk: then the master is a state of its own).
-  float* working_fp32 =
-      is_16bit(dtype_) || params_on_disk ? nullptr : static_cast<float*>(param_shard());
+  // the working shard is on disk or on the device: then the master is a state of its own).
+  master_apart_ = is_16bit(dtype_) || params_on_disk || options.host_tier();
+  float* working_fp32 = master_apart_ ? nullptr : static_cast<float*>(param_shard());
   const int agreed_rank = group.rank();
   parallel::run_agreed(group, [&] {
     if (params_on_disk) {
@@ -71,6 +72,21 @@ ShardedOptimizerState::ShardedOptimizerState(const ParamRegistry& registry,
       param_store_ = std::make_unique<NvmeParamStore>(
           S, dtype_, largest_piece, std::min(sub_group_elems, S), options.offload_param,
           options.aio, fmt::format("tessera-params-r{}", agreed_rank));
+    }
+    if (options.host_tier()) {
+      CopyEngine* engine = options.copy_engine;
+      if (engine == nullptr) {
+        MemcpyCopyEngine::Options twin;
+        twin.lock_host = options.offload_optimizer.pin_memory;
+        own_engine_ = std::make_unique<MemcpyCopyEngine>(twin);
+        engine = own_engine_.get();
+      }
+      host_tier_ = std::make_unique<HostTier>(*engine, S, dtype_, sub_group_elems, grad_shard(),
+                                              param_shard());
+      states_ = std::make_unique<ResidentStateStore>(
+          S, sub_group_elems, host_tier_->state(StateKind::Master),
+          host_tier_->state(StateKind::ExpAvg), host_tier_->state(StateKind::ExpAvgSq));
+      return;
     }
     if (options.offload_optimizer.device == OffloadDevice::Nvme) {
       states_ = std::make_unique<NvmeStateStore>(S, sub_group_elems, working_fp32,
@@ -92,26 +108,29 @@ ShardedOptimizerState::ShardedOptimizerState(const ParamRegistry& registry,
   // itself in f32. The padding stays zero.
   const ShardRange owned = layout_.owned();
   const int64_t first = layout_.shard.begin;
+  // The working parameters that do not live where the update can write them directly.
+  ParamWriteBack* write_back =
+      param_store_ != nullptr ? static_cast<ParamWriteBack*>(param_store_.get()) : host_tier_.get();
   parallel::run_agreed(group, [&] {
     states_->for_each_sub_group(
         [&](const SubGroupStates& g) {
           const ShardRange mine = intersect({first + g.range.begin, first + g.range.end}, owned);
           if (mine.numel() > 0) init(mine, g.master + (mine.begin - first - g.range.begin));
-          if (param_store_ != nullptr) {
-            void* to = param_store_->write_buffer(g.range.begin, g.range.end);
+          if (write_back != nullptr) {
+            void* to = write_back->write_buffer(g.range.begin, g.range.end);
             if (is_16bit(dtype_)) {
               store_working(dtype_, g.master, to, g.range.numel());
             } else {
               std::memcpy(to, g.master, static_cast<size_t>(g.range.numel()) * sizeof(float));
             }
-            param_store_->commit(g.range.begin, g.range.end);
+            write_back->commit(g.range.begin, g.range.end);
           } else if (is_16bit(dtype_)) {
             store_working(dtype_, g.master, elem(params_, (stage_ <= 2 ? first : 0) + g.range.begin),
                           g.range.numel());
           }
         },
         SubGroupAccess::Overwrite);
-    if (param_store_ != nullptr) param_store_->flush();
+    if (write_back != nullptr) write_back->flush();
   });
   // Stages 1-2 train on whole parameters: the same gather as after every update.
   if (stage_ <= 2) publish_update();
@@ -147,6 +166,7 @@ OptimizerShard ShardedOptimizerState::shard() {
   s.exp_avg_sq = states_->resident(StateKind::ExpAvgSq);
   s.states = states_.get();
   s.param_store = param_store_.get();
+  s.host_tier = host_tier_.get();
   return s;
 }
 
@@ -162,8 +182,7 @@ void ShardedOptimizerState::read_weights(int64_t begin, int64_t end, float* out)
            group_.size());
   TS_CHECK(begin >= 0 && begin <= end && end <= layout_.numel, "weights [{}, {}) of {}", begin,
            end, layout_.numel);
-  // (With the f32 working shard on disk, the master is a state of its own.)
-  if (is_16bit(dtype_) || param_store_ != nullptr) {
+  if (master_apart_) {
     states_->read(StateKind::Master, begin, end, out);
   } else {
     std::memcpy(out, static_cast<const float*>(params_.data()) + begin,
@@ -176,8 +195,7 @@ void ShardedOptimizerState::gather_full(float* out) {
     read_weights(0, layout_.numel, out);  // no gather, no second whole copy
     return;
   }
-  // (With the f32 working shard on disk, the master is a state of its own.)
-  const bool from_master = is_16bit(dtype_) || param_store_ != nullptr;
+  const bool from_master = master_apart_;
   if (!from_master && stage_ <= 2) {
     std::memcpy(out, params_.data(), layout_.numel * sizeof(float));
     return;
@@ -186,8 +204,8 @@ void ShardedOptimizerState::gather_full(float* out) {
   const void* mine = params_.data();
   Storage swapped_in;
   if (from_master) {
-    mine = master_.data();
-    if (states_->resident(StateKind::Master) == nullptr) {
+    mine = states_->resident(StateKind::Master);
+    if (mine == nullptr) {
       swapped_in = Storage(layout_.shard.numel() * sizeof(float), MemCategory::Other,
                            Device::cpu(), false);
       states_->read(StateKind::Master, 0, layout_.shard.numel(),

@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "memory/flat_buffers.h"
+#include "memory/offload/host_tier.h"
 #include "memory/offload/nvme_param_store.h"
 #include "memory/state_store.h"
 #include "memory/zero/zero_plan.h"
@@ -44,6 +45,9 @@ struct OptimizerShard {
   // offload_param nvme: params is nullptr and the working shard lives here; the optimizer
   // writes each updated sub-group through write_buffer() / commit().
   NvmeParamStore* param_store = nullptr;
+  // offload_optimizer cpu (the host tier): the states are in its page-locked pool, the update
+  // reads host_grads() and writes the working parameters back through it (ParamWriteBack).
+  HostTier* host_tier = nullptr;
 };
 
 // Writes the initial fp32 values of flat elements [range.begin, range.end) into
@@ -58,8 +62,8 @@ class ShardedOptimizerState {
   // on any rank, every rank throws that message (parallel/comm/agree.h) before any other
   // collective. Stages 1-2 then all-gather the whole working parameters.
   // options: the stage, the working dtype, the sub-group size and where the fp32 states live
-  // (offload_optimizer nvme: a swap file per rank; cpu: in memory, as on the CPU backend they
-  // already are).
+  // (offload_optimizer nvme: a swap file per rank; cpu: the host tier's page-locked pool,
+  // copied to and from through options.copy_engine, or the memcpy twin on the CPU backend).
   ShardedOptimizerState(const ParamRegistry& registry, parallel::ProcessGroup& group,
                         const ZeroOptions& options, const ShardInit& init);
   ShardedOptimizerState(const ParamRegistry& registry, parallel::ProcessGroup& group, int stage,
@@ -72,6 +76,8 @@ class ShardedOptimizerState {
   StateStore& states() { return *states_; }
   // Stage 3 with offload_param nvme: the working shard on disk, else nullptr.
   NvmeParamStore* param_store() const { return param_store_.get(); }
+  // offload_optimizer cpu: the host tier, else nullptr.
+  HostTier* host_tier() const { return host_tier_.get(); }
   // Stages 1-2: the whole working parameters (layout().padded elements).
   void* full_params() const;
   // The working parameters of the shard (layout().shard, padding included); nullptr when
@@ -101,6 +107,7 @@ class ShardedOptimizerState {
   }
 
   parallel::ProcessGroup& group_;
+  std::unique_ptr<CopyEngine> own_engine_;  // the host tier's, when none was given
   int stage_;
   DType dtype_;
   size_t elem_size_;
@@ -111,6 +118,11 @@ class ShardedOptimizerState {
   Storage exp_avg_, exp_avg_sq_;  // the shard (states in memory)
   std::unique_ptr<StateStore> states_;
   std::unique_ptr<NvmeParamStore> param_store_;
+  // Declared last: its copies read and write the buffers above until it is gone.
+  std::unique_ptr<HostTier> host_tier_;
+  // The fp32 master is a state of its own, not the f32 working shard: 16-bit training,
+  // parameters on disk, or the host tier (its master lives on the host, the shard on the device).
+  bool master_apart_ = false;
 };
 
 }  // namespace tessera::memory

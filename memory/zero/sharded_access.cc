@@ -48,6 +48,21 @@ ShardedParamAccess::ShardedParamAccess(const ParamRegistry& registry,
                                                  state_.param_shard(), state_.param_store());
     gatherer_->refresh_persistent();  // the small layers, whole, from the fresh shards
   }
+  HostTier* host = state_.host_tier();
+  if (host != nullptr && options.copy_grads_as_reduced) {
+    // The last micro-batch's reductions are the step's gradients: each bucket's piece goes to
+    // the host as it lands, while backward goes on.
+    const int64_t first = state_.layout().shard.begin;
+    buckets_.on_reduced([this, host, first](int64_t begin, int64_t end) {
+      if (sync_) host->grads_ready(begin - first, end - first);
+    });
+  }
+}
+
+void ShardedParamAccess::zero_grads() {
+  // A copy of the last step's gradients may still be reading them (a skipped step's).
+  if (state_.host_tier() != nullptr) state_.host_tier()->start_pass();
+  state_.zero_grads();
 }
 
 ShardedParamAccess::~ShardedParamAccess() = default;

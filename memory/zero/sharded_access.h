@@ -54,7 +54,7 @@ class ShardedParamAccess final : public ParamAccess {
   // Waits for every launched reduction; the owned gradient shard then holds the average
   // over ranks of the accumulated gradients.
   void finish_gradients() override;
-  void zero_grads() override { state_.zero_grads(); }
+  void zero_grads() override;
   OptimizerShard shard() { return state_.shard(); }
   // After the optimizer changed the owned parameter shard: stages 1-2 all-gather the shards
   // into every rank's full parameters; stage 3 refreshes its whole (persistent) layers.

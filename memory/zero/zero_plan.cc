@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "memory/offload/host_tier.h"
 #include "memory/offload/nvme_state_store.h"
 #include "runtime/core/error.h"
 
@@ -85,8 +86,8 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
                              options.offload_optimizer);
     b.optimizer = swap.buffer_bytes;
     b.disk = swap.file_bytes;
-  } else if (options.params_on_disk() && !is_16bit(options.dtype)) {
-    b.optimizer += shard * static_cast<int64_t>(sizeof(float));  // a master of its own
+  } else if (options.host_tier() || (options.params_on_disk() && !is_16bit(options.dtype))) {
+    b.optimizer = shard * 3 * static_cast<int64_t>(sizeof(float));  // a master of its own
   }
   if (options.stage <= 2) {
     b.params = padded * kW;
@@ -121,6 +122,11 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
       b.fixed.grad_bucket_bytes += slot * kW;
     }
     b.grads += b.fixed.grad_bucket_bytes;
+  }
+  if (options.host_tier()) {
+    b.pinned = HostTier::plan_pinned_bytes(shard, options.dtype, sub_group);
+    b.grads += shard * kW;                                  // the gradients' host copy
+    b.params += b.pinned - shard * (kW + 3 * static_cast<int64_t>(sizeof(float)));  // staging
   }
   return b;
 }

@@ -4,12 +4,14 @@
 // from this plan and `tessera estimate` prints it, so the estimate is the measurement.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "memory/flat_buffers.h"
 #include "memory/offload/nvme_param_store.h"
 #include "memory/offload/offload_options.h"
+#include "runtime/core/copy_engine.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/params.h"
 
@@ -36,14 +38,30 @@ struct ZeroOptions {
   // Stage 3: the working parameter shard in a swap file (device nvme).
   OffloadParamOptions offload_param;
   offload::AioOptions aio;
+  // offload_optimizer cpu: the engine that copies between the device and the host tier's
+  // page-locked pool (not owned). nullptr: the CPU backend's memcpy twin, made by the state.
+  CopyEngine* copy_engine = nullptr;
+  // The host tier copies each bucket's gradients as its reduction lands; off when something
+  // changes them after the reduction (pipeline parallelism sums the tied embedding's), so
+  // they are copied when the optimizer asks.
+  bool copy_grads_as_reduced = true;
   bool params_on_disk() const {
     return stage == 3 && offload_param.device == OffloadDevice::Nvme;
   }
+  // The states in the host tier (memory/offload/host_tier.h): offload_optimizer cpu, unless
+  // the parameters are on disk (the update then writes them there, from states in memory).
+  bool host_tier() const {
+    return offload_optimizer.device == OffloadDevice::Cpu && !params_on_disk();
+  }
+  // The host tier's sub-groups are its two staging buffers' size, at most.
+  static constexpr int64_t kHostTierSubGroupElems = 1 << 22;
   // The sub-group size the optimizer steps by: sub_group_elems, rounded up to a multiple of
   // NvmeParamStore::kAlignElems when the working parameters are on disk (each sub-group's
-  // write must start aligned).
+  // write must start aligned); at most kHostTierSubGroupElems in the host tier. The update is
+  // element-wise, so the cut changes no bits.
   int64_t effective_sub_group_elems() const {
     constexpr int64_t kAlign = NvmeParamStore::kAlignElems;
+    if (host_tier()) return std::min(sub_group_elems, kHostTierSubGroupElems);
     return params_on_disk() ? (sub_group_elems + kAlign - 1) / kAlign * kAlign : sub_group_elems;
   }
 };
@@ -90,6 +108,9 @@ struct ModelStateBytes {
   int64_t params = 0, grads = 0, optimizer = 0;
   // offload_optimizer nvme: optimizer is then its sub-group buffers, disk the swap file.
   int64_t disk = 0;
+  // offload_optimizer cpu (the host tier): page-locked bytes, counted in the categories too:
+  // the fp32 states (optimizer), the gradients' host copy (grads), two staging buffers (params).
+  int64_t pinned = 0;
   ZeroFixedBuffers fixed;
   int64_t total() const { return params + grads + optimizer; }
 };

@@ -1,5 +1,7 @@
 #include "runtime/engine/preflight.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -63,6 +65,7 @@ MemoryNeed plan_rank_memory(const TrainConfig& c, const ParamRegistry& registry,
   need.params = b.params;
   need.grads = b.grads;
   need.optimizer = b.optimizer;
+  need.pinned = b.pinned;
   need.gathered = memory::plan_gathered_bytes(registry, z, dp);
   // One stage's activations: the whole model's blocks without pipelines (with them a stage
   // holds a part, and its slots depend on the schedule: left out, the check stays a floor).
@@ -142,6 +145,41 @@ void check_memory_fits(const TrainConfig& c, const ParamRegistry& registry, int 
                                         format_bytes(total))
                           : std::string(),
            format_bytes(available), levers);
+}
+
+int64_t lockable_memory_bytes(const std::string& status) {
+  std::ifstream in(status);
+  std::string line;
+  constexpr int kCapIpcLock = 14;  // linux/capability.h
+  while (std::getline(in, line)) {
+    if (line.rfind("CapEff:", 0) != 0) continue;
+    try {
+      if ((std::stoull(line.substr(7), nullptr, 16) >> kCapIpcLock) & 1) return -1;
+    } catch (const std::exception&) {
+      // an unreadable line: fall back to the limit
+    }
+  }
+  rlimit limit{};
+  if (getrlimit(RLIMIT_MEMLOCK, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return -1;
+  return static_cast<int64_t>(limit.rlim_cur);
+}
+
+void check_pinned_fits(const TrainConfig& c, const ParamRegistry& registry, int dp,
+                       int ranks_in_process, int64_t lockable) {
+  if (!c.zero.offload_optimizer.pin_memory || lockable < 0) return;
+  const int64_t pinned = plan_rank_memory(c, registry, dp, 1).pinned;
+  const int64_t total = pinned * std::max(1, ranks_in_process);
+  if (pinned == 0 || total <= lockable) return;
+  TS_THROW(InvalidArgument,
+           "pinned memory: offload_optimizer.pin_memory locks {} per rank (the fp32 states, the "
+           "gradients' host copy and two staging buffers){} and this process may lock {} "
+           "(ulimit -l): raise the limit (ulimit -l unlimited; docker --ulimit memlock=-1; "
+           "systemd LimitMEMLOCK=infinity) or set offload_optimizer.pin_memory false",
+           format_bytes(pinned),
+           ranks_in_process > 1
+               ? fmt::format(" x {} ranks in this process = {}", ranks_in_process, format_bytes(total))
+               : std::string(),
+           format_bytes(lockable));
 }
 
 int ranks_on_this_machine(int thread_ranks) {

@@ -22,6 +22,8 @@ int64_t available_memory_bytes(const std::string& meminfo = "/proc/meminfo",
 
 struct MemoryNeed {
   int64_t params = 0, grads = 0, optimizer = 0, gathered = 0, activations = 0;
+  // Of the above, page-locked by the host tier (offload_optimizer cpu).
+  int64_t pinned = 0;
   int64_t total() const { return params + grads + optimizer + gathered + activations; }
 };
 // One rank's planned bytes for config `c` over its local registry (`registry`, its own part
@@ -34,6 +36,17 @@ MemoryNeed plan_rank_memory(const TrainConfig& c, const ParamRegistry& registry,
 // plan says would fit.
 void check_memory_fits(const TrainConfig& c, const ParamRegistry& registry, int dp,
                        int wte_chunks, int ranks_here, int64_t available);
+
+// Bytes this process may lock in memory (mlock): RLIMIT_MEMLOCK's soft limit, or -1 when
+// there is none (unlimited, or CAP_IPC_LOCK in the effective set, as root usually has).
+// `status` is for tests (/proc/self/status, whose CapEff line holds the capabilities).
+int64_t lockable_memory_bytes(const std::string& status = "/proc/self/status");
+
+// offload_optimizer.pin_memory with the host tier: throws InvalidArgument when the page-locked
+// bytes of the `ranks_in_process` ranks that share this process (its locked-memory limit)
+// exceed `lockable` (-1: no limit), naming the bytes, the limit and the fixes.
+void check_pinned_fits(const TrainConfig& c, const ParamRegistry& registry, int dp,
+                       int ranks_in_process, int64_t lockable);
 
 // Ranks of this job sharing this machine's memory: the launcher's local size (OpenMPI, Slurm,
 // torchrun) when set, else `thread_ranks` (ranks that are threads of this process).

@@ -163,6 +163,9 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
                             ? models::zero3_wte_chunks(config_.model, config_.tensor_parallel)
                             : 1,
                         ranks_on_this_machine(thread_ranks), available_memory_bytes());
+      if (sharded) {
+        check_pinned_fits(config_, registry, dp_size(), thread_ranks, lockable_memory_bytes());
+      }
     };
     if (world_ == nullptr) {
       check();
@@ -192,6 +195,8 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
     // all-gather the working copy from the shards.
     memory::ZeroOptions options = config_.zero.options();
     options.dtype = dtype;
+    // Pipeline stages sum the tied embedding's gradients after the reduction.
+    options.copy_grads_as_reduced = pp_ == nullptr;
     // Called for the shard's sub-groups in order (one call when the states fit in memory).
     const memory::ShardInit init = [&](memory::ShardRange range, float* out) {
       if (resume != nullptr) {
@@ -559,15 +564,22 @@ void Trainer::apply_update(double lr, double grad_scale) {
   // Sub-group by sub-group (the states may be read from disk around each), and within one
   // per tensor, as decay depends on its shape: element-wise, so the bits do not depend on
   // the cut.
-  memory::NvmeParamStore* on_disk = s.param_store;
+  // Parameters on disk, or on the device behind the host tier: written back sub-group by
+  // sub-group from a buffer, else updated where they are.
+  memory::ParamWriteBack* write_back = s.param_store;
+  const void* grads = s.grads;
+  if (s.host_tier != nullptr) {
+    write_back = s.host_tier;
+    grads = s.host_tier->host_grads();
+  }
   const size_t working_bytes = dtype_size(s.dtype);
   s.states->for_each_sub_group([&](const memory::SubGroupStates& g) {
     const memory::ShardRange sub{s.range.begin + g.range.begin, s.range.begin + g.range.end};
     // The working parameters this sub-group's update writes, indexed from the shard's start:
-    // in memory, or (parameters on disk) a write buffer holding just the sub-group.
+    // in memory, or a write buffer holding just the sub-group.
     char* working = static_cast<char*>(s.params);
-    if (on_disk != nullptr) {
-      working = static_cast<char*>(on_disk->write_buffer(g.range.begin, g.range.end)) -
+    if (write_back != nullptr) {
+      working = static_cast<char*>(write_back->write_buffer(g.range.begin, g.range.end)) -
                 g.range.begin * static_cast<int64_t>(working_bytes);
     }
     for (const ParamSpec& p : params) {
@@ -589,21 +601,21 @@ void Trainer::apply_update(double lr, double grad_scale) {
       a.l2 = decay && o.type == "Adam" ? o.weight_decay : 0.0f;
       char* params_at = working + at * static_cast<int64_t>(working_bytes);
       if (s.dtype == DType::F32) {
-        k::adamw_update(g.master + in, static_cast<const float*>(s.grads) + at, g.exp_avg + in,
+        k::adamw_update(g.master + in, static_cast<const float*>(grads) + at, g.exp_avg + in,
                         g.exp_avg_sq + in, part.numel(), a);
-        // The master is the working copy in memory; on disk it is written back as such.
-        if (on_disk != nullptr) {
+        // The master is the working copy in memory; elsewhere it is written back as such.
+        if (write_back != nullptr) {
           std::memcpy(params_at, g.master + in, static_cast<size_t>(part.numel()) * sizeof(float));
         }
       } else {
         k::adamw_update16(s.dtype, g.master + in, reinterpret_cast<uint16_t*>(params_at),
-                          static_cast<const uint16_t*>(s.grads) + at, g.exp_avg + in,
+                          static_cast<const uint16_t*>(grads) + at, g.exp_avg + in,
                           g.exp_avg_sq + in, part.numel(), a);
       }
     }
-    if (on_disk != nullptr) on_disk->commit(g.range.begin, g.range.end);
+    if (write_back != nullptr) write_back->commit(g.range.begin, g.range.end);
   });
-  if (on_disk != nullptr) on_disk->flush();  // before the gatherer reads the new values
+  if (write_back != nullptr) write_back->flush();  // before anything reads the new values
   access_->after_update();
 }
 
@@ -994,9 +1006,18 @@ bool Trainer::run() {
                                   config_.zero.offload_optimizer.pipeline_read ? "on" : "off",
                                   config_.zero.offload_optimizer.pipeline_write ? "on" : "off")
                     : "");
+    } else if (const memory::HostTier* host = sharded_->shard().host_tier) {
+      log_rank0("offload: optimizer states in the host tier ({} copies{}): {} per rank in its "
+                "pool, gradients copied to the host as each bucket is reduced{}, the optimizer "
+                "steps through {} sub-group(s) of {} elements writing each back",
+                host->engine_name(),
+                config_.zero.offload_optimizer.pin_memory ? ", page-locked" : "",
+                format_bytes(host->pinned_bytes()),
+                pp_ != nullptr ? " (under pipeline parallelism: when the optimizer asks)" : "",
+                states.num_sub_groups(), states.sub_group_elems());
     } else {
-      log_rank0("offload: optimizer device cpu: on the CPU backend the states are in host memory "
-                "already; the optimizer steps through {} sub-group(s) of {} elements",
+      log_rank0("offload: optimizer device cpu with the parameters on disk: the states stay in "
+                "host memory; the optimizer steps through {} sub-group(s) of {} elements",
                 states.num_sub_groups(), states.sub_group_elems());
     }
   }

@@ -16,9 +16,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "runtime/core/dtype.h"
 #include "runtime/kernels/cpu_kernels.h"
+
+namespace tessera {
+class CopyEngine;  // runtime/core/copy_engine.h (not included: nvcc compiles this header)
+}  // namespace tessera
 
 namespace tessera::kernels::cuda {
 
@@ -45,6 +50,11 @@ void synchronize(Stream stream);
 // finished, so host buffers may be pageable and reused at once.
 void copy_to_device(void* device_dst, const void* host_src, size_t bytes, Stream stream = nullptr);
 void copy_to_host(void* host_dst, const void* device_src, size_t bytes, Stream stream = nullptr);
+// The copy engine of ZeRO-Offload's host tier on `device`: page-locked host memory
+// (cudaHostAlloc) and two streams of its own, one per direction. Copies to the host first wait
+// for the work queued on `producer` so far (the stream the gradients are computed on), so a
+// bucket's copy starts as soon as its reduction lands without a host wait.
+std::unique_ptr<CopyEngine> make_copy_engine(int device, Stream producer);
 // Asynchronous on `stream`: bytes of device memory set to zero, or copied within the device.
 void zero_async(void* device_ptr, size_t bytes, Stream stream);
 void copy_on_device_async(void* device_dst, const void* device_src, size_t bytes, Stream stream);

@@ -24,8 +24,10 @@
 
 #include "engine_test_util.h"
 #include "memory/offload/async_io.h"
+#include "memory/offload/host_tier.h"
 #include "memory/zero/zero_plan.h"
 #include "parallel/comm/thread_group.h"
+#include "runtime/core/memcpy_copy_engine.h"
 #include "runtime/engine/trainer.h"
 
 namespace tessera::engine {
@@ -72,6 +74,9 @@ struct Trace {
   int64_t optimizer_buffer_bytes = 0, disk_bytes = 0, shard_elems = 0;
   int64_t param_memory_bytes = 0, param_disk_bytes = 0, planned_params = 0, planned_disk = 0;
   bool swap_file_visible = false;
+  // The host tier (offload_optimizer cpu): the last step's copies and the page-locked bytes.
+  int grad_copies = -1, late_grad_copies = -1, param_copies = -1;
+  int64_t pinned_bytes = 0, planned_pinned = 0;
 };
 
 // fp16: an overflow at step 2 is skipped on every rank.
@@ -102,6 +107,17 @@ Trace train(const TrainConfig& c, int world, int from_step = 0, bool save_at_end
       if (save_at_end && s.step == from_step) t.save_checkpoint();
     }
     if (t.checkpointer() != nullptr) t.checkpointer()->flush();
+    if (t.sharded() != nullptr && t.sharded()->shard().host_tier != nullptr) {
+      const memory::HostTier& host = *t.sharded()->shard().host_tier;
+      mine.grad_copies = host.pass_stats().grad_copies;
+      mine.late_grad_copies = host.pass_stats().late_grad_copies;
+      mine.param_copies = host.pass_stats().param_copies;
+      mine.pinned_bytes = host.pinned_bytes();
+      memory::ZeroOptions options = c.zero.options();
+      options.dtype = c.precision;
+      mine.planned_pinned =
+          memory::plan_model_state(t.model().registry(), options, t.dp_rank(), t.dp_size()).pinned;
+    }
     if (t.sharded() != nullptr) {
       const memory::StateStore& states = *t.sharded()->shard().states;
       mine.optimizer_buffer_bytes = states.buffer_bytes();
@@ -185,6 +201,88 @@ INSTANTIATE_TEST_SUITE_P(
                     Case{"dp4_stage3_bf16", 4, 3, DType::BF16},
                     Case{"tp2_dp2_stage1_f32", 4, 1, DType::F32, 2}),
     [](const testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+// The host tier (offload_optimizer cpu) on the CPU backend: the device is host memory and
+// the copies are the memcpy twin's, on threads of their own, so the whole ZeRO-Offload
+// pipeline runs: bit for bit the run with the states beside the parameters (one rank: the
+// states on disk, shown above to be that run), each bucket's gradients copied as its
+// reduction lands (none left for the optimizer to fetch), except under pipeline parallelism,
+// where the tied embedding's sum comes after the reduction and everything is copied late.
+struct HostCase {
+  std::string name;
+  int world, stage;
+  DType precision;
+  int tp = 1, pp = 1;
+};
+
+class OptimizerOnHost : public testing::TestWithParam<HostCase> {};
+
+TEST_P(OptimizerOnHost, GivesTheBitsOfTheStatesBesideTheParameters) {
+  const HostCase p = GetParam();
+  ScratchDir dir;
+  const int dp = p.world / (p.tp * p.pp);
+  TrainConfig beside = offload_config(p.stage, p.precision, 4 / dp);
+  beside.tensor_parallel = p.tp;
+  beside.pipeline_parallel = p.pp;
+  TrainConfig on_host = beside;
+  on_host.zero.offload_optimizer.device = memory::OffloadDevice::Cpu;
+  if (dp == 1) on_nvme(beside, dir.path().string(), 9, true);
+  const Trace want = train(beside, p.world);
+  const Trace got = train(on_host, p.world);
+  ASSERT_EQ(got.losses.size(), static_cast<size_t>(kSteps));
+  EXPECT_EQ(got.losses, want.losses);
+  EXPECT_EQ(got.norms, want.norms);
+  EXPECT_LT(got.losses.back(), got.losses.front());
+  // Sub-groups of 5000 elements, each written back once per step.
+  EXPECT_EQ(got.param_copies, (got.shard_elems + 4999) / 5000);
+  if (p.pp == 1) {
+    EXPECT_GT(got.grad_copies, 0);
+    EXPECT_EQ(got.late_grad_copies, 0) << "a bucket's gradients were not copied as it landed";
+  } else {
+    EXPECT_GE(got.late_grad_copies, 1);
+  }
+  EXPECT_GT(got.pinned_bytes, 0);
+  EXPECT_EQ(got.pinned_bytes, got.planned_pinned);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ThreadRanks, OptimizerOnHost,
+    testing::Values(HostCase{"one_rank_stage1_f32", 1, 1, DType::F32},
+                    HostCase{"one_rank_stage3_bf16", 1, 3, DType::BF16},
+                    HostCase{"dp2_stage1_bf16", 2, 1, DType::BF16},
+                    HostCase{"dp2_stage2_f32", 2, 2, DType::F32},
+                    HostCase{"dp2_stage2_fp16", 2, 2, DType::F16},
+                    HostCase{"dp2_stage3_bf16", 2, 3, DType::BF16},
+                    HostCase{"dp4_stage3_f32", 4, 3, DType::F32},
+                    HostCase{"tp2_dp2_stage1_bf16", 4, 1, DType::BF16, 2},
+                    HostCase{"pp2_dp2_stage2_bf16", 4, 2, DType::BF16, 1, 2}),
+    [](const testing::TestParamInfo<HostCase>& info) { return info.param.name; });
+
+TEST(OptimizerOnHost, AFailedCopyMidStepStopsEveryRank) {
+  TrainConfig c = offload_config(2, DType::BF16, 2);
+  c.zero.offload_optimizer.device = memory::OffloadDevice::Cpu;
+  std::atomic<int> failed{0};
+  try {
+    parallel::spawn_ranks(2, [&](parallel::ProcessGroup& g) {
+      try {
+        Trainer t(c, &g);
+        t.step();
+        g.barrier()->wait();
+        if (g.rank() == 0) MemcpyCopyEngine::inject_copy_failure_after(3);
+        g.barrier()->wait();
+        for (int i = 0; i < 3; ++i) t.step();
+      } catch (const Error&) {
+        ++failed;
+        throw;
+      }
+    });
+    ADD_FAILURE() << "the run went on through a failed copy";
+  } catch (const Error& e) {
+    EXPECT_TRUE(Contains(e.what(), "Input/output error")) << e.what();
+  }
+  MemcpyCopyEngine::inject_copy_failure_after(0);
+  EXPECT_EQ(failed.load(), 2);  // the other rank too, not left waiting
+}
 
 TEST(OptimizerOnDisk, OneRankMatchesStageZero) {
   ScratchDir dir;

@@ -52,7 +52,9 @@ class PipelineEquivalence : public testing::TestWithParam<PpCase> {};
 TEST_P(PipelineEquivalence, LossesAndNormsMatchSingleRankWithin1e5Relative) {
   const PpCase k = GetParam();
   const TrainConfig c = pp_config(k.p, k.schedule, k.m, k.v);
-  expect_matches(ranks_run(k.p, c), one_rank(c), 1e-5, 1e-5);
+  // The norm sums pieces reduced in another order than the one-rank run's: p4_gpipe_m9 was
+  // measured 1.4e-5 relative at step 6 on an Intel Xeon (AVX-512 GEMMs; 1e-5 held on Zen 3).
+  expect_matches(ranks_run(k.p, c), one_rank(c), 1e-5, 3e-5);
 }
 
 std::vector<PpCase> pp_cases() {
@@ -204,7 +206,9 @@ TEST(PipelineWeights, WholeWeightsAreTheSingleRankModel) {
       const ParamSpec& wte = t.full_registry().find("wte.weight");
       for (int64_t j = 0; j < p.numel(); ++j) {
         const int64_t at = p.whole_index(j);
-        if (at >= 0) ASSERT_NEAR(w[j], trained[wte.offset + at], 1e-6) << "lm_head element " << j;
+        if (at >= 0) {
+          ASSERT_NEAR(w[j], trained[wte.offset + at], 1e-6) << "lm_head element " << j;
+        }
       }
     }
   });

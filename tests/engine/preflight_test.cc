@@ -6,10 +6,15 @@
 //   sub-group buffers;
 // - a run that does not fit is refused with one line naming what it needs, what is there and
 //   the levers that fit by the same plan; the ranks sharing the machine multiply the need;
+// - the host tier (offload_optimizer cpu) plans its page-locked pool, and with pin_memory the
+//   ranks of a process must fit in its locked-memory limit (RLIMIT_MEMLOCK, none with
+//   CAP_IPC_LOCK), or the run is refused with the bytes, the limit and the fixes;
 // - the trainer runs the check before allocating, on every rank.
 #include "runtime/engine/preflight.h"
 
 #include <gtest/gtest.h>
+
+#include <sys/resource.h>
 
 #include <filesystem>
 #include <fstream>
@@ -116,6 +121,44 @@ TEST(Preflight, ARunThatCannotFitIsRefusedWithTheLeversThatWould) {
   const std::string none = test_util::message_of<InvalidArgument>(
       [&] { check_memory_fits(c, registry, 1, 1, 1, 1LL << 30); });
   EXPECT_TRUE(Contains(none, "more data-parallel ranks")) << none;
+}
+
+TEST(Preflight, TheHostTierPlansItsPinnedPoolAndChecksTheLockLimit) {
+  TrainConfig c = gpt2_config(1, DType::BF16);
+  c.zero.offload_optimizer.device = memory::OffloadDevice::Cpu;
+  const ParamRegistry registry = models::build_gpt_registry(c.model);
+  const int64_t n = registry.numel();
+  const MemoryNeed need = plan_rank_memory(c, registry, 1, 1);
+  // fp32 states, the gradients' host copy, two staging buffers of 4Mi elements (bf16).
+  const int64_t shard = memory::shard_range(n, 0, 1).numel();
+  EXPECT_EQ(need.pinned, shard * (12 + 2) + 2 * (4 << 20) * 2);
+  EXPECT_EQ(need.optimizer, 12 * shard);
+  EXPECT_EQ(need.grads, 2 * shard + 2 * shard);  // the device's and the host copy
+  // Without pin_memory, or without a limit, nothing to check.
+  EXPECT_NO_THROW(check_pinned_fits(c, registry, 1, 1, 1 << 20));
+  c.zero.offload_optimizer.pin_memory = true;
+  EXPECT_NO_THROW(check_pinned_fits(c, registry, 1, 2, -1));
+  EXPECT_NO_THROW(check_pinned_fits(c, registry, 1, 1, need.pinned));
+  const std::string two = test_util::message_of<InvalidArgument>(
+      [&] { check_pinned_fits(c, registry, 1, 2, need.pinned); });
+  EXPECT_TRUE(test_util::OneLine(two));
+  EXPECT_TRUE(Contains(two, "pinned memory: offload_optimizer.pin_memory locks")) << two;
+  EXPECT_TRUE(Contains(two, "x 2 ranks in this process")) << two;
+  EXPECT_TRUE(Contains(two, "ulimit -l")) << two;
+  EXPECT_TRUE(Contains(two, "pin_memory false")) << two;
+}
+
+TEST(Preflight, TheLockLimitIsTheRlimitUnlessCapIpcLock) {
+  ScratchDir dir;
+  const std::string with_cap = dir.file("with_cap"), without = dir.file("without");
+  write(with_cap, "Name:\ttessera\nCapEff:\t000001ffffffffff\n");
+  write(without, "Name:\ttessera\nCapEff:\t0000000000000000\n");
+  EXPECT_EQ(lockable_memory_bytes(with_cap), -1);
+  rlimit limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
+  const int64_t expected =
+      limit.rlim_cur == RLIM_INFINITY ? -1 : static_cast<int64_t>(limit.rlim_cur);
+  EXPECT_EQ(lockable_memory_bytes(without), expected);
 }
 
 TEST(Preflight, TheTrainerRefusesBeforeAllocating) {

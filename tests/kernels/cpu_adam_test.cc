@@ -1,5 +1,6 @@
 // cpu_adam.h on every path this CPU runs, bit for bit against the scalar rule
-// (AdamWStep::update), on lengths that leave vector tails and cross the threaded block size,
+// (AdamWStep::update; the fused bf16 update against widening, the rule and rounding in turn),
+// on lengths that leave vector tails and cross the threaded block size,
 // and on values where IEEE arithmetic has corners (zero, huge, subnormal, NaN). A path this
 // CPU lacks is skipped with its name.
 #include "runtime/kernels/cpu_adam.h"
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "runtime/core/error.h"
+#include "runtime/core/half.h"
 #include "runtime/kernels/cpu/shared_steps.h"
 #include "tests/kernels/grad_check.h"
 
@@ -156,6 +158,105 @@ TEST(AdamDispatchTest, AnUnsupportedPathIsAnErrorNotAnIllegalInstruction) {
     EXPECT_NE(std::string(e.what()).find("cannot run the avx512 path"), std::string::npos)
         << e.what();
   }
+}
+
+// The fused bf16 update (adamw_bf16) against widening, the scalar rule and rounding done in
+// turn: random values, lengths with tails and past the threaded block, and corners (bf16
+// gradients that are NaN, infinite or subnormal; masters that round to ties, overflow to
+// infinity on rounding, or are subnormal). NaNs compare as NaNs.
+class AdamBf16Test : public ::testing::TestWithParam<AdamPath> {
+ protected:
+  void SetUp() override {
+    if (!adamw_bf16_path_supported(GetParam()))
+      GTEST_SKIP() << adam_path_name(GetParam()) << " is not supported by this CPU";
+  }
+};
+
+struct Bf16State {
+  std::vector<float> master, m, v;
+  std::vector<uint16_t> p16, g16;
+};
+
+Bf16State bf16_state(int64_t n, uint64_t seed) {
+  const State s = random_state(n, seed);
+  Bf16State b{s.p, s.m, s.v, std::vector<uint16_t>(n), std::vector<uint16_t>(n)};
+  for (int64_t i = 0; i < n; ++i) {
+    b.p16[i] = f32_to_bf16(s.p[i]);
+    b.g16[i] = f32_to_bf16(s.g[i]);
+  }
+  return b;
+}
+
+void reference_bf16(Bf16State& s, const AdamWParams& hp) {
+  const AdamWStep<float> step(hp);
+  for (size_t i = 0; i < s.master.size(); ++i) {
+    step.update(s.master[i], bf16_to_f32(s.g16[i]), s.m[i], s.v[i]);
+    s.p16[i] = f32_to_bf16(s.master[i]);
+  }
+}
+
+void expect_same(const Bf16State& got, const Bf16State& want) {
+  ASSERT_EQ(got.master.size(), want.master.size());
+  for (size_t i = 0; i < got.master.size(); ++i) {
+    const auto same = [](float a, float b) {
+      return std::isnan(b) ? std::isnan(a) : std::memcmp(&a, &b, sizeof a) == 0;
+    };
+    const auto same16 = [](uint16_t a, uint16_t b) {
+      const bool nan_b = (b & 0x7f80) == 0x7f80 && (b & 0x7f) != 0;
+      return nan_b ? (a & 0x7f80) == 0x7f80 && (a & 0x7f) != 0 : a == b;
+    };
+    ASSERT_TRUE(same(got.master[i], want.master[i])) << "master at " << i;
+    ASSERT_TRUE(same(got.m[i], want.m[i])) << "m at " << i;
+    ASSERT_TRUE(same(got.v[i], want.v[i])) << "v at " << i;
+    ASSERT_TRUE(same16(got.p16[i], want.p16[i]))
+        << "bf16 param at " << i << ": " << got.p16[i] << " vs " << want.p16[i];
+  }
+}
+
+TEST_P(AdamBf16Test, MatchesWidenUpdateRoundBitForBit) {
+  for (int64_t n : std::vector<int64_t>{0, 1, 15, 16, 17, 1003, (3 << 16) + 5}) {
+    SCOPED_TRACE(n);
+    Bf16State got = bf16_state(n, 800 + n), want = got;
+    for (int64_t step : {1, 2, 1000}) {
+      adamw_bf16(got.master.data(), got.p16.data(), got.g16.data(), got.m.data(), got.v.data(), n,
+                 busy_params(step), GetParam());
+      reference_bf16(want, busy_params(step));
+    }
+    expect_same(got, want);
+  }
+}
+
+TEST_P(AdamBf16Test, MatchesOnIeeeCorners) {
+  const std::vector<uint16_t> grads = {0x0000, 0x8000, 0x7f80, 0xff80, 0x7fc0, 0x0001,
+                                       0x8001, 0x7f7f, 0x3f80};
+  const float max = std::numeric_limits<float>::max();
+  // A tie (rounds to even), just above a tie, the largest float (rounds to infinity), a
+  // subnormal, zero.
+  const std::vector<float> masters = {1.00390625f, 1.0039063f, max, -max, 1e-40f, 0.0f, 3.0f};
+  const int64_t n = 5 * int64_t(grads.size() * masters.size());
+  Bf16State got = bf16_state(n, 900);
+  for (int64_t i = 0; i < n; ++i) {
+    got.g16[i] = grads[i % grads.size()];
+    got.master[i] = masters[(i / grads.size()) % masters.size()];
+  }
+  AdamWParams hp = busy_params(4);
+  hp.lr = 1e-9f;  // so the masters stay near their corners
+  Bf16State want = got;
+  adamw_bf16(got.master.data(), got.p16.data(), got.g16.data(), got.m.data(), got.v.data(), n, hp,
+             GetParam());
+  reference_bf16(want, hp);
+  expect_same(got, want);
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, AdamBf16Test, ::testing::Values(AdamPath::Scalar, AdamPath::Avx512),
+                         [](const auto& info) { return std::string(adam_path_name(info.param)); });
+
+TEST(AdamDispatchTest, TheFusedBf16KernelHasNoAvx2Path) {
+  EXPECT_FALSE(adamw_bf16_path_supported(AdamPath::Avx2));
+  Bf16State s = bf16_state(16, 950);
+  EXPECT_THROW(adamw_bf16(s.master.data(), s.p16.data(), s.g16.data(), s.m.data(), s.v.data(), 16,
+                          busy_params(1), AdamPath::Avx2),
+               InvalidArgument);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -95,7 +96,23 @@ TEST_P(GradBucketsWalk, LaunchOnLastLayerAndHoldTheAverage) {
     }
 
     const int passes = o.slots ? 2 : 1;  // slots accumulate passes into the shard
+    // on_reduced: each bucket's piece once per pass, its gradients final when it is called.
+    std::vector<ShardRange> reported;
+    int current_pass = 0;
+    buckets.on_reduced([&](int64_t begin, int64_t end) {
+      reported.push_back({begin, end});
+      if (mode == Mode::AllReduce) return;  // checked after the drain below
+      const char* base = o.slots ? shard.data() + (begin - layout.shard.begin) * es
+                                 : full.data() + begin * es;
+      const std::vector<float> now = test_util::from_working(dtype, base, end - begin);
+      for (int64_t i = begin; i < end; ++i) {
+        ASSERT_FLOAT_EQ(now[i - begin], expected_average(i, world, o.slots ? current_pass + 1 : 1))
+            << "element " << i << " when its bucket was reported";
+      }
+    });
     for (int pass = 0; pass < passes; ++pass) {
+      current_pass = pass;
+      reported.clear();
       // Reductions launched after each layer (3, 2, 1, 0) reports: none for layer 3, whose
       // bucket still waits for layer 2.
       const int launched_after[4] = {3, 2, 1, 0};  // indexed by layer
@@ -107,6 +124,22 @@ TEST_P(GradBucketsWalk, LaunchOnLastLayerAndHoldTheAverage) {
       }
       buckets.drain(/*complete_pass=*/true);
       EXPECT_EQ(buckets.reductions_in_flight(), 0);
+      // The pieces reported tile the rank's own elements of the model, each once.
+      std::sort(reported.begin(), reported.end(),
+                [](const ShardRange& a, const ShardRange& b) { return a.begin < b.begin; });
+      const ShardRange mine = layout.owned();
+      if (mine.numel() == 0) {
+        EXPECT_TRUE(reported.empty());
+      }
+      int64_t at = mine.begin;
+      for (const ShardRange& r : reported) {
+        EXPECT_EQ(r.begin, at) << "pass " << pass;
+        EXPECT_GT(r.numel(), 0);
+        at = r.end;
+      }
+      if (mine.numel() > 0) {
+        EXPECT_EQ(at, mine.end) << "pass " << pass;
+      }
     }
 
     const ShardRange owned = layout.owned();

@@ -9,7 +9,9 @@
 #      with "Input/output error" on the error line, well within the timeout (no hang);
 #   d. a full disk (a 64 KiB tmpfs, skipped where it cannot be mounted): refused at start,
 #      naming the space needed and free;
-#   e. `tessera estimate --offload nvme` prints the sub-group buffers and the swap file.
+#   e. `tessera estimate --offload nvme` prints the sub-group buffers and the swap file,
+#      `--offload cpu` the host tier's page-locked pool.
+#   The host tier ("cpu" on 2 ranks) gives the losses without offload bit for bit (a.).
 #   offload_cli.sh TESSERA_BINARY threads|mpi
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$1"
@@ -81,6 +83,13 @@ diff <(step_losses "$work/in_memory") <(step_losses "$work/on_disk") \
   || fail "the losses with the optimizer on disk differ from those with it in memory"
 [ -z "$(ls -A "$work/swap")" ] || fail "swap files left in nvme_path: $(ls -A "$work/swap")"
 echo "ok: optimizer on NVMe gives the in-memory losses bit for bit, nothing left in nvme_path"
+# The host tier (ZeRO-Offload, "cpu"): the copy pipeline runs, the losses stay the same.
+run on_host --set zero_optimization.offload_optimizer.device=cpu
+diff <(step_losses "$work/in_memory") <(step_losses "$work/on_host") \
+  || fail "the losses with the optimizer in the host tier differ from those without offload"
+grep -q "offload: optimizer states in the host tier" "$work/on_host.log" \
+  || { cat "$work/on_host.log"; fail "no host-tier line in the log"; }
+echo "ok: optimizer in the host tier (offload cpu) gives the losses without offload bit for bit"
 # One rank keeps its state as a one-rank shard: "cpu" (in memory) against "nvme".
 if [ "$mode" = threads ]; then
   for device in cpu nvme; do
@@ -156,4 +165,7 @@ est=$("$tessera" estimate --model gpt2-124M --stage 1 --dtype bf16 --offload nvm
 grep -q "sub-group buffers" <<<"$est" || fail "estimate --offload nvme: $est"
 grep -qE "^  disk +[0-9.]+ (MiB|GiB)" <<<"$est" || fail "estimate --offload nvme has no disk row: $est"
 echo "ok: estimate --offload nvme: $(grep -E 'optimizer|disk' <<<"$est" | tr -s ' ' | tr '\n' ';')"
+est=$("$tessera" estimate --model gpt2-124M --stage 1 --dtype bf16 --offload cpu)
+grep -qE "^  pinned +[0-9.]+ (MiB|GiB)" <<<"$est" || fail "estimate --offload cpu has no pinned row: $est"
+echo "ok: estimate --offload cpu: $(grep -E 'optimizer|pinned' <<<"$est" | tr -s ' ' | cut -c1-60 | tr '\n' ';')"
 echo "offload_cli ($mode): all passed"

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "runtime/core/error.h"
+#include "runtime/core/half.h"
 #include "runtime/kernels/cpu/shared_steps.h"
 #include "runtime/kernels/cpu_adam.h"
 
@@ -20,6 +21,7 @@
 #define TESSERA_ADAM_X86 1
 #define TESSERA_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define TESSERA_TARGET_AVX512 __attribute__((target("avx512f")))
+#include "runtime/kernels/cpu/bf16_round_avx512.h"
 #else
 #define TESSERA_ADAM_X86 0
 #endif
@@ -95,7 +97,52 @@ TESSERA_TARGET_AVX512 void adamw_avx512(const AdamWStep<float>& s, float* p, con
   for (; i < n; ++i) s.update(p[i], g[i], m[i], v[i]);
 }
 
+// bf16 in, bf16 out: the lanes of adamw_avx512 on the widened gradients, then the master
+// rounded as f32_to_bf16 rounds it.
+TESSERA_TARGET_AVX512 void adamw_bf16_avx512(const AdamWStep<float>& s, float* p, uint16_t* p16,
+                                             const uint16_t* g16, float* m, float* v, int64_t n) {
+  const __m512 gs = _mm512_set1_ps(s.gs), l2 = _mm512_set1_ps(s.l2);
+  const __m512 b1 = _mm512_set1_ps(s.b1), one_minus_b1 = _mm512_set1_ps(1.0f - s.b1);
+  const __m512 b2 = _mm512_set1_ps(s.b2), one_minus_b2 = _mm512_set1_ps(1.0f - s.b2);
+  const __m512 bias1 = _mm512_set1_ps(s.bias1), bias2 = _mm512_set1_ps(s.bias2);
+  const __m512 eps = _mm512_set1_ps(s.eps), wd = _mm512_set1_ps(s.wd);
+  const __m512 neg_lr = _mm512_set1_ps(-s.lr);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i wide = _mm512_cvtepu16_epi32(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g16 + i)));
+    const __m512 g = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));  // exact
+    const __m512 param = _mm512_loadu_ps(p + i);
+    const __m512 grad = _mm512_fmadd_ps(g, gs, _mm512_mul_ps(l2, param));
+    const __m512 mi =
+        _mm512_fmadd_ps(b1, _mm512_loadu_ps(m + i), _mm512_mul_ps(one_minus_b1, grad));
+    const __m512 vi = _mm512_fmadd_ps(b2, _mm512_loadu_ps(v + i),
+                                      _mm512_mul_ps(_mm512_mul_ps(one_minus_b2, grad), grad));
+    _mm512_storeu_ps(m + i, mi);
+    _mm512_storeu_ps(v + i, vi);
+    const __m512 mhat = _mm512_div_ps(mi, bias1);
+    const __m512 vhat = _mm512_div_ps(vi, bias2);
+    const __m512 ratio = _mm512_div_ps(mhat, _mm512_add_ps(_mm512_sqrt_ps(vhat), eps));
+    const __m512 updated = _mm512_fmadd_ps(neg_lr, _mm512_fmadd_ps(wd, param, ratio), param);
+    _mm512_storeu_ps(p + i, updated);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p16 + i),
+                        _mm512_cvtepi32_epi16(bf16_round_avx512(_mm512_castps_si512(updated))));
+  }
+  for (; i < n; ++i) {
+    s.update(p[i], tessera::bf16_to_f32(g16[i]), m[i], v[i]);
+    p16[i] = tessera::f32_to_bf16(p[i]);
+  }
+}
+
 #endif  // TESSERA_ADAM_X86
+
+void adamw_bf16_scalar(const AdamWStep<float>& s, float* p, uint16_t* p16, const uint16_t* g16,
+                       float* m, float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    s.update(p[i], tessera::bf16_to_f32(g16[i]), m[i], v[i]);
+    p16[i] = tessera::f32_to_bf16(p[i]);
+  }
+}
 
 AdamPath detect_adam_path() {
 #if TESSERA_ADAM_X86
@@ -156,6 +203,33 @@ void adamw_f32(float* params, const float* grads, float* m, float* v, int64_t n,
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = b * kBlock, len = std::min(kBlock, n - begin);
     kernel(step, params + begin, grads + begin, m + begin, v + begin, len);
+  }
+}
+
+bool adamw_bf16_path_supported(AdamPath path) {
+  return path != AdamPath::Avx2 && adam_path_supported(path);
+}
+
+void adamw_bf16(float* master, uint16_t* params, const uint16_t* grads, float* m, float* v,
+                int64_t n, const AdamWParams& p, AdamPath path) {
+  TS_CHECK(n >= 0, "adamw_bf16: negative length {}", n);
+  TS_CHECK(adamw_bf16_path_supported(path),
+           "adamw_bf16: no {} path here (this CPU's best: {}; the kernel has scalar and avx512)",
+           adam_path_name(path), adam_path_name(best_adam_path()));
+  const AdamWStep<float> step(p);
+  auto kernel = adamw_bf16_scalar;
+#if TESSERA_ADAM_X86
+  if (path == AdamPath::Avx512) kernel = adamw_bf16_avx512;
+#endif
+  if (n < kParallelMin || omp_in_parallel()) {
+    kernel(step, master, params, grads, m, v, n);
+    return;
+  }
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t begin = b * kBlock, len = std::min(kBlock, n - begin);
+    kernel(step, master + begin, params + begin, grads + begin, m + begin, v + begin, len);
   }
 }
 

@@ -33,6 +33,7 @@
 #define TESSERA_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define TESSERA_TARGET_AVX512BF16 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#include "runtime/kernels/cpu/bf16_round_avx512.h"
 #else
 #define TESSERA_CONVERT_X86 0
 #endif
@@ -187,17 +188,6 @@ TESSERA_TARGET_AVX512 inline __mmask16 tail_mask16(int64_t remaining) {
 }
 TESSERA_TARGET_AVX512 inline __mmask32 tail_mask32(int64_t remaining) {
   return static_cast<__mmask32>((uint64_t{1} << remaining) - 1u);
-}
-
-// Returns 16 bf16 values in the low 16 bits of each 32-bit lane.
-TESSERA_TARGET_AVX512 inline __m512i bf16_round_avx512(__m512i u) {
-  const __m512i lowest_kept = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lowest_kept);
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
-  const __m512i quiet_nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  const __m512i magnitude = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
-  const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(magnitude, _mm512_set1_epi32(0x7f800000));
-  return _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
 }
 
 TESSERA_TARGET_AVX512 void f32_to_bf16_avx512(const float* src, uint16_t* dst, int64_t n) {

@@ -170,6 +170,11 @@ double sum_squares16(DType dtype, const uint16_t* x, int64_t n) {
 void adamw_update16(DType dtype, float* master, uint16_t* params16, const uint16_t* grads16,
                     float* m, float* v, int64_t n, const AdamWParams& p) {
   check_dtype(dtype, "adamw_update16");
+  if (dtype == DType::BF16 && adamw_bf16_path_supported(best_adam_path()) &&
+      best_adam_path() != AdamPath::Scalar) {
+    adamw_bf16(master, params16, grads16, m, v, n, p);  // one pass, the same bits
+    return;
+  }
   for_each_block(n, [&](int64_t i0, int64_t len) {
     float grad[kBlock];
     from_16(dtype, grads16 + i0, grad, len);

@@ -1,5 +1,6 @@
 // Built instead of kernels/cuda/ when TESSERA_WITH_CUDA is OFF: the CUDA API exists, so
 // callers carry no #ifdef, but reports no device and throws NotCompiled if used anyway.
+#include "runtime/core/copy_engine.h"
 #include "runtime/core/error.h"
 #include "runtime/kernels/cuda_kernels.h"
 
@@ -22,6 +23,7 @@ void synchronize(Stream) { not_compiled("synchronize"); }
 void copy_to_device(void*, const void*, size_t, Stream) { not_compiled("copy_to_device"); }
 void copy_to_host(void*, const void*, size_t, Stream) { not_compiled("copy_to_host"); }
 void zero_async(void*, size_t, Stream) { not_compiled("zero_async"); }
+std::unique_ptr<CopyEngine> make_copy_engine(int, Stream) { not_compiled("make_copy_engine"); }
 void copy_on_device_async(void*, const void*, size_t, Stream) {
   not_compiled("copy_on_device_async");
 }
