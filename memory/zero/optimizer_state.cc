@@ -6,10 +6,10 @@
 #include <fmt/format.h>
 
 #include "memory/offload/nvme_state_store.h"
-#include "runtime/core/memcpy_copy_engine.h"
 #include "memory/precision.h"
 #include "parallel/comm/agree.h"
 #include "runtime/core/error.h"
+#include "runtime/core/memcpy_copy_engine.h"
 
 namespace tessera::memory {
 

@@ -109,6 +109,7 @@ ModelStateBytes plan_model_state(const ParamRegistry& registry, const ZeroOption
                                std::min(sub_group, layout.shard.numel()), options.offload_param);
       b.params = swap.memory_bytes;
       b.disk += swap.file_bytes;
+      b.param_disk = swap.file_bytes;
     }
     b.params += b.fixed.persistent_param_bytes;
   }

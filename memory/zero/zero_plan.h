@@ -108,6 +108,7 @@ struct ModelStateBytes {
   int64_t params = 0, grads = 0, optimizer = 0;
   // offload_optimizer nvme: optimizer is then its sub-group buffers, disk the swap file.
   int64_t disk = 0;
+  int64_t param_disk = 0;  // of disk: offload_param nvme's swap file (the rest: the optimizer's)
   // offload_optimizer cpu (the host tier): page-locked bytes, counted in the categories too:
   // the fp32 states (optimizer), the gradients' host copy (grads), two staging buffers (params).
   int64_t pinned = 0;

@@ -1,6 +1,8 @@
 #include "runtime/engine/preflight.h"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -180,6 +182,61 @@ void check_pinned_fits(const TrainConfig& c, const ParamRegistry& registry, int 
                ? fmt::format(" x {} ranks in this process = {}", ranks_in_process, format_bytes(total))
                : std::string(),
            format_bytes(lockable));
+}
+
+int64_t free_disk_bytes(const std::string& path) {
+  struct statvfs vfs {};
+  if (::statvfs(path.c_str(), &vfs) != 0) return -1;
+  return static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+}
+
+namespace {
+
+bool on_one_file_system(const std::string& a, const std::string& b) {
+  struct stat sa {}, sb {};
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev;
+}
+
+}  // namespace
+
+void check_disk_fits(const TrainConfig& c, const ParamRegistry& registry, int dp, int ranks_here,
+                     const std::function<int64_t(const std::string&)>& free_bytes,
+                     const std::function<bool(const std::string&, const std::string&)>& same_fs) {
+  memory::ZeroOptions z = c.zero.options();
+  z.dtype = c.precision;
+  const memory::ModelStateBytes b = memory::plan_model_state(registry, z, 0, dp);
+  if (b.disk == 0) return;
+  const int n = std::max(1, ranks_here);
+  struct Need {
+    std::string path, what;
+    int64_t bytes;
+  };
+  std::vector<Need> needs;
+  const int64_t optimizer = (b.disk - b.param_disk) * n, params = b.param_disk * n;
+  const std::string& opt_path = c.zero.offload_optimizer.nvme_path;
+  const std::string& param_path = c.zero.offload_param.nvme_path;
+  const bool together = optimizer > 0 && params > 0 &&
+                        (opt_path == param_path ||
+                         (same_fs ? same_fs(opt_path, param_path)
+                                  : on_one_file_system(opt_path, param_path)));
+  if (together) {
+    needs.push_back({opt_path, "the optimizer's and the parameters' swap files need", optimizer + params});
+  } else {
+    if (optimizer > 0) needs.push_back({opt_path, "the optimizer's swap file needs", optimizer});
+    if (params > 0) needs.push_back({param_path, "the parameters' swap file needs", params});
+  }
+  for (const Need& need : needs) {
+    const int64_t free = free_bytes(need.path);
+    if (free < 0 || need.bytes <= free) continue;
+    TS_THROW(InvalidArgument,
+             "disk: {} {}{} in '{}' and it has {} free: free space there, point nvme_path at "
+             "a larger disk, or spread the model over more machines",
+             need.what, format_bytes(need.bytes / n),
+             n > 1 ? fmt::format(" per rank x {} ranks on this machine = {}", n,
+                                 format_bytes(need.bytes))
+                   : std::string(),
+             need.path, format_bytes(free));
+  }
 }
 
 int ranks_on_this_machine(int thread_ranks) {

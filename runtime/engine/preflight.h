@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,19 @@ int64_t lockable_memory_bytes(const std::string& status = "/proc/self/status");
 // exceed `lockable` (-1: no limit), naming the bytes, the limit and the fixes.
 void check_pinned_fits(const TrainConfig& c, const ParamRegistry& registry, int dp,
                        int ranks_in_process, int64_t lockable);
+
+// Bytes an unprivileged writer may still use at `path` (statvfs f_bavail), or -1 when it
+// cannot be read (a missing nvme_path: the swap file's creation names that problem).
+int64_t free_disk_bytes(const std::string& path);
+
+// The swap files of offload_optimizer / offload_param nvme for the `ranks_here` ranks on this
+// machine against the free space at their nvme_path (summed when both are on one file
+// system): throws InvalidArgument naming the bytes needed, the bytes free and the fixes.
+// `free_bytes` and `same_file_system` are for tests.
+void check_disk_fits(
+    const TrainConfig& c, const ParamRegistry& registry, int dp, int ranks_here,
+    const std::function<int64_t(const std::string&)>& free_bytes = free_disk_bytes,
+    const std::function<bool(const std::string&, const std::string&)>& same_file_system = {});
 
 // Ranks of this job sharing this machine's memory: the launcher's local size (OpenMPI, Slurm,
 // torchrun) when set, else `thread_ranks` (ranks that are threads of this process).

@@ -165,6 +165,7 @@ Trainer::Trainer(TrainConfig config, parallel::ProcessGroup* world)
                         ranks_on_this_machine(thread_ranks), available_memory_bytes());
       if (sharded) {
         check_pinned_fits(config_, registry, dp_size(), thread_ranks, lockable_memory_bytes());
+        check_disk_fits(config_, registry, dp_size(), ranks_on_this_machine(thread_ranks));
       }
     };
     if (world_ == nullptr) {

@@ -147,6 +147,14 @@ Trace train(const TrainConfig& c, int world, int from_step = 0, bool save_at_end
   return trace;
 }
 
+// Every step's loss and gradient norm bit for bit, and a run that learns.
+void expect_the_same_training(const Trace& got, const Trace& want) {
+  ASSERT_EQ(got.losses.size(), static_cast<size_t>(kSteps));
+  EXPECT_EQ(got.losses, want.losses);
+  EXPECT_EQ(got.norms, want.norms);
+  EXPECT_LT(got.losses.back(), got.losses.front());
+}
+
 struct Case {
   std::string name;
   int world, stage;
@@ -171,10 +179,7 @@ TEST_P(OptimizerOnDisk, GivesTheBitsOfTheStatesInMemory) {
   on_nvme(on_disk, dir.path().string(), p.buffers, p.pipeline);
   const Trace want = train(in_memory, p.world);
   const Trace got = train(on_disk, p.world);
-  ASSERT_EQ(got.losses.size(), static_cast<size_t>(kSteps));
-  EXPECT_EQ(got.losses, want.losses);
-  EXPECT_EQ(got.norms, want.norms);
-  EXPECT_LT(got.losses.back(), got.losses.front());
+  expect_the_same_training(got, want);
   EXPECT_FALSE(got.swap_file_visible);
   // In memory only the sub-group buffers (sub-groups of 5000 elements, 20 KiB a state, one
   // allocation of at least 2 MiB); the shard's states are on disk.
@@ -229,10 +234,7 @@ TEST_P(OptimizerOnHost, GivesTheBitsOfTheStatesBesideTheParameters) {
   if (dp == 1) on_nvme(beside, dir.path().string(), 9, true);
   const Trace want = train(beside, p.world);
   const Trace got = train(on_host, p.world);
-  ASSERT_EQ(got.losses.size(), static_cast<size_t>(kSteps));
-  EXPECT_EQ(got.losses, want.losses);
-  EXPECT_EQ(got.norms, want.norms);
-  EXPECT_LT(got.losses.back(), got.losses.front());
+  expect_the_same_training(got, want);
   // Sub-groups of 5000 elements, each written back once per step.
   EXPECT_EQ(got.param_copies, (got.shard_elems + 4999) / 5000);
   if (p.pp == 1) {
@@ -257,32 +259,6 @@ INSTANTIATE_TEST_SUITE_P(
                     HostCase{"tp2_dp2_stage1_bf16", 4, 1, DType::BF16, 2},
                     HostCase{"pp2_dp2_stage2_bf16", 4, 2, DType::BF16, 1, 2}),
     [](const testing::TestParamInfo<HostCase>& info) { return info.param.name; });
-
-TEST(OptimizerOnHost, AFailedCopyMidStepStopsEveryRank) {
-  TrainConfig c = offload_config(2, DType::BF16, 2);
-  c.zero.offload_optimizer.device = memory::OffloadDevice::Cpu;
-  std::atomic<int> failed{0};
-  try {
-    parallel::spawn_ranks(2, [&](parallel::ProcessGroup& g) {
-      try {
-        Trainer t(c, &g);
-        t.step();
-        g.barrier()->wait();
-        if (g.rank() == 0) MemcpyCopyEngine::inject_copy_failure_after(3);
-        g.barrier()->wait();
-        for (int i = 0; i < 3; ++i) t.step();
-      } catch (const Error&) {
-        ++failed;
-        throw;
-      }
-    });
-    ADD_FAILURE() << "the run went on through a failed copy";
-  } catch (const Error& e) {
-    EXPECT_TRUE(Contains(e.what(), "Input/output error")) << e.what();
-  }
-  MemcpyCopyEngine::inject_copy_failure_after(0);
-  EXPECT_EQ(failed.load(), 2);  // the other rank too, not left waiting
-}
 
 TEST(OptimizerOnDisk, OneRankMatchesStageZero) {
   ScratchDir dir;
@@ -354,9 +330,12 @@ TEST(OptimizerOnDisk, AMissingOrUnwritablePathFailsEveryRankAtStart) {
 }
 
 // Two thread ranks: after one clean step, rank 0's swap file fails its `after`th I/O
-// request. Every rank must stop with an error (none is left waiting in a collective);
+// request (or, with MemcpyCopyEngine's injector, the host tier its `after`th copy). Every rank must stop with an error (none is left waiting in a collective);
 // returns the message of the rank that saw the I/O error.
-std::string io_error_mid_run(const TrainConfig& c, int after) {
+using Injector = void (*)(int64_t);
+
+std::string io_error_mid_run(const TrainConfig& c, int after,
+                             Injector inject = memory::offload::inject_io_error_after) {
   std::atomic<int> failed{0};
   std::string message;
   std::mutex m;
@@ -366,7 +345,7 @@ std::string io_error_mid_run(const TrainConfig& c, int after) {
         Trainer t(c, &g);
         t.step();
         g.barrier()->wait();
-        if (g.rank() == 0) memory::offload::inject_io_error_after(after);
+        if (g.rank() == 0) inject(after);
         g.barrier()->wait();
         for (int i = 0; i < 3; ++i) t.step();
       } catch (const Error& e) {
@@ -380,7 +359,7 @@ std::string io_error_mid_run(const TrainConfig& c, int after) {
   } catch (const Error& e) {
     EXPECT_TRUE(Contains(e.what(), "Input/output error")) << e.what();
   }
-  memory::offload::inject_io_error_after(0);
+  inject(0);
   EXPECT_EQ(failed.load(), 2);  // the other rank too, not left waiting
   return message;
 }
@@ -391,6 +370,13 @@ TEST(OptimizerOnDisk, AnIoErrorMidStepStopsEveryRank) {
   on_nvme(c, dir.path().string(), 9, true);
   const std::string message = io_error_mid_run(c, 7);
   EXPECT_TRUE(Contains(message, "swap file")) << message;
+}
+
+TEST(OptimizerOnHost, AFailedCopyMidStepStopsEveryRank) {
+  TrainConfig c = offload_config(2, DType::BF16, 2);
+  c.zero.offload_optimizer.device = memory::OffloadDevice::Cpu;
+  const std::string message = io_error_mid_run(c, 3, MemcpyCopyEngine::inject_copy_failure_after);
+  EXPECT_TRUE(Contains(message, "copy of")) << message;
 }
 
 void params_on_nvme(TrainConfig& c, const std::string& dir, int64_t max_in_cpu, int buffers) {
@@ -427,10 +413,7 @@ TEST_P(ParamsOnDisk, GiveTheBitsOfStage3InMemory) {
   if (p.optimizer_on_disk) on_nvme(on_disk, dir.file("optimizer"), 9, true);
   const Trace want = train(in_memory, p.world);
   const Trace got = train(on_disk, p.world);
-  ASSERT_EQ(got.losses.size(), static_cast<size_t>(kSteps));
-  EXPECT_EQ(got.losses, want.losses);
-  EXPECT_EQ(got.norms, want.norms);
-  EXPECT_LT(got.losses.back(), got.losses.front());
+  expect_the_same_training(got, want);
   EXPECT_FALSE(got.swap_file_visible);
   // The store's memory and file are the plan's, and the file holds what is not resident.
   EXPECT_EQ(got.param_memory_bytes, got.planned_params);

@@ -9,6 +9,8 @@
 // - the host tier (offload_optimizer cpu) plans its page-locked pool, and with pin_memory the
 //   ranks of a process must fit in its locked-memory limit (RLIMIT_MEMLOCK, none with
 //   CAP_IPC_LOCK), or the run is refused with the bytes, the limit and the fixes;
+// - the swap files of the ranks on this machine must fit in the free space of their
+//   nvme_path (one sum where optimizer and parameters share a file system);
 // - the trainer runs the check before allocating, on every rank.
 #include "runtime/engine/preflight.h"
 
@@ -17,6 +19,7 @@
 #include <sys/resource.h>
 
 #include <filesystem>
+#include <map>
 #include <fstream>
 
 #include "engine_test_util.h"
@@ -159,6 +162,48 @@ TEST(Preflight, TheLockLimitIsTheRlimitUnlessCapIpcLock) {
   const int64_t expected =
       limit.rlim_cur == RLIM_INFINITY ? -1 : static_cast<int64_t>(limit.rlim_cur);
   EXPECT_EQ(lockable_memory_bytes(without), expected);
+}
+
+TEST(Preflight, SwapFilesMustFitInTheFreeSpaceOfTheirPaths) {
+  TrainConfig c = gpt2_config(3, DType::BF16);
+  c.zero.sub_group_size = 100'000'000;
+  c.zero.offload_optimizer.device = memory::OffloadDevice::Nvme;
+  c.zero.offload_optimizer.nvme_path = "/opt_disk";
+  c.zero.offload_optimizer.buffer_count = 9;
+  const ParamRegistry registry = models::build_gpt_registry(c.model);
+  memory::ZeroOptions z = c.zero.options();
+  z.dtype = c.precision;
+  const int64_t optimizer = memory::plan_model_state(registry, z, 0, 1).disk;
+  ASSERT_GT(optimizer, int64_t{12} * registry.numel());
+  std::map<std::string, int64_t> free = {{"/opt_disk", optimizer}, {"/param_disk", 0}};
+  const auto free_at = [&](const std::string& path) { return free.at(path); };
+  const auto apart = [](const std::string&, const std::string&) { return false; };
+  EXPECT_NO_THROW(check_disk_fits(c, registry, 1, 1, free_at, apart));
+  const std::string two = test_util::message_of<InvalidArgument>(
+      [&] { check_disk_fits(c, registry, 1, 2, free_at, apart); });
+  EXPECT_TRUE(test_util::OneLine(two));
+  EXPECT_TRUE(Contains(two, "disk: the optimizer's swap file needs")) << two;
+  EXPECT_TRUE(Contains(two, "x 2 ranks on this machine")) << two;
+  EXPECT_TRUE(Contains(two, "in '/opt_disk'")) << two;
+  // The parameters on another disk are checked against that disk's space...
+  free["/opt_disk"] = optimizer + (int64_t{1} << 30);  // room for the optimizer alone
+  c.zero.offload_param.device = memory::OffloadDevice::Nvme;
+  c.zero.offload_param.nvme_path = "/param_disk";
+  c.zero.offload_param.max_in_cpu = 0;
+  const std::string params = test_util::message_of<InvalidArgument>(
+      [&] { check_disk_fits(c, registry, 1, 1, free_at, apart); });
+  EXPECT_TRUE(Contains(params, "disk: the parameters' swap file needs")) << params;
+  EXPECT_TRUE(Contains(params, "in '/param_disk' and it has 0 B free")) << params;
+  // ... and on the optimizer's disk both count against it.
+  c.zero.offload_param.nvme_path = "/opt_disk";
+  const std::string both = test_util::message_of<InvalidArgument>(
+      [&] { check_disk_fits(c, registry, 1, 1, free_at, apart); });
+  EXPECT_TRUE(Contains(both, "the optimizer's and the parameters' swap files need")) << both;
+  // A path that cannot be read is left to the swap file's creation, which names it.
+  free["/opt_disk"] = -1;
+  EXPECT_NO_THROW(check_disk_fits(c, registry, 1, 1, free_at, apart));
+  EXPECT_EQ(free_disk_bytes("/no/such/path"), -1);
+  EXPECT_GT(free_disk_bytes("/"), 0);
 }
 
 TEST(Preflight, TheTrainerRefusesBeforeAllocating) {

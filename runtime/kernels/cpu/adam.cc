@@ -42,6 +42,14 @@ void adamw_scalar(const AdamWStep<float>& s, float* p, const float* g, float* m,
   for (int64_t i = 0; i < n; ++i) s.update(p[i], g[i], m[i], v[i]);
 }
 
+void adamw_bf16_scalar(const AdamWStep<float>& s, float* p, uint16_t* p16, const uint16_t* g16,
+                       float* m, float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    s.update(p[i], tessera::bf16_to_f32(g16[i]), m[i], v[i]);
+    p16[i] = tessera::f32_to_bf16(p[i]);
+  }
+}
+
 #if TESSERA_ADAM_X86
 
 // The vector bodies spell out AdamWStep::update lane by lane; the tails call it directly.
@@ -71,28 +79,45 @@ TESSERA_TARGET_AVX2 void adamw_avx2(const AdamWStep<float>& s, float* p, const f
   for (; i < n; ++i) s.update(p[i], g[i], m[i], v[i]);
 }
 
-TESSERA_TARGET_AVX512 void adamw_avx512(const AdamWStep<float>& s, float* p, const float* g,
-                                        float* m, float* v, int64_t n) {
-  const __m512 gs = _mm512_set1_ps(s.gs), l2 = _mm512_set1_ps(s.l2);
-  const __m512 b1 = _mm512_set1_ps(s.b1), one_minus_b1 = _mm512_set1_ps(1.0f - s.b1);
-  const __m512 b2 = _mm512_set1_ps(s.b2), one_minus_b2 = _mm512_set1_ps(1.0f - s.b2);
-  const __m512 bias1 = _mm512_set1_ps(s.bias1), bias2 = _mm512_set1_ps(s.bias2);
-  const __m512 eps = _mm512_set1_ps(s.eps), wd = _mm512_set1_ps(s.wd);
-  const __m512 neg_lr = _mm512_set1_ps(-s.lr);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 param = _mm512_loadu_ps(p + i);
-    const __m512 grad = _mm512_fmadd_ps(_mm512_loadu_ps(g + i), gs, _mm512_mul_ps(l2, param));
-    const __m512 mi =
-        _mm512_fmadd_ps(b1, _mm512_loadu_ps(m + i), _mm512_mul_ps(one_minus_b1, grad));
-    const __m512 vi = _mm512_fmadd_ps(b2, _mm512_loadu_ps(v + i),
+// AdamWStep's constants in 16 lanes and its update of one vector, for both AVX-512 kernels.
+struct Avx512Step {
+  __m512 gs, l2, b1, one_minus_b1, b2, one_minus_b2, bias1, bias2, eps, wd, neg_lr;
+
+  TESSERA_TARGET_AVX512 explicit Avx512Step(const AdamWStep<float>& s)
+      : gs(_mm512_set1_ps(s.gs)),
+        l2(_mm512_set1_ps(s.l2)),
+        b1(_mm512_set1_ps(s.b1)),
+        one_minus_b1(_mm512_set1_ps(1.0f - s.b1)),
+        b2(_mm512_set1_ps(s.b2)),
+        one_minus_b2(_mm512_set1_ps(1.0f - s.b2)),
+        bias1(_mm512_set1_ps(s.bias1)),
+        bias2(_mm512_set1_ps(s.bias2)),
+        eps(_mm512_set1_ps(s.eps)),
+        wd(_mm512_set1_ps(s.wd)),
+        neg_lr(_mm512_set1_ps(-s.lr)) {}
+
+  // Updates m[0, 16) and v[0, 16) and returns the new parameters.
+  TESSERA_TARGET_AVX512 __m512 update(__m512 param, __m512 g, float* m, float* v) const {
+    const __m512 grad = _mm512_fmadd_ps(g, gs, _mm512_mul_ps(l2, param));
+    const __m512 mi = _mm512_fmadd_ps(b1, _mm512_loadu_ps(m), _mm512_mul_ps(one_minus_b1, grad));
+    const __m512 vi = _mm512_fmadd_ps(b2, _mm512_loadu_ps(v),
                                       _mm512_mul_ps(_mm512_mul_ps(one_minus_b2, grad), grad));
-    _mm512_storeu_ps(m + i, mi);
-    _mm512_storeu_ps(v + i, vi);
+    _mm512_storeu_ps(m, mi);
+    _mm512_storeu_ps(v, vi);
     const __m512 mhat = _mm512_div_ps(mi, bias1);
     const __m512 vhat = _mm512_div_ps(vi, bias2);
     const __m512 ratio = _mm512_div_ps(mhat, _mm512_add_ps(_mm512_sqrt_ps(vhat), eps));
-    _mm512_storeu_ps(p + i, _mm512_fmadd_ps(neg_lr, _mm512_fmadd_ps(wd, param, ratio), param));
+    return _mm512_fmadd_ps(neg_lr, _mm512_fmadd_ps(wd, param, ratio), param);
+  }
+};
+
+TESSERA_TARGET_AVX512 void adamw_avx512(const AdamWStep<float>& s, float* p, const float* g,
+                                        float* m, float* v, int64_t n) {
+  const Avx512Step lanes(s);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(p + i, lanes.update(_mm512_loadu_ps(p + i), _mm512_loadu_ps(g + i), m + i,
+                                         v + i));
   }
   for (; i < n; ++i) s.update(p[i], g[i], m[i], v[i]);
 }
@@ -101,48 +126,21 @@ TESSERA_TARGET_AVX512 void adamw_avx512(const AdamWStep<float>& s, float* p, con
 // rounded as f32_to_bf16 rounds it.
 TESSERA_TARGET_AVX512 void adamw_bf16_avx512(const AdamWStep<float>& s, float* p, uint16_t* p16,
                                              const uint16_t* g16, float* m, float* v, int64_t n) {
-  const __m512 gs = _mm512_set1_ps(s.gs), l2 = _mm512_set1_ps(s.l2);
-  const __m512 b1 = _mm512_set1_ps(s.b1), one_minus_b1 = _mm512_set1_ps(1.0f - s.b1);
-  const __m512 b2 = _mm512_set1_ps(s.b2), one_minus_b2 = _mm512_set1_ps(1.0f - s.b2);
-  const __m512 bias1 = _mm512_set1_ps(s.bias1), bias2 = _mm512_set1_ps(s.bias2);
-  const __m512 eps = _mm512_set1_ps(s.eps), wd = _mm512_set1_ps(s.wd);
-  const __m512 neg_lr = _mm512_set1_ps(-s.lr);
+  const Avx512Step lanes(s);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m512i wide = _mm512_cvtepu16_epi32(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g16 + i)));
+    const __m512i wide =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g16 + i)));
     const __m512 g = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));  // exact
-    const __m512 param = _mm512_loadu_ps(p + i);
-    const __m512 grad = _mm512_fmadd_ps(g, gs, _mm512_mul_ps(l2, param));
-    const __m512 mi =
-        _mm512_fmadd_ps(b1, _mm512_loadu_ps(m + i), _mm512_mul_ps(one_minus_b1, grad));
-    const __m512 vi = _mm512_fmadd_ps(b2, _mm512_loadu_ps(v + i),
-                                      _mm512_mul_ps(_mm512_mul_ps(one_minus_b2, grad), grad));
-    _mm512_storeu_ps(m + i, mi);
-    _mm512_storeu_ps(v + i, vi);
-    const __m512 mhat = _mm512_div_ps(mi, bias1);
-    const __m512 vhat = _mm512_div_ps(vi, bias2);
-    const __m512 ratio = _mm512_div_ps(mhat, _mm512_add_ps(_mm512_sqrt_ps(vhat), eps));
-    const __m512 updated = _mm512_fmadd_ps(neg_lr, _mm512_fmadd_ps(wd, param, ratio), param);
+    const __m512 updated = lanes.update(_mm512_loadu_ps(p + i), g, m + i, v + i);
     _mm512_storeu_ps(p + i, updated);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p16 + i),
                         _mm512_cvtepi32_epi16(bf16_round_avx512(_mm512_castps_si512(updated))));
   }
-  for (; i < n; ++i) {
-    s.update(p[i], tessera::bf16_to_f32(g16[i]), m[i], v[i]);
-    p16[i] = tessera::f32_to_bf16(p[i]);
-  }
+  adamw_bf16_scalar(s, p + i, p16 + i, g16 + i, m + i, v + i, n - i);
 }
 
 #endif  // TESSERA_ADAM_X86
-
-void adamw_bf16_scalar(const AdamWStep<float>& s, float* p, uint16_t* p16, const uint16_t* g16,
-                       float* m, float* v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    s.update(p[i], tessera::bf16_to_f32(g16[i]), m[i], v[i]);
-    p16[i] = tessera::f32_to_bf16(p[i]);
-  }
-}
 
 AdamPath detect_adam_path() {
 #if TESSERA_ADAM_X86
