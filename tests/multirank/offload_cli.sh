@@ -11,7 +11,8 @@
 #      naming the space needed and free;
 #   e. `tessera estimate --offload nvme` prints the sub-group buffers and the swap file,
 #      `--offload cpu` the host tier's page-locked pool.
-#   The host tier ("cpu" on 2 ranks) gives the losses without offload bit for bit (a.).
+#   The host tier ("cpu" on 2 ranks) gives the losses without offload bit for bit (a.), and
+#   pin_memory beyond the locked-memory limit is refused at start (threads mode, as root).
 #   offload_cli.sh TESSERA_BINARY threads|mpi
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$1"
@@ -126,6 +127,18 @@ if [ "$mode" = threads ]; then
     || fail "one rank, stage 3: the saved model with the parameters on disk differs"
   [ -z "$(ls -A "$work/swap")" ] || fail "swap files left in nvme_path: $(ls -A "$work/swap")"
   echo "ok: one rank at stage 3 with optimizer and parameters on NVMe: the same losses and model file"
+fi
+
+# pin_memory against the locked-memory limit, as a process without CAP_IPC_LOCK sees it
+# (root drops it with setpriv; a 64 KiB soft limit): refused at start with the limit named.
+if [ "$mode" = threads ] && [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
+  expect_error pin_limit "pinned memory" "ulimit -l" "pin_memory false" -- \
+    bash -c 'ulimit -S -l 64 && exec setpriv --bounding-set -ipc_lock --inh-caps -ipc_lock "$@"' _ \
+    "$tessera" train -c "$work/config.json" --set output.dir="$work/pinned" \
+    --set zero_optimization.offload_optimizer.device=cpu \
+    --set zero_optimization.offload_optimizer.pin_memory=true
+else
+  echo "skipped: pin_memory limit (needs root and setpriv)"
 fi
 
 # --- b. bad nvme_path -------------------------------------------------------------------
