@@ -14,8 +14,9 @@ scripts/install_deps.sh
 
 # The thread-rank and communicator tests: thread collectives, send/recv and failures, the
 # data-parallel and ZeRO equivalences on thread ranks, the memory tracker's concurrency, the
+# host tier's copy threads (the memcpy engine, its pipeline, offload cpu on thread ranks), the
 # thread-rank command line, and the MPI jobs (the MPI communicator runs a progress thread).
-tsan_tests='Thread|ZeroEquivalence|ZeroStage|DataParallelEquivalence|LossScalingAcrossRanks|MemoryTracker|ScopedTracker|thread_ranks_cli|mpi'
+tsan_tests='Thread|ZeroEquivalence|ZeroStage|DataParallelEquivalence|LossScalingAcrossRanks|MemoryTracker|ScopedTracker|MemcpyCopyEngine|HostTier|OptimizerOnHost|thread_ranks_cli|mpi'
 
 configure_and_build() {  # dir sanitizer
   cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_SANITIZER="$2" \

@@ -96,6 +96,12 @@ void HostTier::grads_ready(int64_t begin, int64_t end) {
   ++pass_.grad_copies;
 }
 
+void HostTier::forget_reported() {
+  TS_CHECK(!grads_taken_, "forget_reported() after the step's host copy was taken");
+  engine_.wait(last_grads_);
+  reported_.clear();
+}
+
 const void* HostTier::host_grads() {
   if (!grads_taken_) {
     // The ranges no reduction reported (one rank, or layers without a bucket): copied now.

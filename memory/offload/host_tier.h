@@ -48,6 +48,10 @@ class HostTier final : public ParamWriteBack {
   void start_pass();
   // Shard elements [begin, end) of the gradients are final on the device for this step.
   void grads_ready(int64_t begin, int64_t end);
+  // Something is about to change the device gradients after their reduction (a test's
+  // gradient hook): waits for the copies in flight and forgets the reported ranges, so
+  // host_grads() copies everything again.
+  void forget_reported();
   // The shard's gradients on the host, every range copied: the reported ones by now, the
   // rest queued here. Further grads_ready() calls wait for start_pass().
   const void* host_grads();

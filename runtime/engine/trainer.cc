@@ -845,7 +845,12 @@ void Trainer::sum_tied_gradients() {
 }
 
 StepStats Trainer::finish_step(double local_loss, double loss_scale) {
-  if (gradient_hook_) gradient_hook_(steps_done_ + 1, optimizer_shard());
+  if (gradient_hook_) {
+    const memory::OptimizerShard shard = optimizer_shard();
+    // The hook may change the gradients: the host tier copies them after it, not before.
+    if (shard.host_tier != nullptr) shard.host_tier->forget_reported();
+    gradient_hook_(steps_done_ + 1, shard);
+  }
   double loss = dp_mean(local_loss);
   // Only the last stage computes the loss.
   if (pp_ != nullptr) {

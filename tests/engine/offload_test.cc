@@ -237,7 +237,8 @@ TEST_P(OptimizerOnHost, GivesTheBitsOfTheStatesBesideTheParameters) {
   expect_the_same_training(got, want);
   // Sub-groups of 5000 elements, each written back once per step.
   EXPECT_EQ(got.param_copies, (got.shard_elems + 4999) / 5000);
-  if (p.pp == 1) {
+  // fp16 runs a gradient hook (the overflow at step 2), after which everything is copied.
+  if (p.pp == 1 && p.precision != DType::F16) {
     EXPECT_GT(got.grad_copies, 0);
     EXPECT_EQ(got.late_grad_copies, 0) << "a bucket's gradients were not copied as it landed";
   } else {

@@ -4,6 +4,7 @@
 //   asks, and the host copy is the device's, whatever the order of the reports;
 // - the update's write-back goes through two staging buffers: a third range waits for the
 //   first's copy, and after flush() the device holds every value written;
+// - forget_reported() (a gradient hook about to change them) makes the host copy again;
 // - misuse is refused (a range twice in a step, a report after the host copy was taken, a
 //   range larger than a sub-group, a buffer handed out twice);
 // - the page-locked bytes are the plan's and are charged to the memory tracker.
@@ -56,6 +57,21 @@ TEST(HostTier, GradientsReportedOrNotAllReachTheHost) {
   tier.grads_ready(0, 500);
   EXPECT_THROW(tier.grads_ready(400, 600), InvalidArgument);   // overlaps the first
   EXPECT_THROW(tier.grads_ready(900, 1001), InvalidArgument);  // past the shard
+}
+
+TEST(HostTier, GradientsChangedAfterTheirReportAreCopiedAgainWhenForgotten) {
+  MemcpyCopyEngine engine(slow());
+  std::vector<float> device_grads(100, 1.0f), device_params(100);
+  HostTier tier(engine, 100, DType::F32, 100, device_grads.data(), device_params.data());
+  tier.start_pass();
+  tier.grads_ready(0, 100);
+  tier.forget_reported();  // the copy has landed; the next change must reach the host too
+  device_grads[7] = 5.0f;
+  const auto* host = static_cast<const float*>(tier.host_grads());
+  EXPECT_EQ(host[7], 5.0f);
+  EXPECT_EQ(host[8], 1.0f);
+  EXPECT_EQ(tier.pass_stats().late_grad_copies, 1);
+  EXPECT_THROW(tier.forget_reported(), InvalidArgument);  // taken already
 }
 
 TEST(HostTier, WriteBackIsDoubleBufferedAndLandsOnFlush) {
