@@ -7,8 +7,9 @@
 //   - f32 on each vector path the CPU has (cpu_adam.h) and on the scalar rule, threaded
 //     (the scalar rule is what adamw_update ran before the vector paths: GCC leaves that
 //     loop scalar because std::sqrt may set errno);
-//   - bf16 master-weight update (adamw_update16: bf16 gradient in, fp32 master, m, v
-//     updated, bf16 parameter out), the update of a bf16 run;
+//   - bf16 master-weight update (adamw_bf16, what adamw_update16 runs for bf16: bf16
+//     gradient in, fp32 master, m, v updated, bf16 parameter out, one pass), the update of
+//     a bf16 run, on each path;
 //   - the memory roof: a loop with the f32 update's traffic (p, g, m, v read; p, m, v
 //     written, 28 bytes per parameter) and one add per array, no arithmetic to wait on;
 //     and the same for the bf16 traffic (26 bytes: g16 and p16 two bytes each).
@@ -149,14 +150,18 @@ int main(int argc, char** argv) {
                       "",
                       [](Arrays& a, int64_t n, const AdamWParams&) { roof_16(a, n); },
                       {}});
-  variants.push_back({fmt::format("adamw bf16 master ({})", adam_path_name(best_adam_path())),
-                      26,
-                      "memory roof, bf16 traffic",
-                      [](Arrays& a, int64_t n, const AdamWParams& hp) {
-                        adamw_update16(DType::BF16, a.p.data(), a.p16.data(), a.g16.data(),
-                                       a.m.data(), a.v.data(), n, hp);
-                      },
-                      {}});
+  // adamw_update16's bf16 update is adamw_bf16 on the best path: every path is shown.
+  for (AdamPath path : {AdamPath::Avx512, AdamPath::Avx2, AdamPath::Scalar}) {
+    if (!adam_path_supported(path)) continue;
+    variants.push_back({fmt::format("adamw bf16 master, fused, {}", adam_path_name(path)),
+                        26,
+                        "memory roof, bf16 traffic",
+                        [path](Arrays& a, int64_t n, const AdamWParams& hp) {
+                          adamw_bf16(a.p.data(), a.p16.data(), a.g16.data(), a.m.data(),
+                                     a.v.data(), n, hp, path);
+                        },
+                        {}});
+  }
 
   fmt::print("{}\n", cpu_line());
   fmt::print(

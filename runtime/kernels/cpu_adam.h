@@ -36,11 +36,9 @@ void adamw_f32(float* params, const float* grads, float* m, float* v, int64_t n,
                const AdamWParams& p, AdamPath path = best_adam_path());
 
 // The bf16 run's update in one pass: bf16 gradients widened, the fp32 master, m and v
-// updated, the master rounded (to nearest even) into the bf16 parameters, 16 lanes at a time
-// with AVX-512 F (Scalar: the same rule element by element). The bits of widening, adamw_f32
-// and rounding in turn, without their passes over an intermediate buffer. Avx2 is not a path
-// of this kernel: there adamw_update16 keeps the three passes.
-bool adamw_bf16_path_supported(AdamPath path);
+// updated, the master rounded (to nearest even) into the bf16 parameters, on the same paths
+// as adamw_f32. The bits of widening, adamw_f32 and rounding in turn, without their passes
+// over an intermediate buffer.
 void adamw_bf16(float* master, uint16_t* params, const uint16_t* grads, float* m, float* v,
                 int64_t n, const AdamWParams& p, AdamPath path = best_adam_path());
 

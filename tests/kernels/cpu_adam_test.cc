@@ -167,7 +167,7 @@ TEST(AdamDispatchTest, AnUnsupportedPathIsAnErrorNotAnIllegalInstruction) {
 class AdamBf16Test : public ::testing::TestWithParam<AdamPath> {
  protected:
   void SetUp() override {
-    if (!adamw_bf16_path_supported(GetParam()))
+    if (!adam_path_supported(GetParam()))
       GTEST_SKIP() << adam_path_name(GetParam()) << " is not supported by this CPU";
   }
 };
@@ -248,16 +248,9 @@ TEST_P(AdamBf16Test, MatchesOnIeeeCorners) {
   expect_same(got, want);
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, AdamBf16Test, ::testing::Values(AdamPath::Scalar, AdamPath::Avx512),
+INSTANTIATE_TEST_SUITE_P(Paths, AdamBf16Test,
+                         ::testing::Values(AdamPath::Scalar, AdamPath::Avx2, AdamPath::Avx512),
                          [](const auto& info) { return std::string(adam_path_name(info.param)); });
-
-TEST(AdamDispatchTest, TheFusedBf16KernelHasNoAvx2Path) {
-  EXPECT_FALSE(adamw_bf16_path_supported(AdamPath::Avx2));
-  Bf16State s = bf16_state(16, 950);
-  EXPECT_THROW(adamw_bf16(s.master.data(), s.p16.data(), s.g16.data(), s.m.data(), s.v.data(), 16,
-                          busy_params(1), AdamPath::Avx2),
-               InvalidArgument);
-}
 
 }  // namespace
 }  // namespace tessera::kernels::cpu

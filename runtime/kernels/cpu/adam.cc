@@ -21,7 +21,7 @@
 #define TESSERA_ADAM_X86 1
 #define TESSERA_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define TESSERA_TARGET_AVX512 __attribute__((target("avx512f")))
-#include "runtime/kernels/cpu/bf16_round_avx512.h"
+#include "runtime/kernels/cpu/bf16_round.h"
 #else
 #define TESSERA_ADAM_X86 0
 #endif
@@ -53,30 +53,67 @@ void adamw_bf16_scalar(const AdamWStep<float>& s, float* p, uint16_t* p16, const
 #if TESSERA_ADAM_X86
 
 // The vector bodies spell out AdamWStep::update lane by lane; the tails call it directly.
-TESSERA_TARGET_AVX2 void adamw_avx2(const AdamWStep<float>& s, float* p, const float* g, float* m,
-                                    float* v, int64_t n) {
-  const __m256 gs = _mm256_set1_ps(s.gs), l2 = _mm256_set1_ps(s.l2);
-  const __m256 b1 = _mm256_set1_ps(s.b1), one_minus_b1 = _mm256_set1_ps(1.0f - s.b1);
-  const __m256 b2 = _mm256_set1_ps(s.b2), one_minus_b2 = _mm256_set1_ps(1.0f - s.b2);
-  const __m256 bias1 = _mm256_set1_ps(s.bias1), bias2 = _mm256_set1_ps(s.bias2);
-  const __m256 eps = _mm256_set1_ps(s.eps), wd = _mm256_set1_ps(s.wd);
-  const __m256 neg_lr = _mm256_set1_ps(-s.lr);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 param = _mm256_loadu_ps(p + i);
-    const __m256 grad = _mm256_fmadd_ps(_mm256_loadu_ps(g + i), gs, _mm256_mul_ps(l2, param));
-    const __m256 mi =
-        _mm256_fmadd_ps(b1, _mm256_loadu_ps(m + i), _mm256_mul_ps(one_minus_b1, grad));
-    const __m256 vi = _mm256_fmadd_ps(b2, _mm256_loadu_ps(v + i),
+// AdamWStep's constants in 8 lanes and its update of one vector, for both AVX2 kernels.
+struct Avx2Step {
+  __m256 gs, l2, b1, one_minus_b1, b2, one_minus_b2, bias1, bias2, eps, wd, neg_lr;
+
+  TESSERA_TARGET_AVX2 explicit Avx2Step(const AdamWStep<float>& s)
+      : gs(_mm256_set1_ps(s.gs)),
+        l2(_mm256_set1_ps(s.l2)),
+        b1(_mm256_set1_ps(s.b1)),
+        one_minus_b1(_mm256_set1_ps(1.0f - s.b1)),
+        b2(_mm256_set1_ps(s.b2)),
+        one_minus_b2(_mm256_set1_ps(1.0f - s.b2)),
+        bias1(_mm256_set1_ps(s.bias1)),
+        bias2(_mm256_set1_ps(s.bias2)),
+        eps(_mm256_set1_ps(s.eps)),
+        wd(_mm256_set1_ps(s.wd)),
+        neg_lr(_mm256_set1_ps(-s.lr)) {}
+
+  // Updates m[0, 8) and v[0, 8) and returns the new parameters.
+  TESSERA_TARGET_AVX2 __m256 update(__m256 param, __m256 g, float* m, float* v) const {
+    const __m256 grad = _mm256_fmadd_ps(g, gs, _mm256_mul_ps(l2, param));
+    const __m256 mi = _mm256_fmadd_ps(b1, _mm256_loadu_ps(m), _mm256_mul_ps(one_minus_b1, grad));
+    const __m256 vi = _mm256_fmadd_ps(b2, _mm256_loadu_ps(v),
                                       _mm256_mul_ps(_mm256_mul_ps(one_minus_b2, grad), grad));
-    _mm256_storeu_ps(m + i, mi);
-    _mm256_storeu_ps(v + i, vi);
+    _mm256_storeu_ps(m, mi);
+    _mm256_storeu_ps(v, vi);
     const __m256 mhat = _mm256_div_ps(mi, bias1);
     const __m256 vhat = _mm256_div_ps(vi, bias2);
     const __m256 ratio = _mm256_div_ps(mhat, _mm256_add_ps(_mm256_sqrt_ps(vhat), eps));
-    _mm256_storeu_ps(p + i, _mm256_fmadd_ps(neg_lr, _mm256_fmadd_ps(wd, param, ratio), param));
+    return _mm256_fmadd_ps(neg_lr, _mm256_fmadd_ps(wd, param, ratio), param);
+  }
+};
+
+TESSERA_TARGET_AVX2 void adamw_avx2(const AdamWStep<float>& s, float* p, const float* g, float* m,
+                                    float* v, int64_t n) {
+  const Avx2Step lanes(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(p + i, lanes.update(_mm256_loadu_ps(p + i), _mm256_loadu_ps(g + i), m + i,
+                                         v + i));
   }
   for (; i < n; ++i) s.update(p[i], g[i], m[i], v[i]);
+}
+
+// adamw_bf16_avx512 on 8 lanes.
+TESSERA_TARGET_AVX2 void adamw_bf16_avx2(const AdamWStep<float>& s, float* p, uint16_t* p16,
+                                         const uint16_t* g16, float* m, float* v, int64_t n) {
+  const Avx2Step lanes(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g16 + i)));
+    const __m256 g = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));  // exact
+    const __m256 updated = lanes.update(_mm256_loadu_ps(p + i), g, m + i, v + i);
+    _mm256_storeu_ps(p + i, updated);
+    const __m256i rounded = bf16_round_avx2(_mm256_castps_si256(updated));
+    // The values are <= 0xffff, so the unsigned saturation never bites.
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p16 + i),
+                     _mm_packus_epi32(_mm256_castsi256_si128(rounded),
+                                      _mm256_extracti128_si256(rounded, 1)));
+  }
+  adamw_bf16_scalar(s, p + i, p16 + i, g16 + i, m + i, v + i, n - i);
 }
 
 // AdamWStep's constants in 16 lanes and its update of one vector, for both AVX-512 kernels.
@@ -204,20 +241,17 @@ void adamw_f32(float* params, const float* grads, float* m, float* v, int64_t n,
   }
 }
 
-bool adamw_bf16_path_supported(AdamPath path) {
-  return path != AdamPath::Avx2 && adam_path_supported(path);
-}
-
 void adamw_bf16(float* master, uint16_t* params, const uint16_t* grads, float* m, float* v,
                 int64_t n, const AdamWParams& p, AdamPath path) {
   TS_CHECK(n >= 0, "adamw_bf16: negative length {}", n);
-  TS_CHECK(adamw_bf16_path_supported(path),
-           "adamw_bf16: no {} path here (this CPU's best: {}; the kernel has scalar and avx512)",
+  TS_CHECK(adam_path_supported(path),
+           "adamw_bf16: this CPU cannot run the {} path (best here: {})",
            adam_path_name(path), adam_path_name(best_adam_path()));
   const AdamWStep<float> step(p);
   auto kernel = adamw_bf16_scalar;
 #if TESSERA_ADAM_X86
   if (path == AdamPath::Avx512) kernel = adamw_bf16_avx512;
+  if (path == AdamPath::Avx2) kernel = adamw_bf16_avx2;
 #endif
   if (n < kParallelMin || omp_in_parallel()) {
     kernel(step, master, params, grads, m, v, n);

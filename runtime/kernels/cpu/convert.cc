@@ -33,7 +33,7 @@
 #define TESSERA_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define TESSERA_TARGET_AVX512BF16 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-#include "runtime/kernels/cpu/bf16_round_avx512.h"
+#include "runtime/kernels/cpu/bf16_round.h"
 #else
 #define TESSERA_CONVERT_X86 0
 #endif
@@ -92,17 +92,6 @@ bool has_nonfinite_f16_scalar(const uint16_t* x, int64_t n) {
 #if TESSERA_CONVERT_X86
 
 // ---- AVX2 + F16C: 8 lanes, scalar tails ----
-
-TESSERA_TARGET_AVX2 inline __m256i bf16_round_avx2(__m256i u) {
-  const __m256i lowest_kept = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lowest_kept);
-  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
-  const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-  // Magnitudes fit in 31 bits, so the signed compare is an unsigned one.
-  const __m256i magnitude = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
-  const __m256i is_nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f800000));
-  return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
-}
 
 TESSERA_TARGET_AVX2 void f32_to_bf16_avx2(const float* src, uint16_t* dst, int64_t n) {
   int64_t i = 0;

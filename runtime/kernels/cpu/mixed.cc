@@ -170,8 +170,7 @@ double sum_squares16(DType dtype, const uint16_t* x, int64_t n) {
 void adamw_update16(DType dtype, float* master, uint16_t* params16, const uint16_t* grads16,
                     float* m, float* v, int64_t n, const AdamWParams& p) {
   check_dtype(dtype, "adamw_update16");
-  if (dtype == DType::BF16 && adamw_bf16_path_supported(best_adam_path()) &&
-      best_adam_path() != AdamPath::Scalar) {
+  if (dtype == DType::BF16) {
     adamw_bf16(master, params16, grads16, m, v, n, p);  // one pass, the same bits
     return;
   }
