@@ -4,12 +4,14 @@
 // gpt2-124M (B 4, T 256, bf16, one rank, ZeRO stage 1) with the optimizer's states in
 //       memory (no offload), in the host tier (offload cpu: the ZeRO-Offload pipeline, whose
 //       copies are the memcpy twin's on the CPU backend) and on disk (sub-groups of
-//       --sub-group elements, buffer_count 9, pipeline_read and pipeline_write), in
+//       --sub-group elements, --buffer-count buffers (9: three sub-groups in memory),
+//       pipeline_read and pipeline_write), in
 //       interleaved rounds (memory, host, disk, memory, ...) of --steps timed steps each: the
 //       median step time of each and the median of the rounds' ratios, with the spread.
 //
 //   build/bench/bench_offload                      (swap files under $TMPDIR)
 //   build/bench/bench_offload --rounds 5 --dir /mnt/nvme
+//   build/bench/bench_offload --buffer-count 21      (more of the states in memory)
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -39,7 +41,7 @@ double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-void bench_step(const std::string& dir, int rounds, int steps, int64_t sub_group) {
+void bench_step(const std::string& dir, int rounds, int steps, int64_t sub_group, int buffers) {
   engine::TrainConfig none = bench::step_config("gpt2-124M", 4, 256);
   bench::use_random_tokens(none, "tessera_bench_offload", 2'000'000);
   none.precision = DType::BF16;
@@ -51,13 +53,14 @@ void bench_step(const std::string& dir, int rounds, int steps, int64_t sub_group
   memory::OffloadOptimizerOptions& o = disk.zero.offload_optimizer;
   o.device = memory::OffloadDevice::Nvme;
   o.nvme_path = dir;
-  o.buffer_count = 9;
+  o.buffer_count = buffers;
   o.pipeline_read = o.pipeline_write = true;
   disk.zero.sub_group_size = sub_group;
   fmt::print("bench_offload: gpt2-124M, B 4 x T 256, bf16, 1 rank, ZeRO 1, {} threads; optimizer "
              "in memory (no offload) vs the host tier (offload cpu: the memcpy twin's copies) vs "
-             "on disk (nvme, sub-groups of {}, 3 in memory), {} rounds of {} steps\n",
-             omp_get_max_threads(), sub_group, rounds, steps);
+             "on disk (nvme, sub-groups of {}, buffer_count {}: {} in memory), {} rounds of {} "
+             "steps\n",
+             omp_get_max_threads(), sub_group, buffers, buffers / 3, rounds, steps);
   struct Variant {
     const char* name;
     engine::Trainer trainer;
@@ -97,15 +100,18 @@ int main(int argc, char** argv) {
   std::string dir = fs::temp_directory_path().string();
   int rounds = 3, steps = 5;
   int64_t sub_group = 10'000'000;
+  int buffers = 9;
   app.add_option("--dir", dir, "folder for the swap file (the disk measured)")
       ->capture_default_str();
   app.add_option("--rounds", rounds, "interleaved rounds")->capture_default_str();
   app.add_option("--steps", steps, "timed steps per round and configuration")
       ->capture_default_str();
   app.add_option("--sub-group", sub_group, "sub_group_size")->capture_default_str();
+  app.add_option("--buffer-count", buffers, "offload_optimizer.buffer_count (3 per sub-group)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   init_logging();
   spdlog::set_level(spdlog::level::warn);
-  bench_step(dir, rounds, steps, sub_group);
+  bench_step(dir, rounds, steps, sub_group, buffers);
   return 0;
 }

@@ -80,6 +80,9 @@ struct EstimateOptions {
   int64_t prefetch_bucket_size = 50'000'000;
   int64_t param_persistence_threshold = 100'000;
   int64_t max_live_parameters = 1'000'000'000;
+  // The process row (code and libraries, before allocating): -1 measures this process; tests
+  // give a figure (0: no row).
+  int64_t process_bytes = -1;
 };
 int run_estimate(const EstimateOptions& opts);
 // The ZeRO options the estimate plans with (its tests plan with the same).

@@ -204,6 +204,13 @@ int run_estimate(const EstimateOptions& o) {
             : "(stage 3: the layer in use + prefetch, within max live" + chunks + ")");
     total += gathered;
   }
+  // What every tessera process holds before it allocates (the libraries: on a CPU machine
+  // mostly cuBLAS's, which the CUDA backend links): measured in this process, the same binary.
+  const int64_t process = o.process_bytes >= 0 ? o.process_bytes : process_resident_bytes();
+  if (process > 0) {
+    row("process", process, "(code and libraries, resident before allocating: measured here)");
+    total += process;
+  }
   row("total", total);
   if (b.pinned > 0) {
     row("pinned", b.pinned,

@@ -46,7 +46,8 @@ class StateStore {
   int num_sub_groups() const;
   ShardRange sub_group(int g) const;
 
-  // Visits every sub-group in order. Not reentrant.
+  // Visits every sub-group once, in an order of the store's choosing (a store on disk
+  // alternates directions). Not reentrant.
   virtual void for_each_sub_group(const SubGroupFn& fn,
                                   SubGroupAccess access = SubGroupAccess::ReadWrite) = 0;
   // Copies the values of elements [begin, end) out / in.

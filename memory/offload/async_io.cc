@@ -1,6 +1,7 @@
 // SwapFile: one unlinked, preallocated file per user, moved in chunks of block_size through
-// io_uring (the caller's thread submits and reaps) or through a pread/pwrite thread pool.
-// Both keep at most queue_depth chunks in flight; the first failure sticks and, before it is
+// io_uring (one thread per file submits and reaps, so transfers keep moving while the caller
+// computes) or through a pread/pwrite thread pool. Both keep at most queue_depth chunks in
+// flight; the first failure sticks and, before it is
 // thrown, every chunk still moving is finished, so no buffer is written after its owner hears.
 #include "memory/offload/async_io.h"
 
@@ -145,7 +146,7 @@ struct SwapFile::Impl {
   std::string error;  // the first failure; sticky
   int64_t done_read = 0, done_written = 0;
   bool stopping = false;
-  std::vector<std::thread> workers;
+  std::vector<std::thread> workers;  // the thread pool's, or io_uring's one driver
 #if TESSERA_HAVE_LIBURING
   io_uring ring{};
   bool ring_ready = false;
@@ -213,7 +214,7 @@ struct SwapFile::Impl {
   }
 
 #if TESSERA_HAVE_LIBURING
-  // Under mu (io_uring runs on the caller's thread alone). Hands every prepared request to the
+  // Under mu, on the driver thread (the ring's only user). Hands every prepared request to the
   // kernel. A ring that cannot submit fails the file: what never went in never completes, so
   // it is taken out of in_flight (nothing waits for it).
   void submit_prepared() {
@@ -234,7 +235,7 @@ struct SwapFile::Impl {
       return;
     }
   }
-  // Under mu. Starts queued chunks while the queue depth allows.
+  // Under mu, on the driver thread. Starts queued chunks while the queue depth allows.
   void pump() {
     int prepared = 0;
     while (!queue.empty() && in_flight < options.queue_depth) {
@@ -293,13 +294,15 @@ struct SwapFile::Impl {
     }
     delete c;
   }
-  // Blocks for one completion, then takes every other that is ready.
-  void reap() {
+  // Blocks (without mu) for one completion, then takes every other that is ready.
+  void reap(std::unique_lock<std::mutex>& lock) {
     io_uring_cqe* cqe = nullptr;
     int rc;
+    lock.unlock();
     do {
       rc = io_uring_wait_cqe(&ring, &cqe);
     } while (rc == -EINTR || rc == -EAGAIN);
+    lock.lock();
     if (rc < 0) {
       fail(
           fmt::format("offload swap file {}: io_uring_wait_cqe failed: {}", path, errno_text(-rc)));
@@ -308,6 +311,23 @@ struct SwapFile::Impl {
     }
     complete(cqe);
     while (in_flight > 0 && io_uring_peek_cqe(&ring, &cqe) == 0) complete(cqe);
+  }
+  // io_uring's driver: submits what the callers queue and reaps what completes, so a transfer
+  // moves on while its caller computes (a caller that submitted and reaped itself would leave
+  // all but queue_depth chunks waiting until it next waited).
+  void drive() {
+    std::unique_lock<std::mutex> lock(mu);
+    // overlap_events off: a batch is submitted only once the last one has completed.
+    const auto may_pump = [&] { return options.overlap_events || in_flight == 0; };
+    for (;;) {
+      changed.wait(lock, [&] {
+        return stopping || in_flight > 0 || (!queue.empty() && may_pump());
+      });
+      if (stopping && queue.empty() && in_flight == 0) return;
+      if (may_pump()) pump();
+      if (in_flight > 0) reap(lock);
+      changed.notify_all();
+    }
   }
 #endif
 
@@ -330,14 +350,7 @@ struct SwapFile::Impl {
       ++chunks;
     }
     remaining[t] = chunks;
-    if (backend == IoBackend::ThreadPool) {
-      changed.notify_all();
-    } else {
-#if TESSERA_HAVE_LIBURING
-      // overlap_events off: a batch is submitted only once the last one has completed.
-      if (options.overlap_events || in_flight == 0) pump();
-#endif
-    }
+    changed.notify_all();
     return t;
   }
 
@@ -349,26 +362,11 @@ struct SwapFile::Impl {
       auto it = remaining.find(t);
       return it == remaining.end() || it->second == 0;
     };
-    if (backend == IoBackend::ThreadPool) {
-      changed.wait(lock, [&] { return complete_() || !error.empty(); });
-      if (!error.empty()) {
-        queue.clear();
-        changed.wait(lock, [&] { return in_flight == 0; });
-      }
-      return;
-    }
-#if TESSERA_HAVE_LIBURING
-    while (!complete_() && error.empty()) {
-      if (options.overlap_events || in_flight == 0) pump();
-      if (in_flight == 0) break;  // everything queued completed (or failed) inside pump
-      reap();
-      if (options.overlap_events) pump();
-    }
+    changed.wait(lock, [&] { return complete_() || !error.empty(); });
     if (!error.empty()) {
       queue.clear();
-      while (in_flight > 0) reap();
+      changed.wait(lock, [&] { return in_flight == 0; });
     }
-#endif
   }
 
   void wait(IoTicket t) {
@@ -498,7 +496,11 @@ SwapFile::SwapFile(const std::string& dir, const std::string& name, int64_t byte
     uring = false;
 #endif
     f.backend = uring ? IoBackend::IoUring : IoBackend::ThreadPool;
-    if (!uring) {
+    if (uring) {
+#if TESSERA_HAVE_LIBURING
+      f.workers.emplace_back([&f] { f.drive(); });
+#endif
+    } else {
       for (int i = 0; i < std::max(1, options.intra_op_parallelism); ++i) {
         f.workers.emplace_back([&f] { f.worker(); });
       }

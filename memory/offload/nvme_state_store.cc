@@ -54,6 +54,8 @@ NvmeStateStore::NvmeStateStore(int64_t numel, int64_t sub_group_elems, float* re
     buffer_ = offload::io_storage(slots_ * sizes_.record_bytes, MemCategory::Optimizer,
                                   /*zero=*/true);
   }
+  held_.assign(static_cast<size_t>(slots_), -1);
+  writing_.assign(static_cast<size_t>(slots_), std::nullopt);
   if ((options.pipeline_read || options.pipeline_write) && slots() < 2 && groups > 1) {
     log_rank0("offload: pipeline_read / pipeline_write need two sub-groups in memory, and "
               "buffer_count {} holds one ({} states each): sub-groups are read, updated and "
@@ -90,16 +92,30 @@ SubGroupStates NvmeStateStore::states(int g, int slot) const {
   return s;
 }
 
+void NvmeStateStore::settle_writes() {
+  for (auto& w : writing_) {
+    if (w) file_.wait(*std::exchange(w, std::nullopt));
+  }
+}
+
 void NvmeStateStore::for_each_sub_group(const SubGroupFn& fn, SubGroupAccess access) {
   const int groups = num_sub_groups();
   const int K = slots();
   // Sub-groups read ahead of the one being updated: every other slot.
   const int ahead = options_.pipeline_read ? K - 1 : 0;
-  std::vector<std::optional<offload::IoTicket>> reading(static_cast<size_t>(K)),
-      writing(static_cast<size_t>(K));
+  // Visits alternate direction, so the last sub-groups of one, still in their slots, are the
+  // first of the next and are not read again. A sub-group keeps slot g % K either way.
+  const auto visited = [&](int i) { return descending_ ? groups - 1 - i : i; };
+  const auto slot_of = [&](int g) { return static_cast<size_t>(g % K); };
+  const auto settle = [&](size_t slot) {
+    if (writing_[slot]) file_.wait(*std::exchange(writing_[slot], std::nullopt));
+  };
+  std::vector<std::optional<offload::IoTicket>> reading(static_cast<size_t>(K));
   const auto start = [&](int g) {
-    const auto slot = static_cast<size_t>(g % K);
-    if (writing[slot]) file_.wait(*std::exchange(writing[slot], std::nullopt));
+    const size_t slot = slot_of(g);
+    if (access == SubGroupAccess::ReadWrite && held_[slot] == g) return;
+    settle(slot);
+    held_[slot] = -1;
     if (access == SubGroupAccess::ReadWrite) {
       reading[slot] = file_.read(offset(g, first_swapped()), record(static_cast<int>(slot)),
                                  sizes_.record_bytes);
@@ -109,26 +125,32 @@ void NvmeStateStore::for_each_sub_group(const SubGroupFn& fn, SubGroupAccess acc
   };
   try {
     int next = 0;
-    for (int g = 0; g < groups; ++g) {
-      while (next <= g + ahead && next < groups) start(next++);
-      const auto slot = static_cast<size_t>(g % K);
+    for (int i = 0; i < groups; ++i) {
+      while (next <= i + ahead && next < groups) start(visited(next++));
+      const int g = visited(i);
+      const size_t slot = slot_of(g);
       if (reading[slot]) file_.wait(*std::exchange(reading[slot], std::nullopt));
+      settle(slot);  // the write of a held sub-group, from the visit before, reads the buffer
+      held_[slot] = -1;
       fn(states(g, static_cast<int>(slot)));
-      writing[slot] = file_.write(offset(g, first_swapped()), record(static_cast<int>(slot)),
-                                  sizes_.record_bytes);
-      if (!options_.pipeline_write) file_.wait(*std::exchange(writing[slot], std::nullopt));
+      writing_[slot] = file_.write(offset(g, first_swapped()), record(static_cast<int>(slot)),
+                                   sizes_.record_bytes);
+      held_[slot] = g;
+      if (!options_.pipeline_write) settle(slot);
     }
-    for (auto& w : writing) {
-      if (w) file_.wait(*std::exchange(w, std::nullopt));
-    }
+    // With pipeline_write the last writes stay in flight: they finish during the next forward
+    // and backward, and whatever touches their slots or the file next waits for them.
   } catch (...) {
     // Nothing may still be moving into or out of the buffers once the error leaves here.
     try {
       file_.wait_all();
     } catch (const Error&) {
     }
+    std::fill(writing_.begin(), writing_.end(), std::nullopt);
+    std::fill(held_.begin(), held_.end(), -1);
     throw;
   }
+  descending_ = !descending_;
 }
 
 void NvmeStateStore::read(StateKind kind, int64_t begin, int64_t end, float* out) {
@@ -138,7 +160,9 @@ void NvmeStateStore::read(StateKind kind, int64_t begin, int64_t end, float* out
     std::memcpy(out, master_ + begin, static_cast<size_t>(end - begin) * sizeof(float));
     return;
   }
-  // Whole segments through the first buffer (idle outside for_each_sub_group).
+  // Whole segments through the first buffer, once the file holds every value.
+  settle_writes();
+  if (!held_.empty()) held_[0] = -1;
   auto* bounce = reinterpret_cast<float*>(segment(0, kind));
   for (int g = static_cast<int>(begin / sub_group_elems()); begin < end; ++g) {
     const ShardRange r = sub_group(g);
@@ -158,6 +182,9 @@ void NvmeStateStore::write(StateKind kind, int64_t begin, int64_t end, const flo
     std::memcpy(master_ + begin, in, static_cast<size_t>(end - begin) * sizeof(float));
     return;
   }
+  // The file's values change under the slots that hold them.
+  settle_writes();
+  std::fill(held_.begin(), held_.end(), -1);
   auto* bounce = reinterpret_cast<float*>(segment(0, kind));
   for (int g = static_cast<int>(begin / sub_group_elems()); begin < end; ++g) {
     const ShardRange r = sub_group(g);

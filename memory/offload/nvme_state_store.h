@@ -1,8 +1,10 @@
 // ZeRO-Infinity's optimizer tier on disk: a rank's fp32 optimizer states in a swap file,
 // visited sub-group by sub-group through a few buffers. With pipeline_read the next
 // sub-groups are read while one is updated, with pipeline_write each is written back behind
-// the update; the update itself is the caller's, on the same values in the same order, so a
-// run with the states on disk gives the bits of one with them in memory.
+// the update, the last of a visit finishing during the next forward and backward. Visits
+// alternate direction, so the sub-groups a visit ends with are still in memory when the next
+// one starts with them and are not read again. The update itself is the caller's, on the same
+// values, so a run with the states on disk gives the bits of one with them in memory.
 //
 // File layout: sub-group g's record at g * record_bytes holds one segment per swapped state
 // (master, exp_avg, exp_avg_sq; without the master when it is the resident fp32 working
@@ -64,6 +66,7 @@ class NvmeStateStore final : public StateStore {
   char* segment(int slot, StateKind kind) const;
   bool swapped(StateKind kind) const { return kind != StateKind::Master || master_ == nullptr; }
   SubGroupStates states(int g, int slot) const;
+  void settle_writes();  // waits for every write still in flight
 
   float* master_;  // resident master, or nullptr
   OffloadOptimizerOptions options_;
@@ -71,6 +74,9 @@ class NvmeStateStore final : public StateStore {
   Storage buffer_;  // slots() records, one allocation (io_storage rounds small ones up)
   int slots_ = 0;
   offload::SwapFile file_;
+  std::vector<int> held_;  // per slot: the sub-group whose current values it holds, or -1
+  std::vector<std::optional<offload::IoTicket>> writing_;  // per slot: a write in flight
+  bool descending_ = false;                                // the next visit's direction
 };
 
 }  // namespace tessera::memory

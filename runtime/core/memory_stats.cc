@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <fstream>
+#include <sstream>
+
 namespace tessera {
 namespace {
 thread_local MemoryTracker* t_current = nullptr;
@@ -83,6 +86,17 @@ std::string format_memory(const MemorySnapshot& s) {
   out += fmt::format(" (total {}, peak {})", format_bytes(s.total_current),
                      format_bytes(s.total_peak));
   return out;
+}
+
+int64_t process_resident_bytes(const std::string& status) {
+  std::ifstream in(status);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) != 0) continue;
+    std::istringstream fields(line.substr(6));
+    int64_t kib = 0;
+    if (fields >> kib) return kib * 1024;
+  }
+  return 0;
 }
 
 }  // namespace tessera

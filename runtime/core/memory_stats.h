@@ -63,4 +63,9 @@ class ScopedTracker {
 std::string format_bytes(int64_t bytes);
 std::string format_memory(const MemorySnapshot& s);
 
+// The process's resident set now (VmRSS of `status`), or 0 where it cannot be read. Before a
+// run allocates, this is what its code and libraries hold: no tracker sees it, yet every
+// process of a run carries it.
+int64_t process_resident_bytes(const std::string& status = "/proc/self/status");
+
 }  // namespace tessera

@@ -2,6 +2,11 @@
 // which lets thread ranks in one process keep separate counters.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -136,6 +141,22 @@ TEST(MemoryFormatTest, CategoryNames) {
   EXPECT_EQ(mem_category_name(MemCategory::Activations), "activations");
   EXPECT_EQ(mem_category_name(MemCategory::Comm), "comm");
   EXPECT_EQ(mem_category_name(MemCategory::Other), "other");
+}
+
+TEST(ProcessResidentBytes, ReadsVmRssAndGrowsWithTouchedMemory) {
+  const std::string path = ::testing::TempDir() + "/status_" + std::to_string(::getpid());
+  {
+    std::ofstream f(path);
+    f << "Name:\ttessera\nVmHWM:\t  9999 kB\nVmRSS:\t  163232 kB\nRssAnon:\t 95996 kB\n";
+  }
+  EXPECT_EQ(process_resident_bytes(path), int64_t{163232} * 1024);
+  EXPECT_EQ(process_resident_bytes(path + ".missing"), 0);
+  // This process: more resident once 64 MiB more are touched.
+  const int64_t before = process_resident_bytes();
+  ASSERT_GT(before, 0);
+  std::vector<char> touched(64 << 20, 1);
+  EXPECT_GE(process_resident_bytes(), before + (48 << 20)) << int{touched[12345]};
+  std::remove(path.c_str());
 }
 
 }  // namespace

@@ -48,6 +48,7 @@ EstimateOptions gpt2_options(int stage, int ranks, const std::string& dtype, int
   o.ranks = ranks;
   o.dtype = dtype;
   o.tp = tp;
+  o.process_bytes = 0;  // the figures below are the plan's alone
   return o;
 }
 
@@ -105,6 +106,20 @@ TEST(EstimateTensorParallel, ActivationsFollowTheTpLayout) {
         models::GPT<float>::activation_bytes_for(config, 2, 128, DType::BF16, {}, 1, {4, 0, sp});
     EXPECT_EQ(row_figure(out, "activations"), format_bytes(acts)) << out;
   }
+}
+
+TEST(Estimate, TheProcessRowIsAddedToTheTotal) {
+  EstimateOptions o = gpt2_options(1, 1, "bf16", 1);
+  o.process_bytes = int64_t{150} << 20;
+  const std::string out = estimate_output(o);
+  const memory::ModelStateBytes b = memory::plan_model_state(
+      models::build_gpt_registry(models::gpt_preset("gpt2-124M"), 1, false, {}),
+      estimate_zero_options(o), 0, 1);
+  EXPECT_EQ(row_figure(out, "process"), "150.0 MiB") << out;
+  EXPECT_EQ(row_figure(out, "total"), format_bytes(b.total() + o.process_bytes)) << out;
+  // Measured when not given: this test process's own resident set.
+  o.process_bytes = -1;
+  EXPECT_NE(row_figure(estimate_output(o), "process"), "") << out;
 }
 
 TEST(EstimateTensorParallel, OneRankGroupPrintsAsBefore) {

@@ -2,11 +2,13 @@
 // through a few buffers) behaves exactly as ResidentStateStore (views of memory):
 // - for_each_sub_group visits the same sub-groups with the same values, and what it writes is
 //   read back, for every buffer count and read-ahead / write-behind setting, with the master
-//   swapped (16-bit training) or resident (f32);
+//   swapped (16-bit training) or resident (f32); visits alternate direction, and the
+//   sub-groups still in the buffers from the visit before are not read again;
 // - Overwrite mode starts from zeros; read / write of any range (across sub-groups, within
 //   one) keep the rest;
 // - the plan's sizes are what the store allocates, and too few buffers, a missing or full
-//   nvme_path, and an injected I/O error are one-line errors that leave nothing hanging.
+//   nvme_path, and an injected I/O error are one-line errors that leave nothing hanging, also
+//   when the failed write is one a visit left in flight.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -94,21 +96,30 @@ TEST_P(NvmeStates, MatchResidentStatesOverSeveralPasses) {
         }
       },
       SubGroupAccess::Overwrite);
+  const int64_t record_bytes =
+      (c.master_resident ? 2 : 3) * offload::round_up_io(kSub * static_cast<int64_t>(sizeof(float)));
   for (int pass = 0; pass < 3; ++pass) {
     std::vector<ShardRange> seen;
     expected.for_each_sub_group([&](const SubGroupStates& g) { update(g, pass); },
                                 SubGroupAccess::ReadWrite);
+    const int64_t read_before = store.file().bytes_read();
     store.for_each_sub_group(
         [&](const SubGroupStates& g) {
           seen.push_back(g.range);
           update(g, pass);
         },
         SubGroupAccess::ReadWrite);
+    // Every sub-group once, against the direction of the visit before (the Overwrite visit
+    // was ascending, so pass 0 descends).
     ASSERT_EQ(seen.size(), 11u);
-    for (size_t g = 0; g < seen.size(); ++g) {
-      EXPECT_EQ(seen[g].begin, static_cast<int64_t>(g) * kSub);
-      EXPECT_EQ(seen[g].end, std::min<int64_t>(kNumel, (static_cast<int64_t>(g) + 1) * kSub));
+    const bool descending = pass % 2 == 0;
+    for (size_t i = 0; i < seen.size(); ++i) {
+      const auto g = static_cast<int64_t>(descending ? seen.size() - 1 - i : i);
+      EXPECT_EQ(seen[i].begin, g * kSub);
+      EXPECT_EQ(seen[i].end, std::min<int64_t>(kNumel, (g + 1) * kSub));
     }
+    // The sub-groups the visit before ended with were still in the buffers.
+    EXPECT_EQ(store.file().bytes_read() - read_before, (11 - store.slots()) * record_bytes);
   }
   for (StateKind kind : {StateKind::Master, StateKind::ExpAvg, StateKind::ExpAvgSq}) {
     std::vector<float> got(kNumel, -1.0f), want(kNumel);
@@ -121,8 +132,8 @@ TEST_P(NvmeStates, MatchResidentStatesOverSeveralPasses) {
   }
   EXPECT_EQ(store.resident(StateKind::Master) != nullptr, c.master_resident);
   EXPECT_EQ(store.resident(StateKind::ExpAvg), nullptr);
-  // No more transfers than the records: each pass reads and writes every record once.
-  EXPECT_GT(store.file().bytes_written(), 0);
+  // Each visit wrote every record once (read() waited for the last writes).
+  EXPECT_EQ(store.file().bytes_written(), 4 * 11 * record_bytes);
 }
 
 INSTANTIATE_TEST_SUITE_P(Buffers, NvmeStates,
@@ -213,6 +224,21 @@ TEST(NvmeStates, AnInjectedIoErrorFailsTheVisitAndEveryLaterOne) {
   offload::inject_io_error_after(0);
   EXPECT_LT(visited, store.num_sub_groups());
   // The file's contents are unknown now: later visits fail too, at once.
+  EXPECT_THROW(store.for_each_sub_group([](const SubGroupStates&) {}), IoError);
+}
+
+TEST(NvmeStates, AWriteLeftInFlightByAVisitFailsTheNextAccess) {
+  SwapDir dir;
+  // 10 sub-groups of 4096: a record of three 16 KiB segments is one 64 KiB request.
+  NvmeStateStore store(40960, 4096, nullptr, nvme_options(dir.path, 9, true, true), small_blocks(),
+                       "late");
+  // The Overwrite visit reads nothing and writes 10 records: the last one fails, after the
+  // visit has returned or while it is still moving.
+  offload::inject_io_error_after(10);
+  store.for_each_sub_group([](const SubGroupStates&) {}, SubGroupAccess::Overwrite);
+  std::vector<float> out(4096);
+  EXPECT_THROW(store.read(StateKind::ExpAvg, 0, 4096, out.data()), IoError);
+  offload::inject_io_error_after(0);
   EXPECT_THROW(store.for_each_sub_group([](const SubGroupStates&) {}), IoError);
 }
 
